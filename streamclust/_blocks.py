@@ -1,0 +1,278 @@
+"""Walking row blocks of a 2-D array under a memory budget.
+
+This is the one module that decides how many rows are in memory at once.  Every
+streaming pass in streamclust (statistics, ``partial_fit`` loops, transform,
+assignment, metric accumulation) goes through :func:`iter_blocks` (sequential,
+with one block read ahead) or :func:`map_blocks_reduce` (parallel over blocks on
+the current Dask scheduler: threads by default, a ``distributed.Client`` if one
+is active).
+
+Inputs may be numpy arrays, Zarr arrays or Dask arrays of shape ``(n_rows,
+n_features)``.  Blocks are always numpy arrays of shape ``(rows, n_features)``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .errors import MemoryBudgetError
+
+__all__ = [
+    "DEFAULT_MEMORY",
+    "parse_memory",
+    "block_rows_for",
+    "as_dask",
+    "iter_blocks",
+    "map_blocks_reduce",
+    "n_rows_of",
+]
+
+#: Memory budget used when none is given: 1 GiB.
+DEFAULT_MEMORY = 1 << 30
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+
+T = TypeVar("T")
+
+
+def parse_memory(size: str | int | float | None) -> int:
+    """Parse a memory size such as ``"1GB"``, ``"512MiB"``, ``"2g"`` or ``10**9``.
+
+    ``None`` gives :data:`DEFAULT_MEMORY`.  Decimal units (kB, MB, GB) are powers
+    of 1000, binary units (KiB, MiB, GiB) powers of 1024.
+    """
+    if size is None:
+        return DEFAULT_MEMORY
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        value = int(size)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(size))
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise MemoryBudgetError(
+                f"memory={size!r} is not a size; write it like '1GB', '512MiB' or '2G'."
+            )
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value < (16 << 20):
+        raise MemoryBudgetError(
+            f"memory={size!r} is below the 16 MiB minimum streamclust needs for one block."
+        )
+    return value
+
+
+def block_rows_for(
+    n_features: int,
+    memory: str | int | None = None,
+    *,
+    bytes_per_value: int = 8,
+    copies: int = 8,
+    chunk_rows: int | None = None,
+    min_rows: int = 64,
+    max_rows: int = 1 << 18,
+) -> int:
+    """Rows per block so that ``copies`` working copies of a block fit in ``memory``.
+
+    Parameters
+    ----------
+    n_features : int
+        Columns of the array walked.
+    memory : str or int, optional
+        Total budget of the pass (see :func:`parse_memory`).  A block gets
+        ``memory / copies`` bytes: the block itself, the one read ahead, float64
+        conversions and per-row workspace.
+    bytes_per_value : int
+        Bytes per value of the widest working copy (8 for float64 work).
+    chunk_rows : int, optional
+        Row-chunk size of the underlying store; the result is rounded down to a
+        multiple of it when possible so a block never splits a chunk.
+    min_rows, max_rows : int
+        Bounds of the result.
+
+    Returns
+    -------
+    int
+        Rows per block, at least ``min_rows``.
+
+    Raises
+    ------
+    MemoryBudgetError
+        If even ``min_rows`` rows do not fit.
+    """
+    budget = parse_memory(memory)
+    per_block = budget // copies
+    rows = per_block // max(1, n_features * bytes_per_value)
+    if rows < min_rows:
+        need = min_rows * n_features * bytes_per_value * copies
+        raise MemoryBudgetError(
+            f"memory={budget / 2**20:.0f} MiB cannot hold blocks of {min_rows} rows x "
+            f"{n_features} features; give at least memory='{math.ceil(need / 2**20)}MiB'."
+        )
+    rows = min(rows, max_rows)
+    if chunk_rows and rows >= chunk_rows:
+        rows = (rows // chunk_rows) * chunk_rows
+    return int(rows)
+
+
+def n_rows_of(X: Any) -> int:
+    """Number of rows of a numpy, Zarr or Dask array."""
+    return int(X.shape[0])
+
+
+def as_dask(X: Any, block_rows: int | None = None) -> da.Array:
+    """View ``X`` as a Dask array chunked along rows only.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, zarr.Array or dask.array.Array, shape (n_rows, n_features)
+    block_rows : int, optional
+        Rows per chunk.  Without it, Zarr chunking is kept, Dask chunking is kept
+        (columns merged into one chunk) and numpy arrays become one chunk.
+
+    Returns
+    -------
+    dask.array.Array, shape (n_rows, n_features)
+    """
+    if isinstance(X, da.Array):
+        arr = X
+    elif isinstance(X, np.ndarray):
+        arr = da.from_array(X, chunks=(block_rows or max(1, X.shape[0]),) + X.shape[1:])
+    else:
+        import zarr
+
+        if isinstance(X, zarr.Array):
+            arr = da.from_zarr(X)
+        else:
+            arr = da.asarray(X)
+    if block_rows is not None:
+        arr = arr.rechunk((block_rows,) + tuple(-1 for _ in arr.shape[1:]))
+    elif arr.ndim > 1 and len(arr.chunks[1]) > 1:
+        arr = arr.rechunk({1: -1})
+    return arr
+
+
+def _row_slices(n_rows: int, block_rows: int) -> list[slice]:
+    return [slice(s, min(s + block_rows, n_rows)) for s in range(0, n_rows, block_rows)]
+
+
+def _read(X: Any, rows: slice) -> np.ndarray:
+    block = X[rows]
+    if isinstance(block, da.Array):
+        block = block.compute()
+    return np.asarray(block)
+
+
+def iter_blocks(
+    X: Any,
+    block_rows: int,
+    *,
+    order: np.ndarray | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, block)`` pairs over ``X`` one block at a time.
+
+    The next block is read in a background thread while the caller works on the
+    current one, so reading and decompression overlap with computation; at most
+    two blocks are in memory.
+
+    Parameters
+    ----------
+    X : array-like, shape (n_rows, n_features)
+        numpy, Zarr or Dask array.
+    block_rows : int
+        Rows per block.
+    order : ndarray of int, optional
+        Visit the blocks in this order (a permutation of block indices), e.g. a
+        seeded shuffle for ``partial_fit`` passes.
+    progress : bool
+        Show a tqdm progress bar.
+    desc : str, optional
+        Label of the progress bar.
+
+    Yields
+    ------
+    rows : slice
+        Rows of ``X`` covered by the block.
+    block : ndarray, shape (rows.stop - rows.start, n_features)
+    """
+    if block_rows < 1:
+        raise ValueError(f"block_rows={block_rows} should be >= 1.")
+    slices = _row_slices(n_rows_of(X), block_rows)
+    if order is not None:
+        slices = [slices[i] for i in order]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_rows_of(X), desc=desc, unit="rows", unit_scale=True, leave=False)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_read, X, slices[0]) if slices else None
+        for i, rows in enumerate(slices):
+            block = pending.result()
+            pending = pool.submit(_read, X, slices[i + 1]) if i + 1 < len(slices) else None
+            yield rows, block
+            if bar is not None:
+                bar.update(rows.stop - rows.start)
+    if bar is not None:
+        bar.close()
+
+
+def map_blocks_reduce(
+    func: Callable[[np.ndarray, slice], T],
+    X: Any,
+    block_rows: int,
+    *,
+    combine: Callable[[T, T], T] | None = None,
+) -> T | list[T]:
+    """Apply ``func(block, rows)`` to every row block in parallel and reduce.
+
+    Runs on the active Dask scheduler (threads by default; a
+    ``distributed.Client`` when one is the default).  ``func`` should return
+    small results (statistics), not blocks.
+
+    Parameters
+    ----------
+    func : callable ``(block: ndarray (r, d), rows: slice) -> T``
+    X : array-like, shape (n_rows, n_features)
+    block_rows : int
+    combine : callable ``(T, T) -> T``, optional
+        Associative reduction of the per-block results (in block order).  Without
+        it, the list of per-block results is returned in block order.
+    """
+    arr = as_dask(X, block_rows)
+    starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
+    delayed_blocks = arr.to_delayed().ravel()
+    tasks = [
+        dask.delayed(func)(blk, slice(int(starts[i]), int(starts[i + 1])))
+        for i, blk in enumerate(delayed_blocks)
+    ]
+    results = list(dask.compute(*tasks))
+    if combine is None:
+        return results
+    out = results[0]
+    for r in results[1:]:
+        out = combine(out, r)
+    return out

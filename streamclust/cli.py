@@ -1,0 +1,178 @@
+"""The ``streamclust`` command line: thin wrappers around the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import StreamclustError
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = """\
+typical use:
+  streamclust convert CASE_DIR -o case.zarr          raw files -> chunked Zarr store (resumable)
+  streamclust study case.zarr -o study/ --k 2:15     preprocess, sweep k, label every image
+  streamclust demo --rows 20000 --out demo-out       all of the above on generated demo data
+
+Every command runs in bounded memory (--memory, default 1GB) and streams the data
+block by block; errors print one line (add --debug for the traceback).
+"""
+
+
+def _descriptor_arg(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} should look like NAME=FILE, e.g. osnet=osnet.pickle")
+    name, path = text.split("=", 1)
+    if not name:
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty NAME")
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``streamclust`` (all sub-commands)."""
+    parser = argparse.ArgumentParser(
+        prog="streamclust",
+        description="Cluster and screen very large sets of image descriptors out of core.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"streamclust {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--memory", default="1GB", metavar="SIZE",
+                        help="memory budget for blocks and caches, e.g. 512MB, 2GiB (default: 1GB)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+
+    conv = sub.add_parser(
+        "convert", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="convert raw descriptor files into a Zarr store",
+        description="Convert a case folder (descriptors/*.pickle|npy|npz|csv|parquet and images_paths.csv)\n"
+                    "into a chunked, compressed Zarr store. Pickles are parsed and streamed, never\n"
+                    "unpickled. An interrupted conversion resumes when run again.",
+    )
+    conv.add_argument("case_dir", type=Path, help="folder with descriptors/ and images_paths.csv")
+    conv.add_argument("-o", "--out", type=Path, required=True, help="the .zarr store to write")
+    conv.add_argument("--descriptor", action="append", type=_descriptor_arg, metavar="NAME=FILE",
+                      help="an explicit descriptor file (repeatable); replaces discovery of descriptors/*")
+    conv.add_argument("--paths", type=Path, metavar="CSV",
+                      help="the image paths CSV (default: CASE_DIR/images_paths.csv)")
+    conv.add_argument("--allow-restricted-pickle", action="store_true",
+                      help="load pickles that are not a plain ndarray (e.g. a DataFrame) with a loader "
+                           "restricted to numpy/pandas classes; loads such files whole into memory")
+
+    study = sub.add_parser(
+        "study", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="preprocess, cluster and summarise every descriptor set of a store",
+        description="For each descriptor set: L2-normalise + PCA (one pass), k-means for every k of\n"
+                    "the range, exact full-data metrics (inertia, Calinski-Harabasz, Davies-Bouldin)\n"
+                    "and a sampled silhouette, k chosen by the highest silhouette (ties within 0.01\n"
+                    "go to the lowest Davies-Bouldin), every image labelled.\n\n"
+                    "Writes OUT_DIR/results.csv, metrics.csv, summary.json and models/<set>/.",
+    )
+    study.add_argument("store", type=Path, help="a store written by 'streamclust convert'")
+    study.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    study.add_argument("--descriptors", metavar="NAME[,NAME...]",
+                       help="descriptor sets to study (default: all)")
+    study.add_argument("--k", default="2:15", metavar="K|A:B",
+                       help="k to try: one value, an inclusive range A:B, or a list 4,8,12 (default 2:15)")
+    study.add_argument("--components", default="64", metavar="N|FRACTION",
+                       help="PCA components, or a variance fraction like 0.9 (default 64)")
+    study.add_argument("--n-init", type=int, default=3, help="k-means starts per k (default 3)")
+    study.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    demo = sub.add_parser(
+        "demo", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="generate a demo case with planted truth, convert it and study it",
+        description="Writes OUT/case/ (raw files in the real case's format, with truth.csv),\n"
+                    "OUT/case.zarr and OUT/study/.",
+    )
+    demo.add_argument("--rows", type=int, default=20_000, help="images to generate (default 20000)")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
+    demo.add_argument("--k", default="2:15", metavar="K|A:B", help="k range of the study (default 2:15)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--no-images", action="store_true", help="skip rendering images.zip")
+    return parser
+
+
+def _components(text: str) -> int | float:
+    value = float(text)
+    return value if 0 < value < 1 else int(value)
+
+
+def _run_convert(args: argparse.Namespace, say) -> None:
+    from .ingest import convert_case
+
+    t0 = time.perf_counter()
+    store = convert_case(args.case_dir, args.out, descriptors=dict(args.descriptor or []) or None,
+                         paths_csv=args.paths, memory=args.memory,
+                         allow_restricted_pickle=args.allow_restricted_pickle, progress=not args.quiet)
+    say(f"wrote {store.path}: {store.n_rows} images, sets {', '.join(store.descriptor_names())} "
+        f"in {time.perf_counter() - t0:.1f} s")
+
+
+def _run_study(args: argparse.Namespace, say, store=None, out=None) -> None:
+    from .study import run_study
+
+    result = run_study(
+        store or args.store, out or args.out,
+        descriptors=args.descriptors.split(",") if getattr(args, "descriptors", None) else None,
+        k=args.k, n_components=_components(getattr(args, "components", "64")),
+        n_init=getattr(args, "n_init", 3), memory=args.memory, random_state=args.seed,
+        progress=not args.quiet, log=say,
+    )
+    say("")
+    say(result.summary_table().to_string(index=False))
+    say(f"\nrecommended set: {result.recommended}; wrote {result.results_csv} and {result.metrics_csv}")
+
+
+def _run_demo(args: argparse.Namespace, say) -> None:
+    from .datasets import make_demo_case
+    from .ingest import convert_case
+
+    case = args.out / "case"
+    t0 = time.perf_counter()
+    make_demo_case(case, n_rows=args.rows, seed=args.seed, images=not args.no_images, progress=not args.quiet)
+    say(f"demo case with {args.rows} images in {case} ({time.perf_counter() - t0:.1f} s)")
+    store = convert_case(case, args.out / "case.zarr", memory=args.memory, progress=not args.quiet)
+    say(f"converted to {store.path}")
+    _run_study(args, say, store=store.path, out=args.out / "study")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``streamclust``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, flush=True)
+
+    runners = {"convert": _run_convert, "study": _run_study, "demo": _run_demo}
+    try:
+        runners[args.command](args, say)
+    except KeyboardInterrupt:
+        print("streamclust: interrupted; completed work is kept and the next run resumes it", file=sys.stderr)
+        return 130
+    except StreamclustError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"streamclust {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"streamclust {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

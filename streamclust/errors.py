@@ -1,0 +1,44 @@
+"""Exception types raised by streamclust.
+
+Every error the package raises on purpose derives from :class:`StreamclustError`,
+so callers (and the CLI) can tell "the input or the request is wrong" apart from
+a bug.  Messages name the file, row or parameter concerned and, where one exists,
+the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StreamclustError",
+    "InputError",
+    "UnsafePickleError",
+    "StoreError",
+    "MemoryBudgetError",
+    "StreamclustWarning",
+]
+
+
+class StreamclustError(Exception):
+    """Base class of every error streamclust raises deliberately."""
+
+
+class InputError(StreamclustError, ValueError):
+    """A raw input file or array is malformed: wrong shape, non-finite values,
+    truncated, mismatched row counts, bad paths."""
+
+
+class UnsafePickleError(InputError):
+    """A pickle holds something other than a plain numeric numpy array, or would
+    need to import or call code to be loaded."""
+
+
+class StoreError(StreamclustError):
+    """A Zarr store is missing, incomplete, of another schema version, or in use."""
+
+
+class MemoryBudgetError(StreamclustError, ValueError):
+    """A requested job cannot run within the given memory budget."""
+
+
+class StreamclustWarning(UserWarning):
+    """Base class of the warnings streamclust emits (errors in the test suite)."""

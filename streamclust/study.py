@@ -1,0 +1,296 @@
+"""The study: every descriptor set of a store preprocessed, clustered and summarised.
+
+For each descriptor set, in bounded memory:
+
+1. **Preprocess** -- :class:`~streamclust.estimators.StreamingPCA` (L2-normalise rows,
+   centre, project on ``n_components`` principal axes) fitted in ONE pass over the
+   raw descriptors; a second pass writes the reduced rows to the run
+   (``runs/<id>/<set>/reduced``).  Everything after works on those.
+2. **Sweep k** -- :func:`~streamclust.estimators.kmeans_sweep` fits k-means for
+   every k of the range (each pass over the reduced rows serves all k).
+3. **Score** -- exact full-data inertia, Calinski-Harabasz and Davies-Bouldin for
+   every k (:func:`~streamclust.estimators.sweep_metrics`), silhouette on a seeded
+   sample.
+4. **Choose k** -- the rule in :func:`choose_k`.
+5. **Label** every row with the chosen model (``runs/<id>/<set>/labels``).
+
+Outputs in ``out_dir``: ``results.csv`` (``path``, ``cluster``, ``cluster_<set>``
+per set; one row per image in store order), ``metrics.csv`` (one row per set x
+algorithm x k), ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.persist`)
+and ``summary.json``.  Files are replaced atomically and the run in the store is
+marked complete only at the very end, so a crash never leaves a run that looks
+finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from ._blocks import block_rows_for, iter_blocks, parse_memory
+from .errors import InputError
+from .estimators import StreamingKMeans, StreamingPCA, kmeans_sweep, sampled_silhouette, sweep_metrics
+from .persist import save_model_dir, write_atomic
+from .store import CaseStore, RunGroup
+
+__all__ = ["SetResult", "StudyResult", "choose_k", "parse_k_range", "run_study"]
+
+#: Silhouette values within this margin of the best count as a tie; the smaller k wins.
+K_TIE_MARGIN = 0.01
+
+
+@dataclass
+class SetResult:
+    """What the study found for one descriptor set."""
+
+    name: str
+    n_features: int
+    n_components: int
+    explained_variance: float
+    k: int
+    metrics: pd.DataFrame
+    seconds: float
+    model_dir: Path
+
+
+@dataclass
+class StudyResult:
+    """The outcome of :func:`run_study`."""
+
+    out_dir: Path
+    run_id: str
+    sets: dict[str, SetResult] = field(default_factory=dict)
+    recommended: str = ""
+
+    @property
+    def results_csv(self) -> Path:
+        return self.out_dir / "results.csv"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.out_dir / "metrics.csv"
+
+    def summary_table(self) -> pd.DataFrame:
+        """One row per set: dimensions, kept variance, chosen k and its metrics."""
+        rows = []
+        for name, res in self.sets.items():
+            chosen = res.metrics[res.metrics["chosen"]].iloc[0]
+            rows.append({
+                "set": name, "dims": res.n_features, "pca": res.n_components,
+                "variance_kept": round(res.explained_variance, 3), "k": res.k,
+                "silhouette": round(float(chosen["silhouette"]), 3),
+                "calinski_harabasz": round(float(chosen["calinski_harabasz"]), 1),
+                "davies_bouldin": round(float(chosen["davies_bouldin"]), 3),
+                "seconds": round(res.seconds, 1),
+                "recommended": name == self.recommended,
+            })
+        return pd.DataFrame(rows)
+
+
+def parse_k_range(spec: str | int | Sequence[int]) -> list[int]:
+    """``"2:15"`` -> [2, ..., 15] (inclusive), ``"8"`` -> [8], ``"4,8,12"`` -> [4, 8, 12]."""
+    if isinstance(spec, int):
+        ks = [spec]
+    elif isinstance(spec, str):
+        try:
+            if ":" in spec:
+                lo, hi = (int(p) for p in spec.split(":"))
+                ks = list(range(lo, hi + 1))
+            else:
+                ks = [int(p) for p in spec.split(",")]
+        except ValueError:
+            raise InputError(f"k={spec!r} is not a k range; write it like '8', '2:15' or '4,8,12'.") from None
+    else:
+        ks = [int(k) for k in spec]
+    if not ks or min(ks) < 2:
+        raise InputError(f"k={spec!r} should name one or more k >= 2.")
+    return sorted(set(ks))
+
+
+def choose_k(metrics: pd.DataFrame) -> int:
+    """The documented rule for choosing k from a sweep.
+
+    The k with the highest sampled silhouette; values within
+    ``K_TIE_MARGIN`` (0.01) of the best count as ties, and among ties the one
+    with the lowest Davies-Bouldin index wins (both metrics prefer compact,
+    separated clusters; DB is exact over all rows, so it breaks sampling noise).
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        Columns ``k``, ``silhouette``, ``davies_bouldin``.
+    """
+    best = metrics["silhouette"].max()
+    ties = metrics[metrics["silhouette"] >= best - K_TIE_MARGIN]
+    return int(ties.sort_values(["davies_bouldin", "k"]).iloc[0]["k"])
+
+
+def _store_reduced(pca: StreamingPCA, X: Any, run: RunGroup, name: str, block_rows: int) -> Any:
+    """Transform every row (parallel over blocks) into ``runs/<id>/<name>/reduced``."""
+    reduced = pca.transform(da.from_zarr(X))
+    target = run.create_array(f"{name}/reduced", (X.shape[0], pca.n_components_), "float32",
+                              attrs={"descriptor_set": name})
+    da.store(reduced.rechunk((target.chunks[0], -1)), target, lock=False)
+    return target
+
+
+def _store_labels(model: StreamingKMeans, reduced: Any, run: RunGroup, name: str) -> Any:
+    target = run.create_array(f"{name}/labels", (reduced.shape[0],), "int32",
+                              chunk_rows=reduced.chunks[0], attrs={"descriptor_set": name})
+    labels = model.predict(da.from_zarr(reduced)).astype(np.int32)
+    da.store(labels.rechunk((target.chunks[0],)), target, lock=False)
+    return target
+
+
+def _write_results_csv(path: Path, ids: Any, labels: dict[str, Any], recommended: str) -> None:
+    """Stream ``path, cluster, cluster_<set>...`` for every row into ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    block = 1 << 16
+    with open(tmp, "w", newline="") as f:
+        for start in range(0, ids.shape[0], block):
+            stop = min(ids.shape[0], start + block)
+            frame = pd.DataFrame({"path": np.asarray(ids[start:stop]).astype(object)})
+            frame["cluster"] = np.asarray(labels[recommended][start:stop])
+            for name, arr in labels.items():
+                frame[f"cluster_{name}"] = np.asarray(arr[start:stop])
+            frame.to_csv(f, header=start == 0, index=False)
+    os.replace(tmp, path)
+
+
+def run_study(
+    store_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    descriptors: Sequence[str] | None = None,
+    k: str | int | Sequence[int] = "2:15",
+    n_components: int | float = 64,
+    n_init: int = 3,
+    memory: str | int | None = None,
+    silhouette_samples: int = 10_000,
+    random_state: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> StudyResult:
+    """Run the study on a store; see the module docstring.
+
+    Parameters
+    ----------
+    store_path : path
+        A store written by :func:`streamclust.ingest.convert_case`.
+    out_dir : path
+        Folder for ``results.csv``, ``metrics.csv``, ``models/``, ``summary.json``.
+    descriptors : list of str, optional
+        Descriptor sets to study (default: all in the store).
+    k : str, int or list of int
+        k values to sweep, e.g. ``"2:15"``.
+    n_components : int or float
+        PCA components, or the fraction of variance to keep.
+    n_init : int
+        k-means starts per k; the lowest full-data inertia wins.
+    memory : str or int, optional
+        Memory budget, e.g. ``"1GB"`` (default 1 GiB).
+    silhouette_samples : int
+        Rows sampled for the silhouette estimate.
+    random_state : int
+        Seed; the same seed gives the same result.
+    progress : bool
+        Progress bars.
+    log : callable, optional
+        Receives one line per finished step.
+
+    Returns
+    -------
+    StudyResult
+    """
+    log = log or (lambda line: None)
+    budget = parse_memory(memory)
+    ks = parse_k_range(k)
+    store = CaseStore(store_path, mode="a")
+    names = list(descriptors) if descriptors else store.descriptor_names()
+    available = store.descriptor_names()
+    missing = [n for n in names if n not in available]
+    if missing or not names:
+        raise InputError(f"{store.path}: no descriptor set(s) {missing or names}; it has {available}.")
+    if store.n_rows < max(ks):
+        raise InputError(f"n_samples={store.n_rows} should be >= n_clusters={max(ks)}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"descriptors": names, "k": ks, "n_components": n_components, "n_init": n_init,
+              "memory": budget, "silhouette_samples": silhouette_samples, "random_state": random_state}
+    run = store.new_run(params)
+    result = StudyResult(out_dir=out, run_id=run.run_id)
+    try:
+        labels = {}
+        all_metrics = []
+        for name in names:
+            t0 = time.perf_counter()
+            X = store.descriptor(name)
+            pca = StreamingPCA(n_components=n_components, l2_normalize=True, memory=budget,
+                               random_state=random_state)
+            pca.fit(da.from_zarr(X))
+            reduced = _store_reduced(pca, X, run, name, block_rows_for(X.shape[1], budget))
+            log(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
+                f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
+            models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
+            centers = {kk: m.cluster_centers_ for kk, m in models.items()}
+            scores = sweep_metrics(reduced, centers, memory=budget)
+            rows = []
+            for kk in ks:
+                sil = sampled_silhouette(reduced, centers=centers[kk], n_samples=silhouette_samples,
+                                         random_state=random_state)
+                rows.append({"set": name, "algorithm": "kmeans", "k": kk, "n_rows": store.n_rows,
+                             "n_features": X.shape[1], "n_components": pca.n_components_,
+                             "inertia": scores[kk]["inertia"],
+                             "calinski_harabasz": scores[kk]["calinski_harabasz"],
+                             "davies_bouldin": scores[kk]["davies_bouldin"],
+                             "silhouette": sil,
+                             "smallest_cluster": int(np.min(scores[kk]["sizes"]))})
+            metrics = pd.DataFrame(rows)
+            chosen = choose_k(metrics)
+            metrics["chosen"] = metrics["k"] == chosen
+            all_metrics.append(metrics)
+            model = models[chosen]
+            labels[name] = _store_labels(model, reduced, run, name)
+            model_dir = save_model_dir(
+                out / "models" / name, "descriptor-set-model",
+                params={"n_components": n_components, "l2_normalize": True, "k": chosen},
+                arrays={"pca_components": pca.components_, "pca_mean": pca.mean_,
+                        "pca_explained_variance": pca.explained_variance_,
+                        "cluster_centers": model.cluster_centers_},
+                info={"descriptor_set": name, "n_features": int(X.shape[1]), "k": chosen,
+                      "store": store.path, "run_id": run.run_id,
+                      "source_sha256": X.attrs.get("source_sha256"),
+                      "n_training_rows": store.n_rows},
+            )
+            seconds = time.perf_counter() - t0
+            result.sets[name] = SetResult(name, int(X.shape[1]), int(pca.n_components_),
+                                          float(pca.explained_variance_ratio_.sum()), chosen,
+                                          metrics, seconds, model_dir)
+            log(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
+                f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
+        result.recommended = max(
+            result.sets, key=lambda n: float(result.sets[n].metrics.loc[result.sets[n].metrics["chosen"], "silhouette"].iloc[0])
+        )
+        metrics_all = pd.concat(all_metrics, ignore_index=True)
+        write_atomic(out / "metrics.csv", metrics_all.to_csv(index=False))
+        _write_results_csv(out / "results.csv", store.ids, labels, result.recommended)
+        summary = {"run_id": run.run_id, "store": store.path, "recommended": result.recommended,
+                   "recommended_rule": "highest sampled silhouette at the chosen k",
+                   "k_rule": choose_k.__doc__.split("\n\n")[1].strip().replace("\n   ", ""),
+                   "sets": result.summary_table().to_dict(orient="records")}
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+        run.complete({"recommended": result.recommended,
+                      "chosen_k": {n: r.k for n, r in result.sets.items()}})
+    except BaseException as exc:
+        run.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    return result
