@@ -29,7 +29,7 @@ test-slow: $(STAMP)
 
 ## bench: the benchmark suite (see benchmarks/README.md)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py all
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

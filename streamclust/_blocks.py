@@ -76,9 +76,9 @@ def parse_memory(size: str | int | float | None) -> int:
                 f"memory={size!r} is not a size; write it like '1GB', '512MiB' or '2G'."
             )
         value = int(float(match.group(1)) * _UNITS[unit])
-    if value < (16 << 20):
+    if value < (8 << 20):
         raise MemoryBudgetError(
-            f"memory={size!r} is below the 16 MiB minimum streamclust needs for one block."
+            f"memory={size!r} is below the 8 MiB minimum streamclust needs for one block."
         )
     return value
 

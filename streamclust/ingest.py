@@ -8,7 +8,8 @@ Formats (chosen by extension):
                           pickles only with ``allow_restricted_pickle=True``
 ``.npy``                  memory-mapped
 ``.npz``                  one member (``file.npz:key`` picks it), streamed
-``.csv``, ``.txt``        one row per image, numbers only (a header line is skipped)
+``.csv``, ``.txt``        one row per image, numbers only (a header line -- text, or
+                          pandas' default ``0,1,...,d-1`` -- is skipped)
 ``.parquet``              numeric columns, or one list column, one row per image
 ========================  ==========================================================
 
@@ -155,8 +156,10 @@ class _NpzSource(_SequentialSource):
         return zf.open(self.key + ".npy")
 
     def _header(self, f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
-        version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+        fmt = np.lib.format
+        version = fmt.read_magic(f)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
         if dtype.hasobject:
             raise InputError(f"{self.path}:{self.key} has object dtype; only numbers are read.")
         return shape, fortran, dtype
@@ -185,16 +188,19 @@ class _CsvSource(_SequentialSource):
             first = f.readline().decode("utf-8", errors="replace")
             n_lines = 1 + sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
             f.seek(-1, os.SEEK_END)
-            if f.read(1) == b"\n":
-                n_lines -= 1
+            if f.read(1) == b"\n" and f.tell() > len(first.encode()):
+                pass  # every line ends with a newline: the count is exact
+            elif f.tell() > len(first.encode()):
+                n_lines += 1  # the last line has no newline
         self._sep = "," if "," in first else (";" if ";" in first else r"\s+")
         cells = [c for c in pd.Series([first.strip()]).str.split(self._sep if self._sep != r"\s+" else None).iloc[0]]
         try:
-            [float(c) for c in cells]
-            self._header = False
+            values = [float(c) for c in cells]
+            # pandas' to_csv writes column names 0..d-1 as a header line
+            self._header = values == list(range(len(values))) and len(values) > 1
         except ValueError:
             self._header = True
-            n_lines -= 1
+        n_lines -= int(self._header)
         self.dtype = np.dtype("float64")
         self.shape = _check_2d_numeric(path, (n_lines, len(cells)), self.dtype)
 

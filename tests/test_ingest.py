@@ -28,7 +28,7 @@ def _write_case(root, arrays: dict[str, np.ndarray], fmt: str = "npy", n_paths: 
         elif fmt == "npz":
             np.savez_compressed(target, arr)
         elif fmt == "csv":
-            pd.DataFrame(arr).to_csv(target, index=False, float_format="%.9g")
+            pd.DataFrame(arr).to_csv(target, index=False, float_format="%.17g")
         elif fmt == "parquet":
             pd.DataFrame(arr, columns=[f"f{j}" for j in range(arr.shape[1])]).to_parquet(target)
     return paths
@@ -68,7 +68,7 @@ def test_non_finite_row_is_named_and_store_not_marked_complete(tmp_path):
 
 def test_interrupted_conversion_resumes_and_equals_clean_run(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
-    a = rng.normal(size=(20_000, 16)).astype(np.float32)
+    a = rng.normal(size=(200_000, 16)).astype(np.float32)
     _write_case(tmp_path / "case", {"a": a})
     src_cls = type(open_source(tmp_path / "case" / "descriptors" / "a.npy"))
     original = src_cls.read_rows
@@ -85,7 +85,7 @@ def test_interrupted_conversion_resumes_and_equals_clean_run(tmp_path, monkeypat
         convert_case(tmp_path / "case", tmp_path / "out.zarr", memory="16MB")
     partial = CaseStore(tmp_path / "out.zarr").root["descriptors"]["a"]
     written = partial.attrs["rows_written"]
-    assert 0 < written < 20_000 and partial.attrs["status"] == "writing"
+    assert 0 < written < 200_000 and partial.attrs["status"] == "writing"
     monkeypatch.setattr(src_cls, "read_rows", original)
     seen = []
     monkeypatch.setattr(src_cls, "read_rows", lambda self, s, e: seen.append(s) or original(self, s, e))

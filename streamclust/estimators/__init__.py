@@ -1,0 +1,21 @@
+"""Streaming, scikit-learn-style estimators over row blocks (see :mod:`streamclust._blocks`).
+
+Every estimator reads numpy, Zarr or Dask arrays block by block under a memory
+budget; ``transform``/``predict`` return numpy for in-memory input and lazy
+Dask arrays otherwise.
+"""
+
+from .kmeans import StreamingKMeans, kmeans_sweep
+from .metrics import cluster_metrics, sampled_silhouette, sweep_metrics
+from .preprocessing import StreamingPCA, StreamingScaler, l2_normalize
+
+__all__ = [
+    "StreamingPCA",
+    "StreamingScaler",
+    "l2_normalize",
+    "StreamingKMeans",
+    "kmeans_sweep",
+    "cluster_metrics",
+    "sweep_metrics",
+    "sampled_silhouette",
+]

@@ -1,0 +1,221 @@
+"""Private helpers shared by the streaming estimators.
+
+Input dispatch (in-memory numpy vs. out-of-core Zarr/Dask), validation with
+scikit-learn's conventions, block sizing, and the grouped block reduction that
+keeps the per-block results of one pass within the memory budget.  Every pass
+over the data still goes through :func:`streamclust._blocks.map_blocks_reduce`
+or :func:`streamclust._blocks.iter_blocks`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.validation import check_array, validate_data
+
+from .._blocks import as_dask, block_rows_for, map_blocks_reduce, parse_memory
+
+__all__: list[str] = []
+
+
+def is_lazy(X: Any) -> bool:
+    """True for arrays that must be walked block by block (Dask, Zarr, array-likes
+    with ``shape``/``dtype``/``__getitem__`` that are not numpy, pandas or sparse)."""
+    if isinstance(X, da.Array):
+        return True
+    if isinstance(X, np.ndarray) or sp.issparse(X):
+        return False
+    module = type(X).__module__ or ""
+    if module.startswith(("pandas", "polars", "pyarrow", "sklearn")):
+        return False
+    return all(hasattr(X, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
+
+
+def float_dtype(dtype: Any) -> np.dtype:
+    """Working dtype of a block: float32 stays float32, everything else is float64."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float32 else np.dtype(np.float64)
+
+
+def check_X(estimator: Any, X: Any, *, reset: bool) -> tuple[Any, bool]:
+    """Validate ``X`` the scikit-learn way and return ``(X, lazy)``.
+
+    In-memory inputs go through :func:`sklearn.utils.validation.validate_data`
+    (float64/float32, finite, 2-D, non-empty); out-of-core inputs get the same
+    shape, dtype and feature-count checks without reading the data (finiteness is
+    checked on the accumulated statistics instead).
+    """
+    if not is_lazy(X):
+        X = validate_data(estimator, X, reset=reset, dtype=[np.float64, np.float32])
+        return X, False
+    if X.ndim != 2:
+        raise ValueError(
+            f"Expected 2D array, got {X.ndim}D array instead: shape={tuple(X.shape)}. "
+            "Reshape your data to (n_samples, n_features)."
+        )
+    kind = np.dtype(X.dtype).kind
+    if kind not in "fiub":
+        raise ValueError(f"X has dtype={np.dtype(X.dtype)}; a real numeric dtype is needed.")
+    n, d = int(X.shape[0]), int(X.shape[1])
+    if n < 1:
+        raise ValueError(f"Found array with 0 sample(s) (shape=({n}, {d})) while a minimum of 1 is required.")
+    if d < 1:
+        raise ValueError(f"Found array with 0 feature(s) (shape=({n}, {d})) while a minimum of 1 is required.")
+    if reset:
+        estimator.n_features_in_ = d
+        if hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    else:
+        expected = getattr(estimator, "n_features_in_", None)
+        if expected is not None and d != expected:
+            raise ValueError(
+                f"X has {d} features, but {type(estimator).__name__} is expecting "
+                f"{expected} features as input."
+            )
+    return X, True
+
+
+def check_data(X: Any) -> tuple[Any, bool]:
+    """Validate ``X`` without an estimator (for functions): ``(X, lazy)``."""
+    if not is_lazy(X):
+        return check_array(X, dtype=[np.float64, np.float32]), False
+
+    class _Holder:
+        pass
+
+    return check_X(_Holder(), X, reset=True)
+
+
+def check_finite(values: Any, what: str = "X") -> None:
+    """Raise the scikit-learn error for non-finite input, detected on statistics."""
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"Input {what} contains NaN or infinity.")
+
+
+def chunk_rows_of(X: Any) -> int | None:
+    """Row-chunk size of a Zarr/Dask/chunked array, if it has a regular one."""
+    chunks = getattr(X, "chunks", None)
+    if chunks is None:
+        return None
+    first = chunks[0]
+    if isinstance(first, tuple):  # dask: tuple of chunk sizes
+        return int(first[0]) if first else None
+    try:
+        return int(first)
+    except (TypeError, ValueError):
+        return None
+
+
+def resolve_block_rows(
+    n_features: int, memory: Any, block_rows: Any, X: Any = None, **kwargs: Any
+) -> int:
+    """Rows per block: ``block_rows`` if given (validated) else sized from ``memory``."""
+    if block_rows is not None:
+        if not isinstance(block_rows, numbers.Integral) or isinstance(block_rows, bool) or block_rows < 1:
+            raise ValueError(f"block_rows={block_rows!r} should be a positive integer or None.")
+        return int(block_rows)
+    return block_rows_for(
+        int(n_features), memory, chunk_rows=chunk_rows_of(X) if X is not None else None, **kwargs
+    )
+
+
+def to_blockable(X: Any, block_rows: int) -> Any:
+    """Dask view of ``X`` chunked in ``block_rows`` rows.
+
+    numpy arrays are wrapped with ``name=False`` so Dask does not hash the whole
+    array (sha1, ~1 GB/s) on every pass; everything else goes through
+    :func:`streamclust._blocks.as_dask`.
+    """
+    if isinstance(X, np.ndarray):
+        return da.from_array(X, chunks=(block_rows, X.shape[1]), name=False)
+    return as_dask(X, block_rows)
+
+
+def fold_blocks(
+    func: Callable[[np.ndarray, slice], Any],
+    X: Any,
+    block_rows: int,
+    combine: Callable[[Any, Any], Any],
+    *,
+    result_nbytes: int = 0,
+    memory: Any = None,
+) -> Any:
+    """One parallel pass: ``func(block, rows)`` on every block, folded left in block order.
+
+    :func:`map_blocks_reduce` holds all per-block results at once before
+    reducing; when those results are large (e.g. ``d x d`` matrices) the pass is
+    run in groups of consecutive blocks so that at most a quarter of the memory
+    budget is taken by pending results.  The fold order (block 0, 1, 2, ...) is
+    the same whatever the grouping, so results do not depend on it.
+    """
+    arr = to_blockable(X, block_rows)
+    n = int(arr.shape[0])
+    n_blocks = max(1, math.ceil(n / block_rows))
+    budget = parse_memory(memory) // 4
+    group = n_blocks if result_nbytes <= 0 else max(1, min(n_blocks, budget // max(1, result_nbytes)))
+    acc = None
+    first = True
+    for g0 in range(0, n_blocks, group):
+        start = g0 * block_rows
+        stop = min(n, (g0 + group) * block_rows)
+        if start == 0 and stop == n:
+            part, f = arr, func
+        else:
+            part, f = arr[start:stop], _Offset(func, start)
+        results = map_blocks_reduce(f, part, block_rows)
+        for r in results:
+            if first:
+                acc, first = r, False
+            else:
+                acc = combine(acc, r)
+    return acc
+
+
+class _Offset:
+    """Picklable wrapper shifting the ``rows`` slice given to ``func`` by ``offset``."""
+
+    def __init__(self, func: Callable[[np.ndarray, slice], Any], offset: int) -> None:
+        self.func = func
+        self.offset = offset
+
+    def __call__(self, block: np.ndarray, rows: slice) -> Any:
+        return self.func(block, slice(rows.start + self.offset, rows.stop + self.offset))
+
+
+class _TakeRows:
+    """Per-block function returning the rows of ``index`` (sorted, global) in the block."""
+
+    def __init__(self, index: np.ndarray) -> None:
+        self.index = index
+
+    def __call__(self, block: np.ndarray, rows: slice) -> list[np.ndarray]:
+        lo, hi = np.searchsorted(self.index, [rows.start, rows.stop])
+        return [np.array(block[self.index[lo:hi] - rows.start])]
+
+
+def take_rows(X: Any, index: np.ndarray, block_rows: int, *, memory: Any = None) -> np.ndarray:
+    """Rows ``X[index]`` (``index`` sorted, unique) read in one block-wise pass."""
+    index = np.asarray(index, dtype=np.int64)
+    if isinstance(X, np.ndarray):
+        return X[index]
+    parts = fold_blocks(_TakeRows(index), X, block_rows, lambda a, b: a + b)
+    return np.concatenate(parts, axis=0)
+
+
+def as_labels(labels: Any, n_samples: int) -> np.ndarray:
+    """1-D label array of length ``n_samples`` as numpy (Dask labels are computed)."""
+    if isinstance(labels, da.Array):
+        labels = labels.compute()
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        labels = np.ravel(labels) if labels.ndim == 2 and 1 in labels.shape else labels
+    if labels.ndim != 1 or labels.shape[0] != n_samples:
+        raise ValueError(
+            f"labels has shape {labels.shape}; it should be ({n_samples},), one label per row of X."
+        )
+    return labels

@@ -1,0 +1,341 @@
+"""Exact full-data clustering metrics from per-cluster sufficient statistics.
+
+:func:`cluster_metrics` and :func:`sweep_metrics` compute inertia,
+Calinski-Harabasz and Davies-Bouldin over ALL rows in bounded memory with two
+parallel passes over the blocks:
+
+1. per cluster: count, mean and M2 (sum of squared deviations from the mean),
+   per block in float64 and merged across blocks with Chan's parallel formula
+   (numerically stable; no "sum of squares minus square of sum") ->
+   within-cluster and between-cluster dispersion -> Calinski-Harabasz, inertia;
+2. per cluster: the sum of Euclidean distances of members to their mean ->
+   Davies-Bouldin.
+
+:func:`sweep_metrics` shares both passes among all ``k``.
+:func:`sampled_silhouette` is a silhouette estimate on a seeded row sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial.distance import cdist
+from sklearn.metrics import silhouette_score
+from sklearn.utils import check_random_state
+from sklearn.utils.random import sample_without_replacement
+
+from ._utils import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
+from .kmeans import _assign, _prep_centers, _shifted
+
+__all__ = ["cluster_metrics", "sweep_metrics", "sampled_silhouette"]
+
+
+# --------------------------------------------------------------------------- #
+# Label sources: given labels (encoded 0..K-1) or nearest of given centres
+# --------------------------------------------------------------------------- #
+class _Source:
+    """Where a row's cluster comes from: ``codes`` (encoded labels) or ``centers``."""
+
+    def __init__(self, *, codes: np.ndarray | None = None, n_clusters: int = 0,
+                 centers: np.ndarray | None = None) -> None:
+        self.codes = codes
+        self.centers = centers
+        if centers is not None:
+            self.centers = np.asarray(centers, dtype=np.float64)
+            self.shift = self.centers.mean(axis=0)
+            self.n_clusters = self.centers.shape[0]
+        else:
+            self.shift = None
+            self.n_clusters = int(n_clusters)
+
+    def labels(self, block: np.ndarray, rows: slice, cache: dict) -> np.ndarray:
+        if self.codes is not None:
+            return self.codes[rows]
+        key = ("shifted", self.shift.tobytes())
+        if key not in cache:
+            cache[key] = _shifted(block, self.shift)
+        xs, xx = cache[key]
+        cs, cc = _prep_centers(self.centers, self.shift, xs.dtype)
+        return _assign(xs, xx, cs, cc)[0]
+
+
+def _sums(x64: np.ndarray, lab: np.ndarray, K: int) -> np.ndarray:
+    """Per-cluster column sums (K, d) in float64 via a sparse one-hot product."""
+    r = lab.shape[0]
+    onehot = sp.csr_matrix((np.ones(r), (lab, np.arange(r))), shape=(K, r))
+    return np.asarray(onehot @ x64)
+
+
+class _Pass1:
+    """Per block and source: ``(counts, means, m2)`` of every cluster."""
+
+    def __init__(self, sources: list[_Source]) -> None:
+        self.sources = sources
+
+    def __call__(self, block: np.ndarray, rows: slice) -> list:
+        x64 = np.asarray(block, dtype=np.float64)
+        cache: dict = {}
+        out = []
+        for src in self.sources:
+            lab = src.labels(block, rows, cache)
+            K = src.n_clusters
+            cnt = np.bincount(lab, minlength=K).astype(np.int64)
+            means = _sums(x64, lab, K)
+            nz = cnt > 0
+            means[nz] /= cnt[nz, None]
+            diff = x64 - means[lab]
+            m2 = np.bincount(lab, weights=np.einsum("ij,ij->i", diff, diff), minlength=K)
+            out.append((cnt, means, m2))
+        return out
+
+
+def _merge1(a: list, b: list) -> list:
+    out = []
+    for (na, ma, va), (nb, mb, vb) in zip(a, b):
+        n = na + nb
+        w = np.divide(nb, n, out=np.zeros(n.shape), where=n > 0)
+        delta = mb - ma
+        mean = ma + delta * w[:, None]
+        cross = np.divide(na * nb, n, out=np.zeros(n.shape), where=n > 0)
+        m2 = va + vb + np.einsum("ij,ij->i", delta, delta) * cross
+        out.append((n, mean, m2))
+    return out
+
+
+class _Pass2:
+    """Per block and source: sum of distances of members to their cluster mean."""
+
+    def __init__(self, sources: list[_Source], means: list[np.ndarray]) -> None:
+        self.sources = sources
+        self.means = means
+
+    def __call__(self, block: np.ndarray, rows: slice) -> list:
+        x64 = np.asarray(block, dtype=np.float64)
+        cache: dict = {}
+        out = []
+        for src, means in zip(self.sources, self.means):
+            lab = src.labels(block, rows, cache)
+            diff = x64 - means[lab]
+            dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            out.append(np.bincount(lab, weights=dist, minlength=src.n_clusters))
+        return out
+
+
+def _merge2(a: list, b: list) -> list:
+    return [p + q for p, q in zip(a, b)]
+
+
+def _finish(src: _Source, stats: tuple, intra_sum: np.ndarray, n: int) -> dict:
+    cnt, means, m2 = stats
+    nz = cnt > 0
+    k = int(nz.sum())
+    if not 1 < k < n:
+        raise ValueError(
+            f"Number of labels is {k}. Valid values are 2 to n_samples - 1 (inclusive)"
+        )
+    c, mu, w = cnt[nz].astype(np.float64), means[nz], m2[nz]
+    overall = (c[:, None] * mu).sum(axis=0) / n
+    extra = float((c * ((mu - overall) ** 2).sum(axis=1)).sum())
+    intra = float(w.sum())
+    ch = 1.0 if intra == 0.0 else extra * (n - k) / (intra * (k - 1.0))
+    intra_d = intra_sum[nz] / c
+    cdists = cdist(mu, mu)
+    if np.allclose(intra_d, 0) or np.allclose(cdists, 0):
+        db = 0.0
+    else:
+        cdists[cdists == 0] = np.inf
+        db = float(np.mean(np.max((intra_d[:, None] + intra_d[None, :]) / cdists, axis=1)))
+    inertia = intra
+    if src.centers is not None:
+        inertia += float((c * ((mu - src.centers[nz]) ** 2).sum(axis=1)).sum())
+    return {
+        "n_samples": int(n),
+        "n_clusters": k,
+        "inertia": inertia,
+        "calinski_harabasz": float(ch),
+        "davies_bouldin": db,
+        "sizes": cnt.copy(),
+    }
+
+
+def _run(X: Any, sources: list[_Source], memory: Any, block_rows: Any) -> list[dict]:
+    n, d = int(X.shape[0]), int(X.shape[1])
+    br = resolve_block_rows(d, memory, block_rows, X)
+    nbytes = sum(s.n_clusters * (d + 2) * 8 for s in sources)
+    stats = fold_blocks(_Pass1(sources), X, br, _merge1, result_nbytes=nbytes, memory=memory)
+    for _, mu, m2 in stats:
+        check_finite(mu)
+        check_finite(m2)
+    intra = fold_blocks(
+        _Pass2(sources, [s[1] for s in stats]), X, br, _merge2,
+        result_nbytes=sum(s.n_clusters * 8 for s in sources), memory=memory,
+    )
+    return [_finish(src, st, it, n) for src, st, it in zip(sources, stats, intra)]
+
+
+def _source_from(labels: Any, centers: Any, n: int, d: int) -> tuple[_Source, np.ndarray | None]:
+    if (labels is None) == (centers is None):
+        raise ValueError("Give exactly one of labels= (one per row of X) or centers=.")
+    if centers is not None:
+        centers = np.asarray(centers, dtype=np.float64)
+        if centers.ndim != 2 or centers.shape[1] != d:
+            raise ValueError(
+                f"centers has shape {centers.shape}; it should be (n_clusters, {d}) for X with {d} features."
+            )
+        return _Source(centers=centers), None
+    lab = as_labels(labels, n)
+    uniq, codes = np.unique(lab, return_inverse=True)
+    return _Source(codes=codes.astype(np.int32).ravel(), n_clusters=len(uniq)), uniq
+
+
+# --------------------------------------------------------------------------- #
+# Public API
+# --------------------------------------------------------------------------- #
+def cluster_metrics(
+    X: Any,
+    labels: Any = None,
+    *,
+    centers: Any = None,
+    memory: str | int | None = None,
+    block_rows: int | None = None,
+) -> dict:
+    """Exact inertia, Calinski-Harabasz and Davies-Bouldin over all rows of ``X``.
+
+    Two parallel passes over the blocks (see the module docstring); memory is
+    the blocks plus ``O(n_clusters x n_features)``.  Equals
+    :func:`sklearn.metrics.calinski_harabasz_score` and
+    :func:`sklearn.metrics.davies_bouldin_score` on the same labels.
+
+    Parameters
+    ----------
+    X : array-like, shape (n_samples, n_features)
+        numpy, Zarr or Dask array.
+    labels : array-like of shape (n_samples,), optional
+        Cluster of every row (any integer values, e.g. -1 for noise counts as a
+        cluster, as in scikit-learn).  Dask labels are computed into memory
+        (``n`` integers).
+    centers : ndarray of shape (n_clusters, n_features), optional
+        Instead of ``labels``: every row belongs to its nearest centre (computed
+        per block, never stored); ``inertia`` is then the sum of squared
+        distances to those centres.  Centres without members are left out of
+        ``n_clusters`` (as scikit-learn would not see them in the labels).
+    memory : str or int, optional
+        Memory budget of a pass.
+    block_rows : int, optional
+        Rows per block.
+
+    Returns
+    -------
+    dict
+        ``n_samples``, ``n_clusters`` (non-empty clusters), ``inertia`` (with
+        labels: sum of squared distances to the cluster means),
+        ``calinski_harabasz``, ``davies_bouldin``, ``sizes`` (ndarray of
+        members per cluster: per sorted label value, or per centre) and, with
+        ``labels``, ``labels`` (the sorted label values).
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than 2 non-empty clusters or as many as rows.
+    """
+    X, _ = check_data(X)
+    n, d = int(X.shape[0]), int(X.shape[1])
+    src, uniq = _source_from(labels, centers, n, d)
+    out = _run(X, [src], memory, block_rows)[0]
+    if uniq is not None:
+        out["labels"] = uniq
+    return out
+
+
+def sweep_metrics(
+    X: Any,
+    centers_by_k: dict,
+    *,
+    memory: str | int | None = None,
+    block_rows: int | None = None,
+) -> dict:
+    """:func:`cluster_metrics` for many sets of centres with the two passes shared.
+
+    Each block is read twice in total (not twice per ``k``); per block, the
+    nearest centre of every row is computed for each set.
+
+    Parameters
+    ----------
+    X : array-like, shape (n_samples, n_features)
+    centers_by_k : dict of key to ndarray of shape (k, n_features)
+        E.g. ``{k: model.cluster_centers_ for k, model in kmeans_sweep(...).items()}``.
+    memory : str or int, optional
+    block_rows : int, optional
+
+    Returns
+    -------
+    dict of key to dict
+        The :func:`cluster_metrics` dict of every key.
+    """
+    X, _ = check_data(X)
+    n, d = int(X.shape[0]), int(X.shape[1])
+    keys = list(centers_by_k)
+    if not keys:
+        raise ValueError("centers_by_k is empty; give at least one set of centres.")
+    sources = [_source_from(None, centers_by_k[key], n, d)[0] for key in keys]
+    return dict(zip(keys, _run(X, sources, memory, block_rows)))
+
+
+def sampled_silhouette(
+    X: Any,
+    labels: Any = None,
+    *,
+    centers: Any = None,
+    n_samples: int = 10_000,
+    random_state: Any = None,
+    memory: str | int | None = None,
+    block_rows: int | None = None,
+) -> float:
+    """Silhouette coefficient ESTIMATED on a seeded random sample of rows.
+
+    The exact silhouette needs all pairwise distances (quadratic); this draws
+    ``n_samples`` rows without replacement (one block-wise pass), and runs
+    :func:`sklearn.metrics.silhouette_score` on them in float64.  It is a
+    sample estimate: its standard error shrinks like ``1 / sqrt(n_samples)``.
+
+    Parameters
+    ----------
+    X : array-like, shape (n_samples_total, n_features)
+    labels : array-like of shape (n_samples_total,), optional
+    centers : ndarray of shape (n_clusters, n_features), optional
+        Instead of ``labels``: nearest centre of every sampled row.
+    n_samples : int, default=10000
+        Sample size (all rows if there are fewer).
+    random_state : int, RandomState instance or None
+    memory, block_rows
+        Block sizing of the sampling pass.
+
+    Returns
+    -------
+    float
+    """
+    X, _ = check_data(X)
+    n, d = int(X.shape[0]), int(X.shape[1])
+    if (labels is None) == (centers is None):
+        raise ValueError("Give exactly one of labels= (one per row of X) or centers=.")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+        raise ValueError(f"n_samples={n_samples!r} should be an integer >= 2.")
+    rng = check_random_state(random_state)
+    m = min(int(n_samples), n)
+    idx = np.arange(n) if m >= n else np.sort(sample_without_replacement(n, m, random_state=rng))
+    br = resolve_block_rows(d, memory, block_rows, X)
+    raw = np.asarray(take_rows(X, idx, br, memory=memory))
+    rows = raw.astype(np.float64)
+    if centers is not None:
+        src, _ = _source_from(None, centers, n, d)
+        lab = src.labels(raw, slice(0, len(raw)), {})
+    elif isinstance(labels, da.Array):
+        if labels.ndim != 1 or labels.shape[0] != n:
+            raise ValueError(f"labels has shape {labels.shape}; it should be ({n},).")
+        lab = np.asarray(labels[idx].compute())
+    else:
+        lab = as_labels(labels, n)[idx]
+    return float(silhouette_score(rows, lab))
