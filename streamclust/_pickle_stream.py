@@ -45,16 +45,18 @@ rows are read on demand with :meth:`PickledArray.read_rows`.
 
 ``open_pickled_array(path, allow_restricted=True)`` additionally accepts
 pickles that are not a plain array (a pandas ``DataFrame`` of numbers, a list
-of 1-D arrays): those are loaded, whole and into memory, by a
-:class:`pickle.Unpickler` whose ``find_class`` admits only an explicit list of
-numpy and pandas (and, for pandas' string labels, pyarrow) constructors.  That
-loader refuses ``os``, ``subprocess``, ``builtins.eval`` and every other
-global, but it does run the admitted constructors on the file's data: use it
-for files whose origin you trust.
+of equal-length 1-D arrays).  Those are loaded, **whole and into memory**, by
+pickle's pure-Python unpickler whose ``find_class`` admits only an explicit
+list of numpy and pandas constructors (plus pyarrow's, rebuilt and validated,
+for pandas' string labels); it refuses ``os``, ``subprocess``,
+``builtins.eval`` and every other global.  It also checks the states of numpy
+dtypes before numpy sees them (numpy crashes on some malformed ones) and caps
+every read at the file size.  It does run the admitted constructors on the
+file's data, so it is for files from sources you trust; it is not a sandbox.
 
 :func:`write_pickled_array` writes such a file from row blocks, so that
-``pickle.load`` returns the array; the bytes equal those of
-``pickle.dumps(arr, protocol)``.
+``pickle.load`` returns the array: its bytes equal those of
+``pickle.dumps(arr, protocol)`` under the running numpy, frames included.
 """
 
 from __future__ import annotations
@@ -123,9 +125,12 @@ _FRAME_SIZE_TARGET = 64 * 1024
 #: Frames shorter than this are written without a ``FRAME`` header.
 _FRAME_SIZE_MIN = 4
 
-#: dtype kinds the reader accepts and the writer writes: bool, signed and
-#: unsigned integers, floats.
+#: dtype kinds of numeric arrays: bool, signed and unsigned integers, floats.
 _NUMERIC_KINDS = "biuf"
+#: Names (as in ``numpy.dtype.__reduce__``) of the dtypes read and written.
+_DTYPE_NAMES = frozenset(
+    {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
+)
 
 
 # --------------------------------------------------------------------------
@@ -356,10 +361,10 @@ def _frame(pieces: list[bytes | int | None], protocol: int) -> list[bytes | int]
 
 
 def _check_writable_dtype(dtype: np.dtype) -> None:
-    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype:
+    if dtype.str[1:] not in _DTYPE_NAMES:
         raise InputError(
-            f"cannot write dtype {dtype.str!r}: only bool, integer and float dtypes "
-            "are written"
+            f"cannot write dtype {dtype.str!r}: only bool, int8-int64, uint8-uint64 "
+            "and float16-float64 are written"
         )
 
 
@@ -515,8 +520,6 @@ _SAFE_GLOBALS: dict[tuple[str, str], str] = {
 _RESTRICTED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     {
         *_SAFE_GLOBALS,
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.multiarray", "scalar"),
         ("builtins", "slice"),
         ("__builtin__", "slice"),
         ("builtins", "bytearray"),
@@ -540,9 +543,6 @@ _RESTRICTED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("pyarrow.lib", "py_buffer"),
     }
 )
-
-#: dtype names (``numpy.dtype.__reduce__``) of the supported dtypes.
-_DTYPE_NAMES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"})
 
 _RESTRICTED_HINT = (
     "if the file comes from a source you trust, pass allow_restricted=True / "
@@ -626,7 +626,7 @@ class _RawSource:
             done += n
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Latin1Source:
     """The array buffer stored as UTF-8 text of latin-1 code points (protocol 2).
 
@@ -668,7 +668,7 @@ class _Latin1Source:
             ) from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _MemorySource:
     """An array loaded whole by the restricted loader."""
 
@@ -759,7 +759,11 @@ class PickledArray:
         if count * n_cols == 0:
             return np.empty((count, n_cols), self.dtype)
         name = str(self.path)
-        with open(self.path, "rb") as f:
+        try:
+            f = open(self.path, "rb")
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        with f:
             if not self.fortran_order:
                 out = np.empty(count * n_cols * itemsize, np.uint8)
                 source.read(f, start * n_cols * itemsize, out, name)
@@ -875,7 +879,7 @@ class _Parser:
             self.pos, f"a program of more than {_MAX_OPCODES} opcodes", hint=True
         )
 
-    def step(self, code: int, pos: int) -> None:  # noqa: C901 - one opcode table
+    def step(self, code: int, pos: int) -> None:
         push = self.stack.append
         if code == _PROTO:
             version = self.read(1)[0]
@@ -1048,7 +1052,10 @@ class _Parser:
             obj.built = self.dtype_state(obj.name, state, pos)
             return
         if len(state) != 5 or state[0] != 1 or not isinstance(state[3], bool):
-            raise self.malformed(pos, f"ndarray state {_describe(state)} is not (1, shape, dtype, fortran, data)")
+            raise self.malformed(
+                pos,
+                f"ndarray state {_describe(state)} is not (1, shape, dtype, fortran, data)",
+            )
         _, shape, dtype, fortran, data = state
         if isinstance(data, _Latin1) or _is_bytes(data):
             obj.built = self.array(shape, self.built_dtype(dtype, pos), fortran, data, pos)
@@ -1125,13 +1132,15 @@ def _is_placeholder(value: object) -> bool:
 def _describe(value: object) -> str:
     """Short description of a symbolic value for error messages."""
     if isinstance(value, tuple):
-        return "(" + ", ".join(_describe(v) for v in value[:8]) + (", ...)" if len(value) > 8 else ")")
+        items = ", ".join(_describe(v) for v in value[:8])
+        return f"({items}, ...)" if len(value) > 8 else f"({items})"
     if isinstance(value, _Span):
         return repr(value.value) if value.value is not None else f"<{value.length} bytes>"
     if isinstance(value, _Global):
         return f"global {value.label!r}"
     if isinstance(value, _Pending):
-        return "numpy dtype" if value.kind == "dtype" else "numpy array"
+        unfinished = " without its state" if value.built is None else ""
+        return f"numpy {value.kind}{unfinished}"
     if isinstance(value, _Latin1):
         return f"<{value.text.length} bytes of latin-1 text>"
     if isinstance(value, _ArrayInfo):
@@ -1151,8 +1160,9 @@ def _scan_latin1(
         raw = f.read(min(_CHUNK, text.length - pos))
         if not raw:
             raise InputError(f"{name}: truncated at byte {text.offset + pos}")
+        final = pos + len(raw) == text.length
         try:
-            chars += len(decoder.decode(raw, final=pos + len(raw) == text.length).encode("latin-1"))
+            chars += len(decoder.decode(raw, final=final).encode("latin-1"))
         except UnicodeError:
             raise InputError(
                 f"{name}: protocol-2 array text near byte {text.offset + pos} is not "
@@ -1192,22 +1202,17 @@ def _open_strict(path: pathlib.Path, name: str) -> PickledArray:
 
 class _BoundedReader:
     """File reads capped at the bytes left, so that a declared length cannot
-    make :mod:`pickle` allocate more than the file holds."""
+    make :mod:`pickle` read more than the file holds."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
-        self._left = os.fstat(f.fileno()).st_size
+        self.size = os.fstat(f.fileno()).st_size
+        self._left = self.size
 
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(self._left if n < 0 else min(n, self._left))
         self._left -= len(data)
         return data
-
-    def readinto(self, buffer: memoryview) -> int:
-        view = memoryview(buffer).cast("B")
-        n = self._f.readinto(view[: self._left])
-        self._left -= n
-        return n
 
     def readline(self, limit: int = -1) -> bytes:
         data = self._f.readline(self._left if limit < 0 else min(limit, self._left))
@@ -1215,12 +1220,47 @@ class _BoundedReader:
         return data
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that imports only the globals in ``_RESTRICTED_GLOBALS``."""
+def _checked_dtype_state(dtype: np.dtype, state: object) -> bool:
+    """Whether `state` is the BUILD state numpy writes for plain `dtype`."""
+    byte_orders = ("|",) if dtype.itemsize == 1 or dtype.kind == "O" else ("<", ">", "=")
+    return (
+        dtype.str[1:] in _DTYPE_NAMES | {"O"}
+        and isinstance(state, tuple)
+        and len(state) == 8
+        and state[0] == 3
+        and state[1] in byte_orders
+        and state[2:7] == (None, None, None, -1, -1)
+        and state[7] == dtype.flags
+    )
+
+
+def _restore_string_array(data: tuple[object, ...]) -> object:
+    """``pyarrow.lib._restore_array`` for the string arrays of pandas labels,
+    rebuilt with :meth:`pyarrow.Array.from_buffers` and fully validated."""
+    import pyarrow
+
+    type_, length, null_count, offset, buffers, children, dictionary = data
+    if type_ not in (pyarrow.string(), pyarrow.large_string()) or children or dictionary:
+        raise ValueError(f"pyarrow array of type {type_} is not a string array")
+    array = pyarrow.Array.from_buffers(type_, length, buffers, null_count, offset)
+    array.validate(full=True)
+    return array
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that imports only the globals in ``_RESTRICTED_GLOBALS``.
+
+    It is pickle's pure-Python unpickler, so that the states of numpy dtypes
+    (which numpy does not fully check) and the lengths of ``BYTEARRAY8``
+    buffers can be checked before they are used.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: _BoundedReader, name: str) -> None:
         super().__init__(file)
         self._name = name
+        self._size = file.size
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in _RESTRICTED_GLOBALS:
@@ -1228,6 +1268,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"{self._name}: the restricted loader refuses global '{module} {name}': "
                 "it admits only numpy and pandas array and DataFrame classes"
             )
+        if (module, name) == ("pyarrow.lib", "_restore_array"):
+            return _restore_string_array
         if module.startswith("numpy.core."):  # numpy 1.x names, without the warning
             module = "numpy._core." + module.removeprefix("numpy.core.")
         return super().find_class(module, name)
@@ -1237,20 +1279,34 @@ class _RestrictedUnpickler(pickle.Unpickler):
             f"{self._name}: the restricted loader refuses persistent id {pid!r}"
         )
 
+    def load_build(self) -> None:
+        if len(self.stack) >= 2 and isinstance(self.stack[-2], np.dtype):
+            dtype, state = self.stack[-2], self.stack[-1]
+            if not _checked_dtype_state(dtype, state):
+                raise UnsafePickleError(
+                    f"{self._name}: the restricted loader refuses dtype {dtype.str!r} "
+                    f"with state {state!r}: not a plain numeric or object dtype"
+                )
+        super().load_build()
 
-def _load_restricted(path: pathlib.Path, name: str) -> PickledArray:
-    with open(path, "rb") as f:
-        head = f.read(2)
-        f.seek(0)
-        try:
-            obj = _RestrictedUnpickler(_BoundedReader(f), name).load()
-        except UnsafePickleError:
-            raise
-        except Exception as exc:  # any failure of pickle on a bad file
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self) -> None:
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > self._size:
             raise InputError(
-                f"{name}: the restricted loader could not read it: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+                f"{self._name}: declares a buffer of {length} bytes in a file of "
+                f"{self._size} bytes"
+            )
+        buffer = bytearray(length)
+        self.readinto(buffer)
+        self.append(buffer)
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
+
+def _restricted_to_array(obj: object, name: str) -> np.ndarray:
+    """The 2-D numeric array held by a DataFrame, ndarray or list of rows."""
     pandas = sys.modules.get("pandas")
     if pandas is not None and isinstance(obj, pandas.DataFrame):
         array = obj.to_numpy()
@@ -1270,6 +1326,23 @@ def _load_restricted(path: pathlib.Path, name: str) -> PickledArray:
         raise InputError(f"{name}: holds {array.dtype} values, not numbers")
     if array.ndim != 2:
         raise InputError(f"{name}: expected a 2-D array, got shape {array.shape}")
+    return array
+
+
+def _load_restricted(path: pathlib.Path, name: str) -> PickledArray:
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(0)
+        try:
+            obj = _RestrictedUnpickler(_BoundedReader(f), name).load()
+            array = _restricted_to_array(obj, name)
+        except InputError:
+            raise
+        except Exception as exc:  # any failure of pickle, numpy or pandas on a bad file
+            raise InputError(
+                f"{name}: the restricted loader could not read it: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
     return PickledArray(
         path,
         (array.shape[0], array.shape[1]),

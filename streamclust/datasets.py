@@ -583,7 +583,7 @@ def _dark(im: np.ndarray, rng: np.random.Generator) -> None:
 def _no_vehicle(im: np.ndarray, rng: np.random.Generator) -> None:
     """Add some clutter to an empty road (the vehicle was not drawn)."""
     ys, xs = np.mgrid[0:_H, 0:_W].astype(np.float32)
-    for _ in range(rng.integers(0, 3)):
+    for _ in range(rng.integers(1, 4)):
         kind = rng.integers(0, 3)
         if kind == 0:  # lane marking: a slanted white dash
             x0, y0 = rng.uniform(5, 59), rng.uniform(26, 46)
@@ -629,7 +629,8 @@ _OUTLIER_TRANSFORMS: tuple[Callable[[np.ndarray, np.random.Generator], None], ..
 _PROTOTYPES = np.concatenate(
     [_COLOR_RGB, _GLASS_RGB[None], np.array([[95, 95, 95]], np.float32)])  # 10 x 3
 _CENTRAL = (slice(18, 42), slice(12, 52))
-_GROUPS = ("color_hist", "color_stats", "type", "view", "mask", "edges", "image")
+_GROUPS = ("color_hist", "color_stats", "type", "view", "mask", "edges", "image", "unusual")
+_N_PIXEL_CODES = 32
 
 
 def _downsample(a: np.ndarray, f: int) -> np.ndarray:
@@ -792,8 +793,13 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
         m.mean(axis=(1, 2)),
         m[:, 12:44, 12:52].sum(axis=(1, 2)) / (m.sum(axis=(1, 2)) + 1.0),
     ], axis=1)
+    # unspecific responses: a fixed random projection of the contrast-normalised
+    # picture (only images far from normal ones express them, see _standard_features)
+    flat = g2.reshape(n, -1)
+    flat = (flat - flat.mean(axis=1, keepdims=True)) / (flat.std(axis=1, keepdims=True) + 2.0)
+    codes = flat @ _pixel_projection()
     groups = [hist, color_stats, np.concatenate([type_soft, type_raw * 5], axis=1), view,
-              mask_grid, edges, image]
+              mask_grid, edges, image, codes]
     return np.concatenate(groups, axis=1).astype(np.float32)
 
 
@@ -805,33 +811,70 @@ def _box3(a: np.ndarray) -> np.ndarray:
 
 def _group_sizes() -> dict[str, int]:
     return {"color_hist": len(_PROTOTYPES), "color_stats": 8, "type": 2 * len(TYPES), "view": 6,
-            "mask": (_H // 4) * (_W // 4), "edges": (_H // 8) * (_W // 8), "image": 15}
+            "mask": (_H // 4) * (_W // 4), "edges": (_H // 8) * (_W // 8), "image": 15,
+            "unusual": _N_PIXEL_CODES}
 
 
 _N_FEATURES = sum(_group_sizes().values())
+_N_SEMANTIC = _N_FEATURES - _N_PIXEL_CODES
 
 
 @functools.cache
-def _calibration() -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale of the raw features over a fixed set of normal images."""
+def _pixel_projection() -> np.ndarray:
+    """Fixed random projection (24 * 32, _N_PIXEL_CODES) of a 24 x 32 picture."""
+    rng = np.random.default_rng(0x5EED)
+    return (rng.standard_normal(((_H // 2) * (_W // 2), _N_PIXEL_CODES)) / 24.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    """Statistics of the raw features over a fixed set of normal images."""
+
+    mean: np.ndarray  # (F,)
+    std: np.ndarray  # (F,)
+    centre: np.ndarray  # (F_semantic,) mean of the standardised semantic features
+    whiten: np.ndarray  # (F_semantic, F_semantic) Mahalanobis whitening
+
+
+@functools.cache
+def _calibration() -> _Calibration:
     n = 4096
     plan = _make_plan(n, 0xCA11B, 0.0)
     feats = []
     for c in range(n // _CHUNK):
         lo = c * _CHUNK
         feats.append(_raw_features(_render(plan, lo, lo + _CHUNK, _chunk_rng(0xCA11B, 1, c))))
-    f = np.concatenate(feats)
+    f = np.concatenate(feats).astype(np.float64)
     mean = f.mean(axis=0)
-    std = f.std(axis=0)
-    std = np.maximum(std, 0.05 * np.abs(mean) + 1e-3)
-    return mean.astype(np.float32), std.astype(np.float32)
+    std = np.maximum(f.std(axis=0), 0.05 * np.abs(mean) + 1e-3)
+    z = ((f - mean) / std)[:, :_N_SEMANTIC]
+    centre = z.mean(axis=0)
+    cov = np.cov(z, rowvar=False) + 0.05 * np.eye(_N_SEMANTIC)
+    values, vectors = np.linalg.eigh(cov)
+    whiten = vectors / np.sqrt(values) / math.sqrt(_N_SEMANTIC)
+    return _Calibration(mean.astype(np.float32), std.astype(np.float32),
+                        centre.astype(np.float32), whiten.astype(np.float32))
 
 
 def _standard_features(images: np.ndarray) -> np.ndarray:
-    """Standardised, squashed pixel features (N, F) float32."""
-    mean, std = _calibration()
-    z = (_raw_features(images) - mean) / std
-    return (6.0 * np.tanh(z / 6.0)).astype(np.float32)
+    """Standardised pixel features (N, F) float32 of uint8 images (N, H, W, 3).
+
+    Semantic features are standardised with the calibration statistics and
+    squashed to about +-6.  The ``unusual`` group (random pixel codes) is
+    scaled by how atypical the image is: ``log2(d / 2.5)`` clipped to
+    ``[0, 2.5]``, with ``d`` the root-mean-square Mahalanobis distance of the
+    semantic features to the calibration set (about 0.6 for normal images, 4
+    to 270 for the planted outliers).  So networks respond to out-of-range
+    pictures with erratic, picture-specific activations, and to normal ones
+    not at all.
+    """
+    cal = _calibration()
+    z = (_raw_features(images) - cal.mean) / cal.std
+    dist = np.sqrt((((z[:, :_N_SEMANTIC] - cal.centre) @ cal.whiten) ** 2).sum(axis=1))
+    gate = np.clip(np.log2(np.maximum(dist, 1e-6) / 2.5), 0.0, 2.5)
+    z = 6.0 * np.tanh(z / 6.0)
+    z[:, _N_SEMANTIC:] *= gate[:, None]
+    return z.astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -840,13 +883,17 @@ def _standard_features(images: np.ndarray) -> np.ndarray:
 #: Feature-group weights, output noise and projection seed of each set.
 _NETS: dict[str, dict] = {
     "efficientnet-b7": dict(seed=7, noise=0.35, weights=dict(
-        color_hist=1.3, color_stats=0.7, type=1.2, view=0.8, mask=1.0, edges=0.9, image=1.5)),
+        color_hist=1.3, color_stats=0.7, type=1.2, view=0.8, mask=1.0, edges=0.9, image=1.5,
+        unusual=1.5)),
     "osnet": dict(seed=11, noise=0.35, weights=dict(
-        color_hist=1.6, color_stats=0.9, type=1.0, view=0.6, mask=0.9, edges=1.0, image=1.3)),
+        color_hist=1.6, color_stats=0.9, type=1.0, view=0.6, mask=0.9, edges=1.0, image=1.3,
+        unusual=1.5)),
     "vdc_color": dict(seed=13, noise=0.3, weights=dict(
-        color_hist=3.0, color_stats=1.5, type=0.1, view=0.1, mask=0.2, edges=0.15, image=0.5)),
+        color_hist=3.0, color_stats=1.5, type=0.1, view=0.1, mask=0.2, edges=0.15, image=0.5,
+        unusual=0.5)),
     "vdc_type": dict(seed=17, noise=0.3, weights=dict(
-        color_hist=0.1, color_stats=0.1, type=3.0, view=1.2, mask=1.0, edges=0.5, image=0.3)),
+        color_hist=0.1, color_stats=0.1, type=3.0, view=1.2, mask=1.0, edges=0.5, image=0.3,
+        unusual=0.5)),
 }
 
 
@@ -858,7 +905,7 @@ def _projection(name: str) -> tuple[np.ndarray, np.ndarray]:
     sizes = _group_sizes()
     scale = np.concatenate([np.full(sizes[g], net["weights"][g] / math.sqrt(sizes[g]), np.float32)
                             for g in _GROUPS])
-    scale /= math.sqrt(sum(w * w for w in net["weights"].values()))
+    scale /= math.sqrt(sum(w * w for g, w in net["weights"].items() if g != "unusual"))
     rng = np.random.default_rng([net["seed"], d])
     w = rng.standard_normal((_N_FEATURES, d), dtype=np.float32) * scale[:, None]
     b = rng.normal(-0.2, 0.3, d).astype(np.float32)

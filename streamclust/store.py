@@ -127,15 +127,15 @@ class CaseStore:
     ----------
     path : str or Path
         Directory of the store (or any URL zarr accepts).
-    mode : {"r", "a"}
-        Read only, or read/write (created when missing).
+    mode : {"r", "r+", "a"}
+        Read only, read/write of an existing store, or read/write (created when missing).
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "r") -> None:
         self.path = str(path)
-        if mode not in ("r", "a"):
-            raise ValueError(f"mode={mode!r} should be 'r' or 'a'.")
-        if mode == "r" and not self._exists():
+        if mode not in ("r", "r+", "a"):
+            raise ValueError(f"mode={mode!r} should be 'r', 'r+' or 'a'.")
+        if mode != "a" and not self._exists():
             raise StoreError(
                 f"{self.path}: no streamclust store here; create one with "
                 "'streamclust convert CASE_DIR -o STORE.zarr'."

@@ -214,7 +214,7 @@ def run_study(
     log = log or (lambda line: None)
     budget = parse_memory(memory)
     ks = parse_k_range(k)
-    store = CaseStore(store_path, mode="a")
+    store = CaseStore(store_path, mode="r+")
     names = list(descriptors) if descriptors else store.descriptor_names()
     available = store.descriptor_names()
     missing = [n for n in names if n not in available]
@@ -234,7 +234,8 @@ def run_study(
         for name in names:
             t0 = time.perf_counter()
             X = store.descriptor(name)
-            pca = StreamingPCA(n_components=n_components, l2_normalize=True, memory=budget,
+            components = min(n_components, X.shape[1]) if isinstance(n_components, int) else n_components
+            pca = StreamingPCA(n_components=components, l2_normalize=True, memory=budget,
                                random_state=random_state)
             pca.fit(da.from_zarr(X))
             reduced = _store_reduced(pca, X, run, name, block_rows_for(X.shape[1], budget))

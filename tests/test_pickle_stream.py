@@ -232,6 +232,15 @@ def test_writer_frames_match_pickle(tmp_path, protocol, shape):
     assert path.read_bytes() == pickle.dumps(arr, protocol=protocol)
 
 
+@pytest.mark.parametrize("shape", [(1, 9), (9, 1), (0, 4)])
+def test_writer_fortran_order_of_a_vector(tmp_path, shape):
+    # numpy pickles arrays that are both C- and F-contiguous as C-ordered.
+    arr = np.asfortranarray(_array(shape=shape))
+    path = tmp_path / "w.pickle"
+    write_pickled_array(path, shape, arr.dtype, [arr], fortran_order=True)
+    assert path.read_bytes() == pickle.dumps(arr, protocol=4)
+
+
 def test_writer_output_is_read_back(tmp_path):
     arr = _array("float32", shape=(500, 64))
     path = tmp_path / "w.pickle"
@@ -306,6 +315,7 @@ def test_memory_is_bounded(tmp_path):
     finally:
         tracemalloc.stop()
     size = path.stat().st_size
+    path.unlink()  # do not keep 200 MiB in pytest's kept temporary directories
     assert size > 200 * 2**20
     assert checksum == n_rows * (n_rows - 1) / 2
     assert write_peak < size / 8
@@ -445,7 +455,7 @@ def _with_shape(data: bytes, rows: int) -> bytes:
         (lambda: _with_shape(pickle.dumps(_array(), protocol=4), 36), "needs 3168 bytes"),
         (lambda: _with_shape(pickle.dumps(_array(), protocol=5), 38), "needs 3344 bytes"),
         (lambda: _with_shape(pickle.dumps(_array(), protocol=2), 36), "needs 3168 bytes"),
-        (lambda: pickle.dumps(np.zeros((2, 3, 4))), r"expected a 2-D array, got shape \(2, 3, 4\)"),
+        (lambda: pickle.dumps(np.zeros((2, 3, 4))), r"expected a 2-D array, got shape \(2, 3,"),
         (lambda: pickle.dumps(np.zeros(5)), "expected a 2-D array"),
         (lambda: pickle.dumps(np.array(1.0)), "expected a 2-D array"),
         (lambda: pickle.dumps(_array())[:-1] + b"N.", "STOP with 2 items"),
@@ -533,7 +543,8 @@ def test_dataframe_needs_the_restricted_loader(tmp_path):
     values = _array(shape=(6, 3))
     frame = pd.DataFrame(values, columns=["a", "b", "c"])
     path = _write(tmp_path / "frame.pickle", pickle.dumps(frame))
-    with pytest.raises(UnsafePickleError, match="allow_restricted=True / --allow-restricted-pickle"):
+    hint = "allow_restricted=True / --allow-restricted-pickle"
+    with pytest.raises(UnsafePickleError, match=hint):
         open_pickled_array(path)
     pa = open_pickled_array(path, allow_restricted=True)
     assert pa.storage == "memory" and pa.data_offset is None
@@ -571,9 +582,22 @@ def test_restricted_loader_reads_numpy1_names(tmp_path):
 
 def test_plain_array_with_restricted_flag_is_still_streamed(tmp_path):
     arr = _array()
-    pa = open_pickled_array(_write(tmp_path / "a.pickle", pickle.dumps(arr)), allow_restricted=True)
+    path = _write(tmp_path / "a.pickle", pickle.dumps(arr))
+    pa = open_pickled_array(path, allow_restricted=True)
     assert pa.storage == "raw"
     _check_reads(pa, arr)
+
+
+def test_restricted_loader_checks_dtype_states(tmp_path):
+    # numpy's dtype.__setstate__ crashes the interpreter on this short state.
+    ops = _ops(pickle.dumps(_array(), protocol=4))
+    index = ops.index(("SHORT_BINUNICODE", "<"))
+    assert ops[index + 2 : index + 4] == [("NONE", None), ("NONE", None)]
+    path = _write(tmp_path / "state.pickle", _asm(ops[: index + 2] + ops[index + 4 :]))
+    with pytest.raises(UnsafePickleError, match="state.pickle: refuses dtype 'f8' with state"):
+        open_pickled_array(path)
+    with pytest.raises(UnsafePickleError, match="restricted loader refuses dtype '<f8'"):
+        open_pickled_array(path, allow_restricted=True)
 
 
 def test_restricted_loader_refuses_ragged_rows(tmp_path):

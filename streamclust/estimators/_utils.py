@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import check_array, validate_data
+from threadpoolctl import threadpool_limits
 
 from .._blocks import as_dask, block_rows_for, map_blocks_reduce, parse_memory
 
@@ -167,7 +168,12 @@ def fold_blocks(
             part, f = arr, func
         else:
             part, f = arr[start:stop], _Offset(func, start)
-        results = map_blocks_reduce(f, part, block_rows)
+        # One BLAS thread per task: the parallelism is across blocks (Dask
+        # threads); OpenBLAS threads contending with them made GEMMs up to 7x
+        # slower on a 2-core machine.  (Distributed workers already run with
+        # OPENBLAS_NUM_THREADS=1.)
+        with threadpool_limits(limits=1, user_api="blas"):
+            results = map_blocks_reduce(f, part, block_rows)
         for r in results:
             if first:
                 acc, first = r, False

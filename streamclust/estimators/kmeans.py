@@ -48,14 +48,15 @@ _DONE, _ACTIVE, _EVAL = 0, 1, 2
 # --------------------------------------------------------------------------- #
 # Per-block kernels
 # --------------------------------------------------------------------------- #
-def _sub_rows(k: int) -> int:
-    """Rows per sub-chunk of a block for a model with ``k`` centres.
+def _sub_rows(n_features: int) -> int:
+    """Rows per sub-chunk of a block (about 2 MB of float32 rows, 256..8192).
 
-    Bounds the ``rows x k`` distance and one-hot workspaces (~4 MB); depends on
-    ``k`` only, so every model with the same ``k`` (single fit, sweep, predict)
-    partitions a block identically and gets bit-identical results.
+    Every model is evaluated sub-chunk by sub-chunk, so the rows stay in cache
+    while all models of a sweep use them.  Depends on ``n_features`` only:
+    single fits, sweeps and ``predict`` partition a block identically and get
+    bit-identical results.
     """
-    return int(min(65536, max(1024, (1 << 20) // max(1, k))))
+    return int(min(8192, max(256, (1 << 19) // max(1, n_features))))
 
 
 def _shifted(block: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,45 +68,70 @@ def _shifted(block: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _prep_centers(centers: np.ndarray, shift: np.ndarray, cd: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Shifted centres in the working dtype, as ``(-2 c^T, ||c||^2)`` for the distance GEMM."""
     cs = (centers - shift.astype(cd).astype(np.float64)).astype(cd)
-    return cs, np.einsum("ij,ij->i", cs, cs)
+    cc = np.einsum("ij,ij->i", cs, cs)
+    return np.ascontiguousarray((-2.0 * cs).T), cc  # scaling by -2 is exact
 
 
-def _assign(
-    xs: np.ndarray, xx: np.ndarray, cs: np.ndarray, cc: np.ndarray, *, sums: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Nearest centre of every row of ``xs``.
+def _assign_many(
+    xs: np.ndarray, xx: np.ndarray, models: list, sums: list
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Nearest centre of every row of ``xs`` for several sets of centres.
+
+    Parameters
+    ----------
+    xs : ndarray, shape (r, d)
+        Shifted rows (working dtype).
+    xx : ndarray, shape (r,)
+        Their squared norms.
+    models : list of ``(-2 c^T, ||c||^2)`` from :func:`_prep_centers`
+    sums : list of bool
+        Whether to accumulate per-cluster sums for each model.
 
     Returns
     -------
-    labels : ndarray of int32, shape (r,)
-    mind : ndarray, shape (r,)
-        Squared distance to the nearest centre (>= 0).
-    counts : ndarray of int64, shape (k,) or None
-    sums : ndarray of float64, shape (k, d) or None
-        Per-cluster sums of the (shifted) rows, when ``sums=True``.
+    list of ``(labels int32 (r,), mind (r,), counts int64 (k,), sums float64 (k, d) or None)``
+        ``mind`` is the squared distance to the nearest centre (>= 0); ``sums``
+        are of the shifted rows.
     """
-    r = xs.shape[0]
-    k = cs.shape[0]
-    labels = np.empty(r, dtype=np.int32)
-    mind = np.empty(r, dtype=xs.dtype)
-    tot = np.zeros((k, xs.shape[1]), dtype=np.float64) if sums else None
-    step = _sub_rows(k)
+    r, d = xs.shape
+    out = []
+    for (c2, cc), want in zip(models, sums):
+        k = cc.shape[0]
+        out.append(
+            (
+                np.empty(r, dtype=np.int32),
+                np.empty(r, dtype=xs.dtype),
+                np.zeros((k, d), dtype=np.float64) if want else None,
+            )
+        )
+    step = _sub_rows(d)
     for s in range(0, r, step):
         e = min(r, s + step)
-        D = xs[s:e] @ cs.T
-        D *= -2.0
-        D += cc
-        lab = np.argmin(D, axis=1)
-        labels[s:e] = lab
-        mind[s:e] = D[np.arange(e - s), lab] + xx[s:e]
-        if sums:
-            onehot = np.zeros((k, e - s), dtype=xs.dtype)
-            onehot[lab, np.arange(e - s)] = 1.0
-            tot += onehot @ xs[s:e]
-    np.maximum(mind, 0, out=mind)
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    return labels, mind, counts, tot
+        xsub = xs[s:e]
+        xxs = xx[s:e]
+        for (c2, cc), (labels, mind, tot) in zip(models, out):
+            D = xsub @ c2
+            D += cc
+            lab = np.argmin(D, axis=1)
+            labels[s:e] = lab
+            mind[s:e] = np.take_along_axis(D, lab[:, None], axis=1)[:, 0] + xxs
+            if tot is not None:
+                onehot = np.zeros((cc.shape[0], e - s), dtype=xs.dtype)
+                onehot[lab, np.arange(e - s)] = 1.0
+                tot += onehot @ xsub
+    result = []
+    for (c2, cc), (labels, mind, tot) in zip(models, out):
+        np.maximum(mind, 0, out=mind)
+        counts = np.bincount(labels, minlength=cc.shape[0]).astype(np.int64)
+        result.append((labels, mind, counts, tot))
+    return result
+
+
+def _assign(xs, xx, c2, cc, *, sums: bool = False):
+    """:func:`_assign_many` for one set of centres."""
+    return _assign_many(xs, xx, [(c2, cc)], [sums])[0]
 
 
 class _SamplePass:
@@ -142,10 +168,10 @@ class _LloydPass:
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
         xs, xx = _shifted(block, self.shift)
+        prepped = [_prep_centers(c, self.shift, xs.dtype) for c in self.centers]
+        assigned = _assign_many(xs, xx, prepped, [m == _ACTIVE for m in self.modes])
         out = []
-        for centers, mode in zip(self.centers, self.modes):
-            cs, cc = _prep_centers(centers, self.shift, xs.dtype)
-            labels, mind, counts, sums = _assign(xs, xx, cs, cc, sums=mode == _ACTIVE)
+        for centers, mode, (labels, mind, counts, sums) in zip(self.centers, self.modes, assigned):
             res = {
                 "counts": counts,
                 "inertia": float(mind.sum(dtype=np.float64)),
@@ -215,8 +241,7 @@ class _Predict:
         cs, cc = _prep_centers(self.centers, self.shift, xs.dtype)
         if self.what == "labels":
             return _assign(xs, xx, cs, cc)[0]
-        D = xs @ cs.T
-        D *= -2.0
+        D = xs @ cs
         D += cc
         D += xx[:, None]
         np.maximum(D, 0, out=D)

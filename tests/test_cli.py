@@ -1,0 +1,58 @@
+"""The command line: help that teaches, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamclust.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", ["convert", "study", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--memory" in text and len(text.splitlines()) > 8
+
+
+def test_top_level_help_shows_typical_use():
+    assert "typical use" in build_parser().format_help()
+
+
+def test_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "streamclust.cli", "study", str(tmp_path / "nope.zarr"),
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no streamclust store" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "streamclust.cli", "study", str(tmp_path / "nope.zarr"),
+                           "-o", str(tmp_path / "out"), "--debug"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_bad_k_and_memory_are_named(tmp_path, capsys):
+    case = tmp_path / "case"
+    (case / "descriptors").mkdir(parents=True)
+    np.save(case / "descriptors" / "a.npy", np.random.default_rng(0).normal(size=(50, 4)).astype("f4"))
+    pd.DataFrame({"paths": [f"{i}.jpg" for i in range(50)]}).to_csv(case / "images_paths.csv", index=False)
+    assert main(["convert", str(case), "-o", str(tmp_path / "s.zarr"), "--quiet"]) == 0
+    assert main(["study", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "o"), "--k", "x:y", "--quiet"]) == 2
+    assert "k='x:y'" in capsys.readouterr().err
+    assert main(["study", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "o"), "--memory", "lots"]) == 2
+    assert "memory='lots'" in capsys.readouterr().err
+    assert main(["study", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "o"), "--k", "60", "--quiet"]) == 2
+    assert "n_samples=50 should be >= n_clusters=60" in capsys.readouterr().err
+
+
+def test_convert_script_is_a_thin_wrapper(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/convert_to_zarr.py", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "NAME=FILE" in proc.stdout
