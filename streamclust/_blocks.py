@@ -155,17 +155,17 @@ def as_dask(X: Any, block_rows: int | None = None) -> da.Array:
     -------
     dask.array.Array, shape (n_rows, n_features)
     """
+    import zarr
+
     if isinstance(X, da.Array):
         arr = X
-    elif isinstance(X, np.ndarray):
-        arr = da.from_array(X, chunks=(block_rows or max(1, X.shape[0]),) + X.shape[1:])
+    elif isinstance(X, zarr.Array):
+        arr = da.from_zarr(X)
     else:
-        import zarr
-
-        if isinstance(X, zarr.Array):
-            arr = da.from_zarr(X)
-        else:
-            arr = da.asarray(X)
+        # numpy or any array-like with shape/__getitem__ (h5py, memmaps): read by row
+        # blocks; name=False skips hashing the whole array on every pass
+        rows = block_rows or max(1, int(X.shape[0]))
+        arr = da.from_array(X, chunks=(rows,) + tuple(X.shape[1:]), name=False)
     if block_rows is not None:
         arr = arr.rechunk((block_rows,) + tuple(-1 for _ in arr.shape[1:]))
     elif arr.ndim > 1 and len(arr.chunks[1]) > 1:

@@ -144,7 +144,7 @@ _COLOR_RGB = np.array(
     [
         [236, 236, 232],  # white
         [24, 24, 27],  # black
-        [160, 164, 170],  # silver
+        [150, 153, 158],  # silver
         [165, 25, 30],  # red
         [30, 60, 150],  # blue
         [230, 172, 25],  # yellow
@@ -247,38 +247,38 @@ def _geometry_spec():
     plate = [(-4, 4, 4, 7, 0, 0)]
     for view in ("front", "rear"):
         front = view == "front"
-        spec["sedan", view] = dict(
-            body=[_sym(16, 3, 12.5, 1), _sym(13, 12.5, 20.5, 3)],
-            glass=[_sym(11.5, 13.3, 19.7, 2.6) if front else _sym(10.5, 14.5, 19.5, 2.4)],
-            dark=tyres(15.5) + ([_sym(7, 8.5, 11)] if front else []),
-            lights=lights(16, 8, 11), plate=plate)
-        spec["hatchback", view] = dict(
-            body=[_sym(15, 3, 12.5, 1), _sym(12.5, 12.5, 21.5, 2)],
-            glass=[_sym(11, 13.3, 20.7, 1.7) if front else _sym(10, 14.5, 20.5, 1.6)],
-            dark=tyres(14.5) + ([_sym(6.5, 8.5, 11)] if front else []),
-            lights=lights(15, 8, 11), plate=plate)
-        spec["suv", view] = dict(
-            body=[_sym(17, 3, 15.5, 1), _sym(15, 15.5, 25.5, 2)],
-            glass=[_sym(13.5, 16.3, 24.6, 1.7) if front else _sym(12, 17.5, 24.5, 1.6)],
-            dark=tyres(16.5, 5) + ([_sym(8, 9.5, 13)] if front else []),
-            lights=lights(17, 10, 13), plate=plate)
-        spec["van", view] = dict(
-            body=[_sym(17, 3, 15, 0.5), _sym(16.5, 15, 29, 1)],
-            glass=[_sym(15, 16.5, 27.5, 0.8) if front else _sym(13, 19, 27, 0.6)],
+        spec["sedan", view] = dict(  # low and wide, sloping screens
+            body=[_sym(16, 3, 12, 1), _sym(13, 12, 19.5, 3)],
+            glass=[_sym(11.5, 12.8, 18.8, 2.6) if front else _sym(10.5, 14, 18.5, 2.4)],
+            dark=tyres(15.5) + ([_sym(7, 8, 10.5)] if front else []),
+            lights=lights(16, 7.5, 10.5), plate=plate)
+        spec["hatchback", view] = dict(  # narrow and boxy
+            body=[_sym(14, 3, 12.5, 0.5), _sym(12, 12.5, 21.5, 1.5)],
+            glass=[_sym(10.5, 13.3, 20.7, 1.3) if front else _sym(9.5, 14.5, 20.5, 1.2)],
+            dark=tyres(13.5) + ([_sym(6, 8.5, 11)] if front else []),
+            lights=lights(14, 8, 11, 4.5), plate=plate)
+        spec["suv", view] = dict(  # wide and high, roof rails
+            body=[_sym(17.5, 3, 16, 1), _sym(15.5, 16, 26.5, 1.5)],
+            glass=[_sym(14, 16.8, 25.6, 1.3) if front else _sym(12.5, 18, 25.5, 1.2)],
+            dark=tyres(17, 5) + [_sym(13, 26.5, 27.5)] + ([_sym(8, 9.5, 13)] if front else []),
+            lights=lights(17.5, 10, 13), plate=plate)
+        spec["van", view] = dict(  # a tall box
+            body=[_sym(16.5, 3, 16, 0.3), _sym(16.3, 16, 30.5, 1.2)],
+            glass=[_sym(14.8, 17, 29, 1.0) if front else _sym(12.5, 19.5, 28.5, 0.6)],
             dark=tyres(16) + ([_sym(8, 8.5, 12)] if front else []),
-            lights=lights(17, 9, 12) if front else lights(17, 6, 14, 3),
+            lights=lights(16.5, 9, 12) if front else lights(16.5, 6, 14, 3),
             plate=plate)
-        spec["truck", view] = dict(
-            body=([_sym(19, 22, 31), _sym(18, 3, 25, 0.5)] if front
-                  else [_sym(19, 5.5, 31), _sym(18, 3, 6)]),
-            glass=[_sym(16, 15, 23.5, 0.5)] if front else [],
-            dark=tyres(17, 5) + ([_sym(9, 7, 12)] if front else [(-0.4, 0.4, 7, 30, 0, 0)]),
-            lights=lights(18, 7, 10, 4.5), plate=plate)
-        spec["bus", view] = dict(
-            body=[_sym(20, 3, 31, 0.5)],
-            glass=[_sym(18.5, 13, 29.5, 0.3)] if front else [_sym(14, 22, 29)],
-            dark=tyres(19, 5),
-            lights=lights(20, 6, 10, 5), plate=plate)
+        spec["truck", view] = dict(  # cab in front of a wider, higher cargo box
+            body=([_sym(21, 21, 33), _sym(17, 3, 24.5, 0.5)] if front
+                  else [_sym(21, 5.5, 33), _sym(17, 3, 6)]),
+            glass=[_sym(15, 15, 23, 0.5)] if front else [],
+            dark=tyres(16, 5) + ([_sym(9, 7, 12)] if front else [(-0.4, 0.4, 7, 32, 0, 0)]),
+            lights=lights(17, 7, 10, 4.5), plate=plate)
+        spec["bus", view] = dict(  # very wide and very high
+            body=[_sym(22, 3, 34, 0.5)],
+            glass=[_sym(20.5, 13, 32.5, 0.3)] if front else [_sym(15, 24, 32)],
+            dark=tyres(21, 5),
+            lights=lights(22, 6, 10, 5), plate=plate)
     return spec
 
 
@@ -372,7 +372,7 @@ def _make_plan(n_rows: int, seed: int, outlier_fraction: float) -> _Plan:
         camera=camera.astype(np.int16),
         time=time,
         outlier=outlier,
-        cam_tone=crng.uniform(88, 102, _N_CAMERAS).astype(np.float32),
+        cam_tone=crng.uniform(90, 100, _N_CAMERAS).astype(np.float32),
         cam_tint=crng.uniform(0.97, 1.03, (_N_CAMERAS, 3)).astype(np.float32),
         cam_light=crng.uniform(0.9, 1.1, _N_CAMERAS).astype(np.float32),
         cam_haze=crng.uniform(1.04, 1.3, _N_CAMERAS).astype(np.float32),
@@ -493,7 +493,7 @@ def _render(plan: _Plan, lo: int, hi: int, rng: np.random.Generator) -> np.ndarr
     hours = (plan.time[sl] % 86400) / 3600.0
     # per-image draws (always the same number, whatever the row is)
     jitter = rng.uniform(-1.0, 1.0, (n, 2)).astype(np.float32)
-    scale = rng.uniform(0.88, 1.08, n).astype(np.float32)
+    scale = rng.uniform(0.9, 1.06, n).astype(np.float32)
     direction = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
     col_jit = (rng.normal(0.0, 0.02, (n, 3)) + rng.normal(0.0, 0.03, (n, 1))).astype(np.float32)
     shade_jit = rng.normal(1.0, 0.05, n).astype(np.float32)
@@ -522,7 +522,7 @@ def _render(plan: _Plan, lo: int, hi: int, rng: np.random.Generator) -> np.ndarr
     # vehicle
     img *= 1.0 - 0.45 * layers["shadow"]
     hrow = layers["h"]
-    shade = (0.9 + 0.18 * np.clip(hrow / 28.0, 0.0, 1.0)) * shade_jit[:, None]  # (N, H)
+    shade = (0.92 + 0.14 * np.clip(hrow / 28.0, 0.0, 1.0)) * shade_jit[:, None]  # (N, H)
     body_rgb = _COLOR_RGB[color] * (1.0 + col_jit)  # (N, 3)
     _composite(img, layers["body"],
                [body_rgb[:, c, None, None] * shade[:, :, None] for c in range(3)])
@@ -605,11 +605,11 @@ def _blur(im: np.ndarray, rng: np.random.Generator) -> None:
     from scipy import ndimage
 
     if rng.random() < 0.5:  # defocus
-        sigma = rng.uniform(2.5, 4.0)
+        sigma = rng.uniform(3.0, 4.5)
         for c in range(3):
             im[..., c] = ndimage.gaussian_filter(im[..., c], sigma, mode="nearest")
     else:  # motion along a random direction
-        size = int(rng.integers(11, 19))
+        size = int(rng.integers(13, 22))
         angle = rng.uniform(-25, 25)
         kernel = np.zeros((size, size), np.float32)
         kernel[size // 2, :] = 1.0
@@ -629,7 +629,14 @@ _OUTLIER_TRANSFORMS: tuple[Callable[[np.ndarray, np.random.Generator], None], ..
 _PROTOTYPES = np.concatenate(
     [_COLOR_RGB, _GLASS_RGB[None], np.array([[95, 95, 95]], np.float32)])  # 10 x 3
 _CENTRAL = (slice(18, 42), slice(12, 52))
-_GROUPS = ("color_hist", "color_stats", "type", "view", "mask", "edges", "image", "unusual")
+#: Feature groups computed from the pixels (``_raw_features``); the last 32
+#: raw values are pixel codes, used only to perturb the semantic groups of
+#: atypical images (see ``_standard_features``).
+_GROUPS = ("color_hist", "color_stats", "type", "view", "mask", "edges", "image")
+#: Groups of the standardised features, as fed to the projections.
+_NET_GROUPS = _GROUPS + ("quality",)
+#: Groups whose values atypical images get scrambled.
+_SCRAMBLED = ("color_hist", "color_stats", "type", "view")
 _N_PIXEL_CODES = 32
 
 
@@ -706,7 +713,7 @@ def _templates() -> np.ndarray:
     return _align(union).reshape(n, -1).astype(np.float32)
 
 
-_TEMPLATE_SCALES = (0.9, 0.98, 1.06)
+_TEMPLATE_SCALES = (0.92, 0.98, 1.04)
 
 
 def _raw_features(images: np.ndarray) -> np.ndarray:
@@ -716,7 +723,7 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
     bg = _background(x)  # (3, N, H)
     m = _foreground(x, bg)  # (N, H, W)
     level = bg.mean(axis=2)  # (3, N)
-    wb = 95.0 / (level + 1.0)
+    wb = 95.0 / (bg[:, :, -1] + 1.0)  # white balance on the road at the bottom
     # colour of the central foreground, white-balanced against the road
     xc = x[:, :, _CENTRAL[0], _CENTRAL[1]].reshape(3, n, -1) * wb[:, :, None]  # (3, N, P)
     mc = m[:, _CENTRAL[0], _CENTRAL[1]].reshape(n, -1)  # (N, P)
@@ -728,7 +735,7 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
         d2 += (xc[2] - proto[2]) ** 2
         logits[k] = d2
     glass_frac = ((logits[8] < 30.0**2) * mc).sum(axis=1) / wsum
-    logits *= -1.0 / (2 * 32.0**2)
+    logits *= -1.0 / (2 * 28.0**2)
     logits -= logits.max(axis=0)
     p = np.exp(logits, out=logits)
     p /= p.sum(axis=0)
@@ -775,6 +782,11 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
     lo_ch = np.minimum(np.minimum(x[0], x[1]), x[2])
     hi_ch = np.maximum(np.maximum(x[0], x[1]), x[2])
     top_mag = np.partition(mag.reshape(n, -1), -20, axis=1)[:, -20:].mean(axis=1)
+    g4 = _downsample(g2, 2)  # (N, 12, 16)
+    coarse = np.zeros_like(g4)
+    coarse[:, :, :-1] = np.abs(np.diff(g4, axis=2))
+    coarse[:, :-1, :] = np.maximum(coarse[:, :-1, :], np.abs(np.diff(g4, axis=1)))
+    top_coarse = np.partition(coarse.reshape(n, -1), -5, axis=1)[:, -5:].mean(axis=1)
     lvl = level.mean(axis=0)
     image = np.stack([
         grey.mean(axis=(1, 2)) / 100.0,
@@ -792,6 +804,7 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
         level[2] / (level[1] + 1.0),
         m.mean(axis=(1, 2)),
         m[:, 12:44, 12:52].sum(axis=(1, 2)) / (m.sum(axis=(1, 2)) + 1.0),
+        top_mag / (top_coarse + 3.0),  # edge sharpness, independent of contrast
     ], axis=1)
     # unspecific responses: a fixed random projection of the contrast-normalised
     # picture (only images far from normal ones express them, see _standard_features)
@@ -799,7 +812,7 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
     flat = (flat - flat.mean(axis=1, keepdims=True)) / (flat.std(axis=1, keepdims=True) + 2.0)
     codes = flat @ _pixel_projection()
     groups = [hist, color_stats, np.concatenate([type_soft, type_raw * 5], axis=1), view,
-              mask_grid, edges, image, codes]
+              mask_grid, edges, image, codes]  # _GROUPS, then the pixel codes
     return np.concatenate(groups, axis=1).astype(np.float32)
 
 
@@ -810,13 +823,22 @@ def _box3(a: np.ndarray) -> np.ndarray:
 
 
 def _group_sizes() -> dict[str, int]:
+    """Number of features of every group of :data:`_NET_GROUPS`."""
     return {"color_hist": len(_PROTOTYPES), "color_stats": 8, "type": 2 * len(TYPES), "view": 6,
-            "mask": (_H // 4) * (_W // 4), "edges": (_H // 8) * (_W // 8), "image": 15,
-            "unusual": _N_PIXEL_CODES}
+            "mask": (_H // 4) * (_W // 4), "edges": (_H // 8) * (_W // 8), "image": 16,
+            "quality": 32}
 
 
-_N_FEATURES = sum(_group_sizes().values())
-_N_SEMANTIC = _N_FEATURES - _N_PIXEL_CODES
+def _group_slices() -> dict[str, slice]:
+    sizes = _group_sizes()
+    ends = np.cumsum([sizes[g] for g in _NET_GROUPS])
+    return {g: slice(int(e - sizes[g]), int(e)) for g, e in zip(_NET_GROUPS, ends)}
+
+
+_SLICES = _group_slices()
+_N_SEMANTIC = _SLICES["image"].stop  # semantic features, all groups but "quality"
+_N_FEATURES = _SLICES["quality"].stop  # features stored per row
+_N_SCRAMBLED = _SLICES[_SCRAMBLED[-1]].stop
 
 
 @functools.cache
@@ -826,14 +848,22 @@ def _pixel_projection() -> np.ndarray:
     return (rng.standard_normal(((_H // 2) * (_W // 2), _N_PIXEL_CODES)) / 24.0).astype(np.float32)
 
 
+@functools.cache
+def _scramble_matrix() -> np.ndarray:
+    """Fixed map (_N_PIXEL_CODES, _N_SCRAMBLED) from pixel codes to scrambling offsets."""
+    rng = np.random.default_rng(0x5C4A)
+    return (rng.standard_normal((_N_PIXEL_CODES, _N_SCRAMBLED)) / math.sqrt(_N_PIXEL_CODES)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class _Calibration:
     """Statistics of the raw features over a fixed set of normal images."""
 
-    mean: np.ndarray  # (F,)
-    std: np.ndarray  # (F,)
+    mean: np.ndarray  # (F_raw,)
+    std: np.ndarray  # (F_raw,)
     centre: np.ndarray  # (F_semantic,) mean of the standardised semantic features
     whiten: np.ndarray  # (F_semantic, F_semantic) Mahalanobis whitening
+    bank: np.ndarray  # (4096, _N_SCRAMBLED) squashed colour/type/view features of normal images
 
 
 @functools.cache
@@ -852,29 +882,59 @@ def _calibration() -> _Calibration:
     cov = np.cov(z, rowvar=False) + 0.05 * np.eye(_N_SEMANTIC)
     values, vectors = np.linalg.eigh(cov)
     whiten = vectors / np.sqrt(values) / math.sqrt(_N_SEMANTIC)
+    bank = 6.0 * np.tanh(z[:, :_N_SCRAMBLED] / 6.0)
     return _Calibration(mean.astype(np.float32), std.astype(np.float32),
-                        centre.astype(np.float32), whiten.astype(np.float32))
+                        centre.astype(np.float32), whiten.astype(np.float32),
+                        bank.astype(np.float32))
+
+
+#: Atypicality (RMS Mahalanobis distance) from which images get scrambled,
+#: the largest scrambling level, its gain, and the |z| above which the
+#: "quality" detectors fire.
+_ATYPICAL_FROM = 2.5
+_MAX_LEVEL = 2.5
+_SCRAMBLE_GAIN = 0.25
+_HALLUCINATE_FULL = 1.5
+_QUALITY_FROM = 2.5
 
 
 def _standard_features(images: np.ndarray) -> np.ndarray:
-    """Standardised pixel features (N, F) float32 of uint8 images (N, H, W, 3).
+    """Standardised features (N, _N_FEATURES) float32 of uint8 images (N, H, W, 3).
 
-    Semantic features are standardised with the calibration statistics and
-    squashed to about +-6.  The ``unusual`` group (random pixel codes) is
-    scaled by how atypical the image is: ``log2(d / 2.5)`` clipped to
-    ``[0, 2.5]``, with ``d`` the root-mean-square Mahalanobis distance of the
-    semantic features to the calibration set (about 0.6 for normal images, 4
-    to 270 for the planted outliers).  So networks respond to out-of-range
-    pictures with erratic, picture-specific activations, and to normal ones
-    not at all.
+    * Semantic features (all groups but ``quality``) are standardised with
+      the calibration statistics and squashed to about +-6 (``6 tanh(z/6)``).
+    * Atypical images get their colour, type and view features scrambled:
+      each image's atypicality is the RMS Mahalanobis distance ``d`` of its
+      semantic features to the calibration set (about 0.6 for normal images,
+      1 to 300 for planted outliers); from ``d > 2.5`` on, a picture-specific
+      offset (a fixed linear map of random projections of the
+      contrast-normalised picture) scaled by ``2 * clip(log2(d / 2.5), 0,
+      2.5)`` is added, as networks give confused colour and type evidence
+      on out-of-distribution pictures.
+    * ``quality`` holds 32 detectors ``clip(+-z - 2.5, 0, 8)`` of the 16
+      image statistics: zero on normal images, firing on glare, darkness,
+      blur and empty pictures.
     """
     cal = _calibration()
-    z = (_raw_features(images) - cal.mean) / cal.std
-    dist = np.sqrt((((z[:, :_N_SEMANTIC] - cal.centre) @ cal.whiten) ** 2).sum(axis=1))
-    gate = np.clip(np.log2(np.maximum(dist, 1e-6) / 2.5), 0.0, 2.5)
-    z = 6.0 * np.tanh(z / 6.0)
-    z[:, _N_SEMANTIC:] *= gate[:, None]
-    return z.astype(np.float32)
+    raw = _raw_features(images)
+    z = (raw - cal.mean) / cal.std
+    sem = z[:, :_N_SEMANTIC]
+    dist = np.sqrt((((sem - cal.centre) @ cal.whiten) ** 2).sum(axis=1))
+    level = np.clip(np.log2(np.maximum(dist, 1e-6) / _ATYPICAL_FROM), 0.0, _MAX_LEVEL)
+    out = np.empty((len(images), _N_FEATURES), np.float32)
+    out[:, :_N_SEMANTIC] = 6.0 * np.tanh(sem / 6.0)
+    codes = z[:, _N_SEMANTIC:]
+    # hallucinated colour/type/view evidence: that of the calibration image
+    # whose index is spelled by the signs of 12 pixel codes
+    pick = ((codes[:, :12] > 0) * (1 << np.arange(12))).sum(axis=1)
+    mix = np.clip(level / _HALLUCINATE_FULL, 0.0, 1.0)[:, None]
+    out[:, :_N_SCRAMBLED] *= 1.0 - mix
+    out[:, :_N_SCRAMBLED] += mix * cal.bank[pick]
+    out[:, :_N_SCRAMBLED] += (_SCRAMBLE_GAIN * level)[:, None] * (codes @ _scramble_matrix())
+    stats = z[:, _SLICES["image"]]
+    out[:, _SLICES["quality"]] = np.concatenate(
+        [np.clip(stats - _QUALITY_FROM, 0.0, 8.0), np.clip(-stats - _QUALITY_FROM, 0.0, 8.0)], axis=1)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -883,17 +943,17 @@ def _standard_features(images: np.ndarray) -> np.ndarray:
 #: Feature-group weights, output noise and projection seed of each set.
 _NETS: dict[str, dict] = {
     "efficientnet-b7": dict(seed=7, noise=0.35, weights=dict(
-        color_hist=1.3, color_stats=0.7, type=1.2, view=0.8, mask=1.0, edges=0.9, image=1.5,
-        unusual=1.5)),
+        color_hist=1.0, color_stats=0.4, type=1.2, view=0.7, mask=0.1, edges=0.1, image=0.35,
+        quality=0.35)),
     "osnet": dict(seed=11, noise=0.35, weights=dict(
-        color_hist=1.6, color_stats=0.9, type=1.0, view=0.6, mask=0.9, edges=1.0, image=1.3,
-        unusual=1.5)),
+        color_hist=1.5, color_stats=0.6, type=0.9, view=0.5, mask=0.1, edges=0.15, image=0.35,
+        quality=0.35)),
     "vdc_color": dict(seed=13, noise=0.3, weights=dict(
-        color_hist=3.0, color_stats=1.5, type=0.1, view=0.1, mask=0.2, edges=0.15, image=0.5,
-        unusual=0.5)),
+        color_hist=3.0, color_stats=1.5, type=0.1, view=0.1, mask=0.1, edges=0.1, image=0.3,
+        quality=0.3)),
     "vdc_type": dict(seed=17, noise=0.3, weights=dict(
-        color_hist=0.1, color_stats=0.1, type=3.0, view=1.2, mask=1.0, edges=0.5, image=0.3,
-        unusual=0.5)),
+        color_hist=0.1, color_stats=0.1, type=3.0, view=0.8, mask=0.5, edges=0.3, image=0.2,
+        quality=0.3)),
 }
 
 
@@ -904,8 +964,9 @@ def _projection(name: str) -> tuple[np.ndarray, np.ndarray]:
     d = DESCRIPTOR_DIMS[name]
     sizes = _group_sizes()
     scale = np.concatenate([np.full(sizes[g], net["weights"][g] / math.sqrt(sizes[g]), np.float32)
-                            for g in _GROUPS])
-    scale /= math.sqrt(sum(w * w for g, w in net["weights"].items() if g != "unusual"))
+                            for g in _NET_GROUPS])
+    # normal images have unit variance in every semantic group and no quality signal
+    scale /= math.sqrt(sum(w * w for g, w in net["weights"].items() if g != "quality"))
     rng = np.random.default_rng([net["seed"], d])
     w = rng.standard_normal((_N_FEATURES, d), dtype=np.float32) * scale[:, None]
     b = rng.normal(-0.2, 0.3, d).astype(np.float32)

@@ -6,6 +6,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamclust.estimators import StreamingKMeans, StreamingPCA, StreamingScaler
 
+#: Checks that cannot pass, per estimator class, each with the reason.  Empty:
+#: every common check passes (tiny arrays, 1 row, n < block size, dtypes,
+#: pickling, read-only memmaps, n_features checks, partial_fit, ...).
 EXPECTED_FAILED: dict[str, dict[str, str]] = {}
 
 
@@ -16,10 +19,12 @@ def _expected_failed(estimator):
 @parametrize_with_checks(
     [
         StreamingScaler(),
+        StreamingScaler(with_mean=False, block_rows=7),
         StreamingPCA(n_components=2),
-        StreamingPCA(n_components=2, l2_normalize=False, standardize=True, whiten=True),
+        StreamingPCA(n_components=2, l2_normalize=False, standardize=True, whiten=True, block_rows=7),
         StreamingPCA(n_components=2, solver="incremental"),
         StreamingKMeans(n_clusters=3, n_init=2, random_state=0),
+        StreamingKMeans(n_clusters=3, block_rows=7, batch_rows=5, random_state=0),
         StreamingKMeans(),
     ],
     expected_failed_checks=_expected_failed,

@@ -24,6 +24,13 @@ from .._blocks import as_dask, block_rows_for, map_blocks_reduce, parse_memory
 
 __all__: list[str] = []
 
+#: Upper bound of the derived block size.  Larger blocks do not make the GEMMs
+#: faster (the kernels work on cache-sized sub-chunks) but leave a numpy array
+#: of a few hundred thousand rows in ONE block, i.e. one task and no
+#: parallelism.  A fixed bound (not derived from the core count) keeps results
+#: identical across machines.
+MAX_BLOCK_ROWS = 1 << 16
+
 
 def is_lazy(X: Any) -> bool:
     """True for arrays that must be walked block by block (Dask, Zarr, array-likes
@@ -115,11 +122,13 @@ def chunk_rows_of(X: Any) -> int | None:
 def resolve_block_rows(
     n_features: int, memory: Any, block_rows: Any, X: Any = None, **kwargs: Any
 ) -> int:
-    """Rows per block: ``block_rows`` if given (validated) else sized from ``memory``."""
+    """Rows per block: ``block_rows`` if given (validated) else sized from ``memory``
+    with :func:`streamclust._blocks.block_rows_for` (at most :data:`MAX_BLOCK_ROWS`)."""
     if block_rows is not None:
         if not isinstance(block_rows, numbers.Integral) or isinstance(block_rows, bool) or block_rows < 1:
             raise ValueError(f"block_rows={block_rows!r} should be a positive integer or None.")
         return int(block_rows)
+    kwargs.setdefault("max_rows", MAX_BLOCK_ROWS)
     return block_rows_for(
         int(n_features), memory, chunk_rows=chunk_rows_of(X) if X is not None else None, **kwargs
     )
@@ -211,6 +220,36 @@ def take_rows(X: Any, index: np.ndarray, block_rows: int, *, memory: Any = None)
         return X[index]
     parts = fold_blocks(_TakeRows(index), X, block_rows, lambda a, b: a + b)
     return np.concatenate(parts, axis=0)
+
+
+def column_moments(block: np.ndarray) -> list:
+    """``[n, mean, m2]`` of every column of a block, in float64.
+
+    ``m2`` is the sum of squared deviations from the block mean (two passes
+    over the block, in cache-sized sub-chunks), ready for Chan's merge
+    (:func:`merge_moments`).
+    """
+    n, d = block.shape
+    mean = np.sum(block, axis=0, dtype=np.float64) / max(n, 1)
+    m2 = np.zeros(d)
+    step = max(256, (1 << 19) // max(1, d))
+    for s in range(0, n, step):
+        diff = np.asarray(block[s : s + step], dtype=np.float64) - mean
+        m2 += np.einsum("ij,ij->j", diff, diff)
+    return [n, mean, m2]
+
+
+def merge_moments(a: list, b: list) -> list:
+    """Chan et al.'s parallel merge of per-column ``[n, mean, m2]``."""
+    na, ma, va = a[:3]
+    nb, mb, vb = b[:3]
+    if nb == 0:
+        return list(a)
+    if na == 0:
+        return list(b)
+    n = na + nb
+    delta = mb - ma
+    return [n, ma + delta * (nb / n), va + vb + delta**2 * (na * nb / n)]
 
 
 def as_labels(labels: Any, n_samples: int) -> np.ndarray:

@@ -29,10 +29,13 @@ from sklearn.cluster import kmeans_plusplus
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from .._blocks import iter_blocks, parse_memory
 from ._utils import (
     check_finite,
+    column_moments,
+    merge_moments,
     check_X,
     float_dtype,
     fold_blocks,
@@ -43,6 +46,10 @@ from ._utils import (
 __all__ = ["StreamingKMeans", "kmeans_sweep"]
 
 _DONE, _ACTIVE, _EVAL = 0, 1, 2
+
+#: k-means++ seedings tried per start; each is refined by Lloyd on the in-memory
+#: init sample and the one with the lowest sample inertia starts the full passes.
+_SAMPLE_CANDIDATES = 3
 
 
 # --------------------------------------------------------------------------- #
@@ -141,19 +148,13 @@ class _SamplePass:
         self.index = index
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
-        x = np.asarray(block, dtype=np.float64)
-        mean = x.mean(axis=0)
-        m2 = ((x - mean) ** 2).sum(axis=0)
         lo, hi = np.searchsorted(self.index, [rows.start, rows.stop])
-        return [x.shape[0], mean, m2, [x[self.index[lo:hi] - rows.start]]]
+        picked = np.asarray(block[self.index[lo:hi] - rows.start], dtype=np.float64)
+        return column_moments(block) + [[picked]]
 
 
 def _merge_sample(a: list, b: list) -> list:
-    na, ma, va, ra = a
-    nb, mb, vb, rb = b
-    n = na + nb
-    delta = mb - ma
-    return [n, ma + delta * (nb / n), va + vb + delta**2 * (na * nb / n), ra + rb]
+    return merge_moments(a, b) + [a[3] + b[3]]
 
 
 class _LloydPass:
@@ -293,6 +294,37 @@ def _relocate_empty(counts, sums, far, shift_c):
     return counts, sums
 
 
+def _lloyd_in_memory(
+    xs: np.ndarray, xx: np.ndarray, centers: np.ndarray, max_iter: int, tol_abs: float
+) -> np.ndarray:
+    """Lloyd iterations on the in-memory init sample (shifted rows), float64 centres.
+
+    Brings each start close to its local optimum before the full-data passes,
+    which then only polish it (far fewer passes over the data).
+    """
+    zero = np.zeros(xs.shape[1])
+    C = np.asarray(centers, dtype=np.float64)
+    k = C.shape[0]
+    for _ in range(max_iter):
+        c2, cc = _prep_centers(C, zero, xs.dtype)
+        labels, mind, counts, sums = _assign(xs, xx, c2, cc, sums=True)
+        if np.any(counts == 0):
+            m = min(k, xs.shape[0])
+            top = np.argpartition(mind, xs.shape[0] - m)[xs.shape[0] - m :]
+            far = _top_far(mind[top].astype(np.float64), top.astype(np.int64), labels[top],
+                           xs[top].astype(np.float64), k)
+            counts, sums = _relocate_empty(counts, sums, far, zero)
+        new = C.copy()
+        nz = counts > 0
+        new[nz] = sums[nz] / counts[nz, None]
+        shift_tot = float(((new - C) ** 2).sum())
+        C = new
+        if shift_tot <= tol_abs:
+            break
+    c2, cc = _prep_centers(C, zero, xs.dtype)
+    return C, float(_assign(xs, xx, c2, cc)[1].sum(dtype=np.float64))
+
+
 def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
     """Fit every model of ``models`` (same data, same block parameters) with shared passes."""
     head = models[0]
@@ -301,6 +333,10 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
     for m in models:
         m._check_params()
         m.n_features_in_ = d
+        if hasattr(head, "feature_names_in_"):
+            m.feature_names_in_ = head.feature_names_in_
+        elif m is not head and hasattr(m, "feature_names_in_"):
+            del m.feature_names_in_
         if n < m.n_clusters:
             raise ValueError(f"n_samples={n} should be >= n_clusters={m.n_clusters}.")
     br = resolve_block_rows(d, head.memory, head.block_rows, X)
@@ -328,13 +364,21 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
     shift_c = mean.astype(cd).astype(np.float64)  # the shift actually applied to blocks
     mean_var = float(np.mean(m2 / n_tot))
 
-    runs: list[_Run] = []
-    for mi, (m, (idx, seeds)) in enumerate(zip(models, plans)):
-        xs = sample[np.searchsorted(union, idx)] - shift_c
-        for seed in seeds:
-            centers, _ = kmeans_plusplus(xs, m.n_clusters, random_state=int(seed))
-            runs.append(_Run(mi, centers + shift_c))
     tol_abs = [m.tol * mean_var for m in models]
+    runs: list[_Run] = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for mi, (m, (idx, seeds)) in enumerate(zip(models, plans)):
+            xs64 = sample[np.searchsorted(union, idx)] - shift_c
+            xs, xx = _shifted(xs64.astype(cd), np.zeros(d))
+            for seed in seeds:
+                srng = np.random.RandomState(int(seed))
+                best, best_inertia = None, np.inf
+                for _ in range(_SAMPLE_CANDIDATES):
+                    c0, _ = kmeans_plusplus(xs64, m.n_clusters, random_state=srng)
+                    c, inertia = _lloyd_in_memory(xs, xx, c0, m.max_iter, tol_abs[mi])
+                    if inertia < best_inertia:
+                        best, best_inertia = c, inertia
+                runs.append(_Run(mi, best + shift_c))
 
     # Lloyd passes: each serves every run still active or awaiting its final evaluation
     while True:
@@ -384,11 +428,14 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
 class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
     """K-means over row blocks: exact Lloyd passes, several starts, bounded memory.
 
-    ``fit`` runs, for each of ``n_init`` starts, k-means++
-    (:func:`sklearn.cluster.kmeans_plusplus`) on a seeded sample of
-    ``init_size`` rows (one sample per fit, drawn block-wise in the first pass,
-    shared by the starts, which differ by their k-means++ seed), then exact
-    Lloyd iterations.  Every iteration is ONE parallel pass over the blocks
+    ``fit`` draws a seeded sample of ``init_size`` rows (block-wise, in the
+    first pass, which also measures the data mean and variance).  Each of the
+    ``n_init`` starts takes 3 k-means++ seedings
+    (:func:`sklearn.cluster.kmeans_plusplus`) of that sample, refines each by
+    Lloyd iterations on the in-memory sample and keeps the one of lowest sample
+    inertia (cheap, and it makes bad local optima rarer and the full-data
+    passes fewer); then come exact Lloyd iterations over all rows.  Every
+    iteration is ONE parallel pass over the blocks
     (via :func:`streamclust._blocks.map_blocks_reduce`) accumulating
     per-cluster counts and sums for all starts at once.  A start stops when the
     squared centre shift is ``<= tol * mean(var(X))`` (scikit-learn's rule) or

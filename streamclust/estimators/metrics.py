@@ -28,7 +28,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
 from ._utils import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
-from .kmeans import _assign, _prep_centers, _shifted
+from .kmeans import _assign_many, _prep_centers, _shifted, _sub_rows
 
 __all__ = ["cluster_metrics", "sweep_metrics", "sampled_silhouette"]
 
@@ -51,44 +51,72 @@ class _Source:
             self.shift = None
             self.n_clusters = int(n_clusters)
 
-    def labels(self, block: np.ndarray, rows: slice, cache: dict) -> np.ndarray:
-        if self.codes is not None:
-            return self.codes[rows]
-        key = ("shifted", self.shift.tobytes())
-        if key not in cache:
-            cache[key] = _shifted(block, self.shift)
-        xs, xx = cache[key]
-        cs, cc = _prep_centers(self.centers, self.shift, xs.dtype)
-        return _assign(xs, xx, cs, cc)[0]
+
+def _block_labels(sources: list[_Source], block: np.ndarray, rows: slice) -> list[np.ndarray]:
+    """Cluster of every row of the block for every source (nearest centres in one sweep)."""
+    out: list = [None] * len(sources)
+    by_shift: dict = {}
+    for i, src in enumerate(sources):
+        if src.codes is not None:
+            out[i] = src.codes[rows]
+        else:
+            by_shift.setdefault(src.shift.tobytes(), []).append(i)
+    for members in by_shift.values():
+        shift = sources[members[0]].shift
+        xs, xx = _shifted(block, shift)
+        prepped = [_prep_centers(sources[i].centers, shift, xs.dtype) for i in members]
+        for i, res in zip(members, _assign_many(xs, xx, prepped, [False] * len(members))):
+            out[i] = res[0]
+    return out
 
 
-def _sums(x64: np.ndarray, lab: np.ndarray, K: int) -> np.ndarray:
-    """Per-cluster column sums (K, d) in float64 via a sparse one-hot product."""
-    r = lab.shape[0]
-    onehot = sp.csr_matrix((np.ones(r), (lab, np.arange(r))), shape=(K, r))
-    return np.asarray(onehot @ x64)
+def _add_sums(tot: np.ndarray, x64: np.ndarray, lab: np.ndarray) -> None:
+    """``tot[j] += sum of rows of x64 labelled j`` (float64, one-hot product)."""
+    K, r = tot.shape[0], lab.shape[0]
+    if K * r <= 1 << 21:
+        onehot = np.zeros((K, r))
+        onehot[lab, np.arange(r)] = 1.0
+        tot += onehot @ x64
+    else:
+        tot += sp.csr_matrix((np.ones(r), (lab, np.arange(r))), shape=(K, r)) @ x64
+
+
+def _sub_slices(r: int, d: int) -> list[slice]:
+    step = _sub_rows(d)
+    return [slice(s, min(r, s + step)) for s in range(0, r, step)]
 
 
 class _Pass1:
-    """Per block and source: ``(counts, means, m2)`` of every cluster."""
+    """Per block and source: ``(counts, means, m2)`` of every cluster.
+
+    Rows are converted to float64 one cache-sized sub-chunk at a time; the
+    block's cluster means come first, then the squared deviations from them.
+    """
 
     def __init__(self, sources: list[_Source]) -> None:
         self.sources = sources
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
-        x64 = np.asarray(block, dtype=np.float64)
-        cache: dict = {}
+        r, d = block.shape
+        labels = _block_labels(self.sources, block, rows)
+        subs = _sub_slices(r, d)
+        sums = [np.zeros((s.n_clusters, d)) for s in self.sources]
+        for sl in subs:
+            x64 = np.asarray(block[sl], dtype=np.float64)
+            for lab, tot in zip(labels, sums):
+                _add_sums(tot, x64, lab[sl])
         out = []
-        for src in self.sources:
-            lab = src.labels(block, rows, cache)
-            K = src.n_clusters
-            cnt = np.bincount(lab, minlength=K).astype(np.int64)
-            means = _sums(x64, lab, K)
+        for src, lab, tot in zip(self.sources, labels, sums):
+            cnt = np.bincount(lab, minlength=src.n_clusters).astype(np.int64)
             nz = cnt > 0
-            means[nz] /= cnt[nz, None]
-            diff = x64 - means[lab]
-            m2 = np.bincount(lab, weights=np.einsum("ij,ij->i", diff, diff), minlength=K)
-            out.append((cnt, means, m2))
+            tot[nz] /= cnt[nz, None]
+            out.append((cnt, tot, np.zeros(src.n_clusters)))
+        for sl in subs:
+            x64 = np.asarray(block[sl], dtype=np.float64)
+            for lab, (_, means, m2) in zip(labels, out):
+                ls = lab[sl]
+                diff = x64 - means[ls]
+                m2 += np.bincount(ls, weights=np.einsum("ij,ij->i", diff, diff), minlength=m2.shape[0])
         return out
 
 
@@ -113,14 +141,16 @@ class _Pass2:
         self.means = means
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
-        x64 = np.asarray(block, dtype=np.float64)
-        cache: dict = {}
-        out = []
-        for src, means in zip(self.sources, self.means):
-            lab = src.labels(block, rows, cache)
-            diff = x64 - means[lab]
-            dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            out.append(np.bincount(lab, weights=dist, minlength=src.n_clusters))
+        r, d = block.shape
+        labels = _block_labels(self.sources, block, rows)
+        out = [np.zeros(s.n_clusters) for s in self.sources]
+        for sl in _sub_slices(r, d):
+            x64 = np.asarray(block[sl], dtype=np.float64)
+            for lab, means, acc in zip(labels, self.means, out):
+                ls = lab[sl]
+                diff = x64 - means[ls]
+                dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+                acc += np.bincount(ls, weights=dist, minlength=acc.shape[0])
         return out
 
 
@@ -331,7 +361,7 @@ def sampled_silhouette(
     rows = raw.astype(np.float64)
     if centers is not None:
         src, _ = _source_from(None, centers, n, d)
-        lab = src.labels(raw, slice(0, len(raw)), {})
+        lab = _block_labels([src], raw, slice(0, len(raw)))[0]
     elif isinstance(labels, da.Array):
         if labels.ndim != 1 or labels.shape[0] != n:
             raise ValueError(f"labels has shape {labels.shape}; it should be ({n},).")

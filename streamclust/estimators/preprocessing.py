@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
+import scipy.linalg
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -31,6 +32,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._blocks import iter_blocks
 from ._utils import (
     check_finite,
+    column_moments,
+    merge_moments,
     check_X,
     float_dtype,
     fold_blocks,
@@ -39,6 +42,10 @@ from ._utils import (
 )
 
 __all__ = ["l2_normalize", "StreamingScaler", "StreamingPCA"]
+
+#: From this many features on, an int ``n_components <= d / 2`` computes only
+#: the top eigenpairs of the covariance.
+_PARTIAL_EIGH_MIN_D = 256
 
 
 # --------------------------------------------------------------------------- #
@@ -81,33 +88,16 @@ def _is_constant_feature(var: np.ndarray, mean: np.ndarray, n_samples: int) -> n
 # Per-block statistics (picklable, so they run on distributed workers)
 # --------------------------------------------------------------------------- #
 class _MomentStats:
-    """Per-block ``(n, mean, m2)`` of each column, float64; optional L2 rows first."""
+    """Per-block ``[n, mean, m2]`` of each column, float64; optional L2 rows first."""
 
     def __init__(self, l2: bool = False) -> None:
         self.l2 = l2
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
-        x = l2_normalize(block) if self.l2 else block
-        x = np.asarray(x, dtype=np.float64)
-        n = x.shape[0]
-        mean = x.mean(axis=0)
-        m2 = ((x - mean) ** 2).sum(axis=0)
-        return [n, mean, m2]
+        return column_moments(l2_normalize(block) if self.l2 else block)
 
 
-def _merge_moments(a: list, b: list) -> list:
-    """Chan et al.'s parallel merge of per-column ``(n, mean, m2)``."""
-    na, ma, va = a
-    nb, mb, vb = b
-    n = na + nb
-    if nb == 0:
-        return a
-    if na == 0:
-        return b
-    delta = mb - ma
-    mean = ma + delta * (nb / n)
-    m2 = va + vb + delta**2 * (na * nb / n)
-    return [n, mean, m2]
+_merge_moments = merge_moments
 
 
 class _ScatterStats:
@@ -242,6 +232,7 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         br = resolve_block_rows(d, self.memory, self.block_rows, X)
         stats = fold_blocks(_MomentStats(), X, br, _merge_moments)
         check_finite(stats[1])
+        check_finite(stats[2])
         if not first:
             stats = _merge_moments(self._moments, stats)
         self._moments = stats
@@ -537,12 +528,12 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         check_finite(np.diagonal(stats[2]))
         if not first:
             stats = _merge_scatter([self._stats[0], self._stats[1], self._stats[2].copy()], stats)
+        self._components_from_stats(stats)
         self._stats = stats
-        self._components_from_stats()
         return self
 
-    def _components_from_stats(self) -> None:
-        n, mean, m2 = self._stats
+    def _components_from_stats(self, stats: list) -> None:
+        n, mean, m2 = stats
         d = mean.shape[0]
         if n < 2:
             raise ValueError(f"n_samples={n} should be >= 2 to estimate a covariance.")
@@ -555,13 +546,24 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if scale is not None:
             cov = cov / scale[:, None] / scale[None, :]
         cov = (cov + cov.T) / 2.0
-        evals, evecs = np.linalg.eigh(cov)
-        evals = np.clip(evals[::-1], 0.0, None)
-        evecs = evecs[:, ::-1]
         total = float(np.trace(cov))
-        ratio = evals / total if total > 0 else np.zeros_like(evals)
-        k = self._n_components_for(ratio, d)
         rank = min(n, d)
+        nc = self.n_components
+        if isinstance(nc, numbers.Integral) and d >= _PARTIAL_EIGH_MIN_D and nc <= d // 2:
+            # only the top eigenpairs (MRRR): ~2x faster than a full eigh at d = 2560
+            evals, evecs = scipy.linalg.eigh(cov, subset_by_index=[d - nc, d - 1], driver="evr")
+            evals = np.clip(evals[::-1], 0.0, None)
+            evecs = evecs[:, ::-1]
+            k = int(nc)
+            rest = max(total - float(evals.sum()), 0.0)
+            noise = rest / (rank - k) if k < rank else 0.0
+        else:
+            evals, evecs = np.linalg.eigh(cov)
+            evals = np.clip(evals[::-1], 0.0, None)
+            evecs = evecs[:, ::-1]
+            k = self._n_components_for(evals / total if total > 0 else np.zeros_like(evals), d)
+            noise = float(evals[k:rank].mean()) if k < rank else 0.0
+        ratio = evals / total if total > 0 else np.zeros_like(evals)
         self.components_ = _flip_signs(evecs[:, :k].T.copy())
         self.explained_variance_ = evals[:k].copy()
         self.explained_variance_ratio_ = ratio[:k].copy()
@@ -569,7 +571,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.mean_ = mean.copy()
         self.scale_ = scale
         self.n_components_ = int(k)
-        self.noise_variance_ = float(evals[k:rank].mean()) if k < rank else 0.0
+        self.noise_variance_ = float(noise)
         self.n_samples_seen_ = int(n)
 
     def _n_components_for(self, ratio: np.ndarray, d: int) -> int:
