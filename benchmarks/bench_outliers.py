@@ -187,7 +187,7 @@ def stage_tradeoff(path: str, reference: int = 100_000, k: int = 20,
 
     ex_in = exact(ref[in_pos], k + 1)
     ex_in = np.array([row[row != p][:k] for row, p in zip(ex_in, in_pos)])
-    ex_out = exact(out_rows, k)
+    ex_out = exact(out_rows, k) if len(out_ids) else None
 
     def recall(a, b):
         return float(np.mean([len(np.intersect1d(x, z)) / k for x, z in zip(a, b)]))
@@ -211,10 +211,12 @@ def stage_tradeoff(path: str, reference: int = 100_000, k: int = 20,
             q_all = time.perf_counter() - t
             qi = index.query(ref[in_pos], k=k + 1, epsilon=eps)[0]
             qi = np.array([row[row != p][:k] for row, p in zip(qi, in_pos)])
-            qo = index.query(out_rows, k=k + 1, epsilon=eps)[0][:, :k]
+            r_out = float("nan")
+            if ex_out is not None:
+                r_out = recall(index.query(out_rows, k=k + 1, epsilon=eps)[0][:, :k], ex_out)
             rows.append({"degree": deg, "epsilon": eps, "build_s": build, "prepare_s": prep,
                          "graph_recall": g_rec, "query_all_s": q_all, "rows": int(n),
-                         "recall_in": recall(qi, ex_in), "recall_out": recall(qo, ex_out)})
+                         "recall_in": recall(qi, ex_in), "recall_out": r_out})
     return rows
 
 

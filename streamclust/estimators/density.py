@@ -47,13 +47,12 @@ pynndescent compiles its build kernels with numba once per process (~20 s).
 
 from __future__ import annotations
 
-import math
 import numbers
 import threading
+import time
 import warnings
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin
@@ -416,6 +415,9 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
         Recall@k of the neighbour search measured at fit (1.0 for brute force).
     neighbors_ : str
         ``"brute"`` or ``"nndescent"``.
+    fit_time_ : dict
+        Seconds spent in ``sample``, ``hdbscan``, ``index`` (build, incl. numba
+        compilation), ``tune`` and ``assign`` (the labelling pass).
     n_features_in_ : int
     """
 
@@ -482,6 +484,8 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
             raise ValueError(f"n_samples={n} should be >= 2 (1 sample given).")
         br = resolve_block_rows(d, self.memory, self.block_rows, X)
         rng = check_random_state(self.random_state)
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
         m = min(n, int(self.sample_size))
         idx = np.arange(n, dtype=np.int64) if m >= n else np.sort(
             sample_without_replacement(n, m, random_state=rng)).astype(np.int64)
@@ -489,6 +493,8 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
         probe_seed = int(rng.randint(np.iinfo(np.int32).max))
         S = np.asarray(take_rows(X, idx, br, memory=self.memory), dtype=np.float64)
         check_finite(S)
+        times["sample"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         ms = min(int(self.min_samples if self.min_samples is not None else self.min_cluster_size), m)
         labels, core, model = hdbscan_mst(S, int(self.min_cluster_size), ms,
                                           cluster_selection_method=self.cluster_selection_method,
@@ -498,10 +504,14 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
         member = labels >= 0
         if member.any():
             np.maximum.at(reach, labels[member], core[member])
+        times["hdbscan"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         method = self.neighbors
         if method == "auto":
             method = "brute" if m <= BRUTE_MAX else "nndescent"
         self._neighbors = _Neighbors(S, method, seed, self.memory)
+        times["index"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.sample_indices_ = idx
         self.sample_labels_ = labels
         self.sample_probabilities_ = np.asarray(model.probabilities_, dtype=np.float64)
@@ -514,12 +524,16 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
         self._kq = max(self._assign_k, ms - 1, 1)
         probe = S[np.random.RandomState(probe_seed).permutation(m)[: min(256, m)]]
         self.recall_ = self._neighbors.tune(probe, self._kq)
+        times["tune"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.sample_noise_fraction_ = float(np.mean(labels < 0))
         # label every row (sample rows keep their HDBSCAN labels)
         f = _Assign(self, override=True)
         parts = map_blocks_reduce(f, to_blockable(X, br), br)
         self.labels_ = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.empty(0, np.int32)
         self.noise_fraction_ = float(np.mean(self.labels_ < 0))
+        times["assign"] = time.perf_counter() - t0
+        self.fit_time_ = times
         return self
 
     def predict(self, X: Any) -> Any:

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import warnings
 from typing import Any
 
 import dask.array as da
@@ -66,6 +67,7 @@ import numpy as np
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
@@ -394,7 +396,17 @@ class _TreeMixin:
         self.children_ = Z[:, :2].astype(np.int64)
         self.distances_ = Z[:, 2].copy()
         self.n_leaves_ = int(nonempty.size)
-        self._set_cut(self.n_clusters)
+        k = int(self.n_clusters)
+        if k > self.n_leaves_:
+            warnings.warn(
+                f"only {self.n_leaves_} non-empty leaves (distinct micro-clusters / BIRCH "
+                f"subclusters) for n_clusters={k}; returning {self.n_leaves_} clusters. "
+                "Use more micro-clusters or a smaller threshold.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+            k = self.n_leaves_
+        self._set_cut(k)
 
 
 # --------------------------------------------------------------------------- #
@@ -456,6 +468,8 @@ class MicroClusterAgglomerative(_TreeMixin, ClusterMixin, BaseEstimator):
         Micro-cluster of every training row.
     micro_kmeans_ : StreamingKMeans
         The fitted micro k-means.
+    n_iter_ : int
+        Lloyd passes of the micro k-means.
     cluster_centers_ : ndarray of float64, shape (n_clusters, n_features)
         Exact mean of the rows of each final cluster.
     cluster_counts_ : ndarray of int64, shape (n_clusters,)
@@ -559,6 +573,7 @@ class MicroClusterAgglomerative(_TreeMixin, ClusterMixin, BaseEstimator):
         self.micro_counts_ = counts
         self.micro_inertia_ = self._leaf_ss
         self.micro_assignment_ = row_micro
+        self.n_iter_ = int(km.n_iter_)
         return self
 
     def _set_cut(self, n_clusters: int) -> None:

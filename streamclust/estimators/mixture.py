@@ -37,7 +37,6 @@ import numbers
 import warnings
 from typing import Any
 
-import dask.array as da
 import numpy as np
 from scipy import linalg
 from scipy.special import logsumexp

@@ -1,0 +1,688 @@
+"""A static, self-contained HTML report of a study.
+
+:func:`write_report` writes ``OUT_DIR/report.html`` from a :class:`ReportData`:
+pictures are copied beside it under ``OUT_DIR/report_files/`` (or embedded as
+base64 with ``embed_images=True``, giving one single file); there is no
+external style sheet, script, font or CDN, so it opens offline and can be
+archived or mailed as is.  Every text that comes from data (set names, cluster
+sentences, table cells, paths, commands) is HTML-escaped.
+
+It reads top to bottom:
+
+1. **Overview** -- case, rows, descriptor sets, run id, date, software
+   versions, and one summary row per set;
+2. **one section per descriptor set** -- facts (dimensions, PCA components,
+   chosen k), the metrics table and metrics-vs-k plot, the density overview and
+   small multiples, a link to the interactive 3-D view, then one *card per
+   cluster* (sentence, montage, profile table) and the set's *outliers* (rule,
+   count flagged, montage of the top outliers with their scores).  Sets named
+   like ``vdc_color+vdc_type`` are mixtures of the named sets and are flagged
+   as such;
+3. **Outliers** -- flagged counts of every set side by side;
+4. **Comparison** -- agreement tables between sets and the recommendation with
+   its reasons;
+5. **Mixtures** -- which sets are mixtures of which;
+6. **How to reproduce** -- the command lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+__all__ = [
+    "ClusterCard",
+    "OutlierInfo",
+    "SetReport",
+    "ComparisonTable",
+    "ReportData",
+    "write_report",
+    "describe_cluster",
+    "collect_versions",
+]
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class ClusterCard:
+    """One cluster of one set.
+
+    Attributes
+    ----------
+    cluster : int
+        Label value.
+    n_rows : int
+        Rows in the cluster.
+    sentence : str
+        One plain sentence describing it (see :func:`describe_cluster`).
+    montage : path, optional
+        PNG montage of its images (nearest the centre, random, border cases).
+    profile : DataFrame, optional
+        Any small table, e.g. columns ``attribute``, ``value``, ``share`` (the
+        most common metadata values in the cluster).
+    name : str, optional
+        A short name shown instead of ``cluster <n>``.
+    """
+
+    cluster: int
+    n_rows: int
+    sentence: str = ""
+    montage: PathLike | None = None
+    profile: pd.DataFrame | None = None
+    name: str | None = None
+
+
+@dataclass
+class OutlierInfo:
+    """The outlier screening of one set.
+
+    Attributes
+    ----------
+    n_flagged : int
+        Rows flagged.
+    rule : str
+        How rows are flagged, in words (score, threshold).
+    montage : path, optional
+        PNG montage of the top outliers.
+    top : DataFrame, optional
+        The top outliers, e.g. columns ``row``, ``path``, ``score``.
+    score_name : str
+        Name of the score (e.g. ``"LOF"``).
+    """
+
+    n_flagged: int
+    rule: str
+    montage: PathLike | None = None
+    top: pd.DataFrame | None = None
+    score_name: str = "score"
+
+
+@dataclass
+class SetReport:
+    """Everything shown for one descriptor set.
+
+    Attributes
+    ----------
+    name : str
+        Set name; ``a+b`` names a mixture of sets ``a`` and ``b``.
+    n_features : int
+        Descriptor dimensions.
+    n_components : int
+        PCA components kept.
+    k : int
+        Chosen number of clusters.
+    metrics : DataFrame
+        One row per k (columns ``k``, ``silhouette``, ``calinski_harabasz``,
+        ``davies_bouldin``, ``inertia``, ``chosen``, ... as in ``metrics.csv``).
+    metrics_plot, density_overview, small_multiples : path, optional
+        PNGs (:mod:`streamclust.viz`).
+    scatter3d : path, optional
+        Interactive 3-D view (:func:`streamclust.viz.write_scatter3d_html`).
+    clusters : list of ClusterCard
+    outliers : OutlierInfo, optional
+    explained_variance : float, optional
+        Fraction of variance the PCA components keep.
+    k_rule : str, optional
+        How k was chosen, in words.
+    notes : list of str
+        Extra remarks shown under the facts.
+    """
+
+    name: str
+    n_features: int
+    n_components: int
+    k: int
+    metrics: pd.DataFrame
+    metrics_plot: PathLike | None = None
+    density_overview: PathLike | None = None
+    small_multiples: PathLike | None = None
+    scatter3d: PathLike | None = None
+    clusters: list[ClusterCard] = field(default_factory=list)
+    outliers: OutlierInfo | None = None
+    explained_variance: float | None = None
+    k_rule: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def components(self) -> list[str]:
+        """Sets mixed in this set (``["a", "b"]`` for ``"a+b"``; ``[name]`` otherwise)."""
+        return [p for p in self.name.split("+") if p]
+
+    @property
+    def is_mixture(self) -> bool:
+        """True for a set named like ``a+b``."""
+        return len(self.components) > 1
+
+
+@dataclass
+class ComparisonTable:
+    """A table of the comparison section (e.g. adjusted Rand index between sets)."""
+
+    title: str
+    table: pd.DataFrame
+    caption: str = ""
+    index: bool = True
+
+
+@dataclass
+class ReportData:
+    """What :func:`write_report` shows.
+
+    Attributes
+    ----------
+    case : str
+        Name of the case (e.g. the store path).
+    n_rows : int
+        Images in the case.
+    run_id : str
+        Study run id.
+    sets : list of SetReport
+    created : str
+        Date of the run (default: now, UTC).
+    versions : dict
+        Software versions (default: :func:`collect_versions`).
+    comparisons : list of ComparisonTable
+    recommendation : str, optional
+        The recommended set.
+    recommendation_reasons : list of str
+    reproduce : list of str
+        Command lines that reproduce the study and this report.
+    title : str
+    notes : list of str
+        Remarks shown in the overview.
+    """
+
+    case: str
+    n_rows: int
+    run_id: str
+    sets: list[SetReport]
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc)
+                         .isoformat(timespec="seconds"))
+    versions: dict[str, str] = field(default_factory=lambda: collect_versions())
+    comparisons: list[ComparisonTable] = field(default_factory=list)
+    recommendation: str | None = None
+    recommendation_reasons: list[str] = field(default_factory=list)
+    reproduce: list[str] = field(default_factory=list)
+    title: str = "streamclust study report"
+    notes: list[str] = field(default_factory=list)
+
+
+def collect_versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Versions of Python and of the packages the study uses (installed ones only)."""
+    out = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
+    names = ["streamclust", "numpy", "pandas", "scikit-learn", "scipy", "dask", "zarr",
+             "pynndescent", "umap-learn", "matplotlib", "pillow", *extra]
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def describe_cluster(
+    cluster: int,
+    n_rows: int,
+    n_total: int,
+    profile: pd.DataFrame | None = None,
+    *,
+    max_items: int = 3,
+    min_share: float = 0.4,
+    name: str | None = None,
+) -> str:
+    """One plain sentence about a cluster.
+
+    E.g. ``"Cluster 3 holds 12,345 images (8.1 % of the case); most are white
+    (81 %) and sedan (64 %)."``
+
+    Parameters
+    ----------
+    profile : DataFrame, optional
+        Columns ``attribute``, ``value``, ``share`` (0-1, share of the
+        cluster's rows with that value); per attribute the most common value is
+        used when its share is at least ``min_share``.
+    """
+    label = name or f"Cluster {int(cluster)}"
+    share = n_rows / n_total if n_total else float("nan")
+    text = f"{label} holds {int(n_rows):,} images ({share:.1%} of the case)"
+    traits = []
+    if profile is not None and len(profile) and {"attribute", "value", "share"} <= set(profile.columns):
+        best = (profile.sort_values("share", ascending=False)
+                .drop_duplicates("attribute").sort_values("share", ascending=False))
+        for _, row in best.iterrows():
+            if float(row["share"]) >= min_share and len(traits) < max_items:
+                traits.append(f"{row['value']} ({float(row['share']):.0%} {row['attribute']})")
+    if traits:
+        text += "; most are " + (", ".join(traits[:-1]) + " and " + traits[-1] if len(traits) > 1
+                                 else traits[0])
+    elif profile is not None and len(profile):
+        text += "; no attribute value dominates it"
+    return text + "."
+
+
+# --------------------------------------------------------------------------
+# HTML pieces
+# --------------------------------------------------------------------------
+_CSS = """
+:root { --ink: #1d2430; --muted: #5b6472; --line: #dde1e7; --accent: #1f6fb2; --soft: #f5f7fa; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--ink); background: #fff;
+       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 28px; margin: 8px 0 4px; }
+h2 { font-size: 22px; margin: 40px 0 10px; padding-top: 12px; border-top: 2px solid var(--line); }
+h3 { font-size: 17px; margin: 24px 0 8px; }
+h4 { font-size: 15px; margin: 10px 0 6px; }
+p, li { max-width: 900px; }
+a { color: var(--accent); }
+.muted { color: var(--muted); }
+.badge { display: inline-block; font-size: 12px; font-weight: 600; padding: 1px 8px; border-radius: 10px;
+         background: #fdf0d5; color: #8a5a00; vertical-align: middle; margin-left: 6px; }
+.badge.rec { background: #dff3e4; color: #1d6b34; }
+nav.toc { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 18px;
+          margin: 16px 0; }
+nav.toc ol { margin: 4px 0; padding-left: 20px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+th, td { border: 1px solid var(--line); padding: 4px 9px; text-align: left; vertical-align: top; }
+th { background: var(--soft); font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.chosen td { background: #e9f3fb; font-weight: 600; }
+table.facts th { width: 220px; }
+figure { margin: 12px 0 20px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 16px; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; background: #fff; }
+.card h4 { margin-top: 2px; }
+.card img { max-width: 100%; height: auto; display: block; margin: 6px 0; }
+.swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 6px;
+          vertical-align: -1px; }
+pre { background: #0f1720; color: #e6edf3; padding: 12px 14px; border-radius: 6px; overflow-x: auto;
+      font-size: 13px; }
+.scroll { overflow-x: auto; }
+footer { margin-top: 48px; color: var(--muted); font-size: 12px; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _slug(text: str, used: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "set"
+    slug, i = base, 2
+    while slug in used:
+        slug, i = f"{base}-{i}", i + 1
+    used.add(slug)
+    return slug
+
+
+def _fmt(value: Any) -> tuple[str, bool]:
+    """Cell text and whether it is numeric."""
+    if value is None:
+        return "", False
+    if isinstance(value, (bool, np.bool_)):
+        return ("yes" if value else ""), False
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}", True
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return "", True
+        if math.isinf(v):
+            return ("inf" if v > 0 else "-inf"), True
+        if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
+            return f"{v:.3e}", True
+        if abs(v) >= 1000:
+            return f"{v:,.0f}", True
+        if abs(v) >= 100:
+            return f"{v:.1f}", True
+        return f"{v:.3f}", True
+    try:
+        if pd.isna(value):
+            return "", False
+    except (TypeError, ValueError):
+        pass
+    return str(value), False
+
+
+def _table(df: pd.DataFrame, *, index: bool = False, highlight: Sequence[bool] | None = None,
+           max_rows: int = 200, classes: str = "") -> str:
+    if df is None:
+        return ""
+    df = df.head(max_rows)
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    rows = []
+    for i, (idx, row) in enumerate(df.iterrows()):
+        cells = []
+        values = ([idx] if index else []) + list(row.values)
+        for j, v in enumerate(values):
+            text, num = _fmt(v)
+            tag = "th" if index and j == 0 else "td"
+            cells.append(f'<{tag}{" class=num" if num and tag == "td" else ""}>{_e(text)}</{tag}>')
+        cls = ' class="chosen"' if highlight is not None and bool(highlight[i]) else ""
+        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    klass = f' class="{_e(classes)}"' if classes else ""
+    return (f'<div class="scroll"><table{klass}><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _facts(pairs: Iterable[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v)[0] if not isinstance(v, str) else v)}</td></tr>"
+                   for k, v in pairs if v is not None and v != "")
+    return f'<table class="facts"><tbody>{rows}</tbody></table>'
+
+
+class _Assets:
+    """Copies (or embeds) the report's files and hands out their URLs."""
+
+    def __init__(self, out_dir: Path, embed: bool, sources: Iterable[PathLike | None] = ()) -> None:
+        self.out_dir = out_dir
+        self.files_dir = out_dir / "report_files"
+        self.embed = embed
+        self.names: dict[Path, str] = {}
+        self.missing: list[str] = []
+        # files the caller already wrote into report_files/ keep their names
+        files_dir = self.files_dir.resolve()
+        self.used: set[str] = {Path(p).resolve().name for p in sources
+                               if p is not None and Path(p).resolve().parent == files_dir}
+
+    def url(self, path: PathLike | None, stem: str, *, embed_ok: bool = True) -> str | None:
+        if path is None:
+            return None
+        src = Path(path)
+        if not src.is_file():
+            self.missing.append(str(src))
+            return None
+        src = src.resolve()
+        if self.embed and embed_ok and src.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            mime = "image/png" if src.suffix.lower() == ".png" else "image/jpeg"
+            return f"data:{mime};base64," + base64.b64encode(src.read_bytes()).decode("ascii")
+        if src in self.names:
+            return self.names[src]
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        files_dir = self.files_dir.resolve()
+        if src.parent == files_dir:
+            name = src.name
+        else:
+            base = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "file"
+            name, i = f"{base}{src.suffix.lower()}", 2
+            while name in self.used:
+                name, i = f"{base}-{i}{src.suffix.lower()}", i + 1
+            self.used.add(name)
+            shutil.copyfile(src, files_dir / name)
+        url = "report_files/" + name
+        self.names[src] = url
+        return url
+
+
+def _figure(assets: _Assets, path: PathLike | None, stem: str, alt: str, caption: str = "") -> str:
+    url = assets.url(path, stem)
+    if url is None:
+        return ""
+    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="{_e(url)}" alt="{_e(alt)}" loading="eager">{cap}</figure>'
+
+
+def _metrics_table(metrics: pd.DataFrame) -> str:
+    preferred = ["k", "algorithm", "silhouette", "calinski_harabasz", "davies_bouldin", "inertia",
+                 "smallest_cluster", "chosen"]
+    cols = [c for c in preferred if c in metrics.columns]
+    df = metrics.sort_values("k")[cols] if "k" in metrics.columns else metrics[cols]
+    highlight = df["chosen"].astype(bool).tolist() if "chosen" in df.columns else None
+    df = df.rename(columns={"calinski_harabasz": "Calinski-Harabasz", "davies_bouldin": "Davies-Bouldin",
+                            "smallest_cluster": "smallest cluster", "silhouette": "silhouette (sampled)"})
+    return _table(df.reset_index(drop=True), highlight=highlight)
+
+
+def _cluster_card(assets: _Assets, set_slug: str, card: ClusterCard, color: str, n_total: int) -> str:
+    title = card.name or f"Cluster {int(card.cluster)}"
+    share = f" ({card.n_rows / n_total:.1%})" if n_total else ""
+    parts = [f'<div class="card" id="{_e(set_slug)}-c{int(card.cluster)}">',
+             f'<h4><span class="swatch" style="background:{_e(color)}"></span>{_e(title)}: '
+             f"{int(card.n_rows):,} images{_e(share)}</h4>"]
+    if card.sentence:
+        parts.append(f"<p>{_e(card.sentence)}</p>")
+    url = assets.url(card.montage, f"{set_slug}-cluster-{int(card.cluster)}-montage")
+    if url:
+        parts.append(f'<img src="{_e(url)}" alt="{_e(f"images of {title}")}">')
+    if card.profile is not None and len(card.profile):
+        parts.append(_table(card.profile))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
+                 known: Mapping[str, str]) -> str:
+    from .viz import _hex, cluster_colors
+
+    out = []
+    badges = ""
+    if rep.is_mixture:
+        badges += '<span class="badge">mixture</span>'
+    if data.recommendation and rep.name == data.recommendation:
+        badges += '<span class="badge rec">recommended</span>'
+    out.append(f'<section id="{_e(slug)}"><h2>Set {_e(rep.name)}{badges}</h2>')
+    if rep.is_mixture:
+        links = ", ".join(f'<a href="#{_e(known[c])}">{_e(c)}</a>' if c in known else _e(c)
+                          for c in rep.components)
+        out.append(f"<p>This set is a <strong>mixture</strong> of the descriptor sets {links}: "
+                   "their rows concatenated feature-wise and studied like any other set.</p>")
+    chosen = rep.metrics[rep.metrics["chosen"].astype(bool)] if "chosen" in rep.metrics.columns else rep.metrics.iloc[:0]
+    sil = float(chosen["silhouette"].iloc[0]) if len(chosen) and "silhouette" in chosen.columns else None
+    out.append(_facts([
+        ("descriptor dimensions", rep.n_features),
+        ("PCA components kept", rep.n_components),
+        ("variance kept", f"{rep.explained_variance:.1%}" if rep.explained_variance is not None else None),
+        ("chosen k", rep.k),
+        ("silhouette at chosen k", None if sil is None else f"{sil:.3f}"),
+        ("how k was chosen", rep.k_rule),
+        ("outliers flagged", None if rep.outliers is None else rep.outliers.n_flagged),
+    ]))
+    for note in rep.notes:
+        out.append(f'<p class="muted">{_e(note)}</p>')
+    out.append("<h3>Metrics for every k</h3>")
+    out.append(_metrics_table(rep.metrics))
+    out.append(_figure(assets, rep.metrics_plot, f"{slug}-metrics", f"metrics against k for {rep.name}",
+                       "Silhouette (sampled), Calinski-Harabasz, Davies-Bouldin and inertia against k; "
+                       "the star marks the chosen k."))
+    if rep.density_overview or rep.small_multiples or rep.scatter3d:
+        out.append("<h3>Where the clusters lie</h3>")
+    out.append(_figure(assets, rep.density_overview, f"{slug}-density", f"density of all rows of {rep.name}",
+                       "Every row of the case in a 2-D projection, binned: colour = cluster (blended where "
+                       "clusters overlap), darker = denser (log scale); crosses = flagged outliers."))
+    out.append(_figure(assets, rep.small_multiples, f"{slug}-clusters", f"each cluster of {rep.name}",
+                       "One panel per cluster over all rows in grey."))
+    url3d = assets.url(rep.scatter3d, f"{slug}-3d", embed_ok=False)
+    if url3d:
+        out.append(f'<p><a href="{_e(url3d)}">Interactive 3-D view of a sample of rows</a> '
+                   "(opens offline; drag to rotate).</p>")
+    if rep.clusters:
+        colors = cluster_colors(max(1, len(rep.clusters)))
+        order = sorted(rep.clusters, key=lambda c: int(c.cluster))
+        out.append(f"<h3>The {len(order)} clusters</h3>")
+        out.append('<p class="muted">Each montage shows images nearest the cluster centre, a random '
+                   "draw, and border cases (closest to another cluster).</p>")
+        out.append('<div class="cards">')
+        for i, card in enumerate(order):
+            out.append(_cluster_card(assets, slug, card, _hex(colors[i]), data.n_rows))
+        out.append("</div>")
+    if rep.outliers is not None:
+        o = rep.outliers
+        out.append(f'<h3 id="{_e(slug)}-outliers">Outliers</h3>')
+        share = f" ({o.n_flagged / data.n_rows:.2%} of the case)" if data.n_rows else ""
+        out.append(f"<p><strong>{int(o.n_flagged):,}</strong> images flagged{_e(share)}. "
+                   f"Rule: {_e(o.rule)}</p>")
+        out.append(_figure(assets, o.montage, f"{slug}-outliers", f"top outliers of {rep.name}",
+                           f"The highest {o.score_name} scores, most outlying first."))
+        if o.top is not None and len(o.top):
+            out.append(_table(o.top.reset_index(drop=True)))
+    out.append("</section>")
+    return "".join(out)
+
+
+def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = False) -> Path:
+    """Write ``out_dir/report.html`` (and ``out_dir/report_files/``).
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder of the report (created if needed).
+    data : ReportData
+    embed_images : bool
+        Embed PNG/JPEG pictures as base64 (one self-contained file) instead of
+        copying them to ``report_files/``.
+
+    Returns
+    -------
+    Path
+        The HTML file.
+
+    Raises
+    ------
+    InputError
+        If ``data`` has no sets or a set has no metrics.
+    """
+    if not data.sets:
+        raise InputError("the report needs at least one descriptor set.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sources: list[PathLike | None] = []
+    for s in data.sets:
+        sources += [s.metrics_plot, s.density_overview, s.small_multiples, s.scatter3d]
+        sources += [c.montage for c in s.clusters]
+        if s.outliers is not None:
+            sources.append(s.outliers.montage)
+    assets = _Assets(out, embed_images, sources)
+    used: set[str] = {"overview", "outliers", "comparison", "mixtures", "reproduce"}
+    slugs = {rep.name: _slug(f"set-{rep.name}", used) for rep in data.sets}
+    mixtures = [s for s in data.sets if s.is_mixture]
+
+    body = [f"<h1>{_e(data.title)}</h1>",
+            f'<p class="muted">Case {_e(data.case)} &middot; run {_e(data.run_id)} &middot; '
+            f"{_e(data.created)}</p>"]
+    toc = ['<li><a href="#overview">Overview</a></li>']
+    toc.append("<li>Descriptor sets<ol>" + "".join(
+        f'<li><a href="#{_e(slugs[s.name])}">{_e(s.name)}</a>{" (mixture)" if s.is_mixture else ""}</li>'
+        for s in data.sets) + "</ol></li>")
+    if any(s.outliers is not None for s in data.sets):
+        toc.append('<li><a href="#outliers">Outliers</a></li>')
+    toc.append('<li><a href="#comparison">Comparison and recommendation</a></li>')
+    if mixtures:
+        toc.append('<li><a href="#mixtures">Mixtures</a></li>')
+    toc.append('<li><a href="#reproduce">How to reproduce</a></li>')
+    body.append(f'<nav class="toc"><strong>Contents</strong><ol>{"".join(toc)}</ol></nav>')
+
+    # -- overview
+    body.append('<section id="overview"><h2>Overview</h2>')
+    body.append(_facts([
+        ("case", data.case), ("images (rows)", data.n_rows),
+        ("descriptor sets", ", ".join(s.name for s in data.sets)),
+        ("run id", data.run_id), ("date", data.created),
+        ("recommended set", data.recommendation),
+    ]))
+    for note in data.notes:
+        body.append(f"<p>{_e(note)}</p>")
+    summary = []
+    for s in data.sets:
+        chosen = s.metrics[s.metrics["chosen"].astype(bool)] if "chosen" in s.metrics.columns else s.metrics.iloc[:0]
+        row = {"set": s.name, "dims": s.n_features, "PCA": s.n_components, "k": s.k}
+        for col, label in (("silhouette", "silhouette"), ("calinski_harabasz", "Calinski-Harabasz"),
+                           ("davies_bouldin", "Davies-Bouldin")):
+            row[label] = float(chosen[col].iloc[0]) if len(chosen) and col in chosen.columns else None
+        row["outliers flagged"] = None if s.outliers is None else int(s.outliers.n_flagged)
+        row["mixture"] = s.is_mixture
+        row["recommended"] = s.name == data.recommendation
+        summary.append(row)
+    summary_df = pd.DataFrame(summary)
+    body.append("<h3>Sets at a glance</h3>")
+    body.append(_table(summary_df, highlight=summary_df["recommended"].tolist()))
+    body.append("<h3>Software</h3>")
+    body.append(_facts(sorted(data.versions.items())))
+    body.append("</section>")
+
+    # -- sets
+    for s in data.sets:
+        body.append(_set_section(assets, data, s, slugs[s.name], slugs))
+
+    # -- outliers across sets
+    flagged = [s for s in data.sets if s.outliers is not None]
+    if flagged:
+        body.append('<section id="outliers"><h2>Outliers</h2>')
+        df = pd.DataFrame([{"set": s.name, "flagged": int(s.outliers.n_flagged),
+                            "share": s.outliers.n_flagged / data.n_rows if data.n_rows else None,
+                            "rule": s.outliers.rule} for s in flagged])
+        body.append(_table(df))
+        body.append("<p>" + " ".join(
+            f'<a href="#{_e(slugs[s.name])}-outliers">Top outliers of {_e(s.name)}</a>.' for s in flagged)
+            + "</p></section>")
+
+    # -- comparison
+    body.append('<section id="comparison"><h2>Comparison and recommendation</h2>')
+    if not data.comparisons:
+        body.append('<p class="muted">No comparison tables were computed.</p>')
+    for t in data.comparisons:
+        body.append(f"<h3>{_e(t.title)}</h3>")
+        if t.caption:
+            body.append(f"<p>{_e(t.caption)}</p>")
+        body.append(_table(t.table, index=t.index))
+    if data.recommendation:
+        body.append(f"<h3>Recommendation: {_e(data.recommendation)}</h3>")
+        if data.recommendation_reasons:
+            body.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in data.recommendation_reasons) + "</ul>")
+    body.append("</section>")
+
+    # -- mixtures
+    if mixtures:
+        body.append('<section id="mixtures"><h2>Mixtures</h2>')
+        body.append("<p>Sets whose name joins other sets with <code>+</code> are mixtures: the rows of "
+                    "the named sets side by side, studied like any other set.</p><ul>")
+        for s in mixtures:
+            parts = ", ".join(f'<a href="#{_e(slugs[c])}">{_e(c)}</a>' if c in slugs else _e(c)
+                              for c in s.components)
+            body.append(f'<li><a href="#{_e(slugs[s.name])}">{_e(s.name)}</a> mixes {parts}; '
+                        f"k = {int(s.k)}.</li>")
+        body.append("</ul></section>")
+
+    # -- reproduce
+    body.append('<section id="reproduce"><h2>How to reproduce</h2>')
+    if data.reproduce:
+        body.append("<p>Run these commands, in order, from the project folder:</p>")
+        body.append("<pre>" + _e("\n".join(data.reproduce)) + "</pre>")
+    else:
+        body.append('<p class="muted">The commands were not recorded.</p>')
+    body.append("</section>")
+    if assets.missing:
+        body.append('<p class="muted">Missing pictures (not found when the report was written): '
+                    + _e(", ".join(assets.missing)) + "</p>")
+    version = data.versions.get("streamclust", "")
+    body.append(f"<footer>Written by streamclust {_e(version)} on "
+                f"{_e(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'))}.</footer>")
+
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{_e(data.title)} - {_e(data.case)}</title><style>{_CSS}</style></head>"
+            f"<body><main>{''.join(body)}</main></body></html>\n")
+    path = out / "report.html"
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

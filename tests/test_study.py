@@ -1,0 +1,121 @@
+"""The study end to end on a demo case: outputs, quality against planted truth, crash safety."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
+
+from streamclust import study as study_module
+from streamclust.datasets import make_demo_case, load_truth
+from streamclust.ingest import convert_case
+from streamclust.persist import load_model_dir
+from streamclust.store import CaseStore
+from streamclust.study import choose_k, parse_k_range, run_study
+
+N_ROWS = 3000
+K = "4:9"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_case(root / "case", n_rows=N_ROWS, seed=0, images=False)
+    convert_case(root / "case", root / "case.zarr")
+    result = run_study(root / "case.zarr", root / "study", k=K, n_components=32, random_state=0)
+    return root, result, load_truth(root / "case")
+
+
+def test_outputs_have_the_promised_layout(demo):
+    root, result, truth = demo
+    res = pd.read_csv(root / "study" / "results.csv")
+    sets = ["efficientnet-b7", "osnet", "vdc_color", "vdc_type"]
+    assert list(res.columns) == ["path", "cluster"] + [f"cluster_{s}" for s in sets]
+    assert len(res) == N_ROWS and (res["path"] == truth["path"]).all()
+    assert (res["cluster"] == res[f"cluster_{result.recommended}"]).all()
+    metrics = pd.read_csv(root / "study" / "metrics.csv")
+    assert len(metrics) == 4 * len(parse_k_range(K))
+    assert metrics.groupby("set")["chosen"].sum().eq(1).all()
+    for name, set_result in result.sets.items():
+        chosen = metrics[(metrics["set"] == name) & metrics["chosen"]]
+        assert int(chosen["k"].iloc[0]) == set_result.k == res[f"cluster_{name}"].nunique()
+        doc, arrays = load_model_dir(set_result.model_dir, kind="descriptor-set-model")
+        assert arrays["cluster_centers"].shape == (set_result.k, set_result.n_components)
+    store = CaseStore(root / "case.zarr")
+    assert [r.run_id for r in store.runs()] == [result.run_id]
+
+
+@pytest.mark.parametrize("name,attribute", [("vdc_color", "color"), ("vdc_type", "type")])
+def test_quality_matches_in_memory_kmeans_on_the_same_reduced_data(demo, name, attribute):
+    root, result, truth = demo
+    run = CaseStore(root / "case.zarr").run(result.run_id)
+    reduced = run.array(f"{name}/reduced")[:]
+    labels = run.array(f"{name}/labels")[:]
+    k = result.sets[name].k
+    ours = adjusted_rand_score(truth[attribute], labels)
+    reference = adjusted_rand_score(
+        truth[attribute], KMeans(k, n_init=3, random_state=0).fit_predict(reduced.astype(np.float64))
+    )
+    print(f"{name} vs {attribute}: streaming ARI {ours:.3f}, in-memory KMeans ARI {reference:.3f} (k={k})")
+    assert ours >= reference - 0.02
+    assert ours > 0.5
+
+
+def test_streaming_metrics_equal_sklearn(demo):
+    root, result, _ = demo
+    run = CaseStore(root / "case.zarr").run(result.run_id)
+    metrics = pd.read_csv(root / "study" / "metrics.csv")
+    for name, set_result in result.sets.items():
+        reduced = run.array(f"{name}/reduced")[:].astype(np.float64)
+        labels = run.array(f"{name}/labels")[:]
+        row = metrics[(metrics["set"] == name) & metrics["chosen"]].iloc[0]
+        np.testing.assert_allclose(row["calinski_harabasz"], calinski_harabasz_score(reduced, labels), rtol=1e-6)
+        np.testing.assert_allclose(row["davies_bouldin"], davies_bouldin_score(reduced, labels), rtol=1e-6)
+
+
+def test_same_seed_same_labels(demo, tmp_path):
+    root, result, _ = demo
+    again = run_study(root / "case.zarr", tmp_path / "again", k=K, n_components=32, random_state=0,
+                      descriptors=["vdc_type"])
+    a = pd.read_csv(root / "study" / "results.csv")["cluster_vdc_type"]
+    b = pd.read_csv(tmp_path / "again" / "results.csv")["cluster_vdc_type"]
+    assert again.sets["vdc_type"].k == result.sets["vdc_type"].k and (a == b).all()
+
+
+def test_crash_mid_study_leaves_no_complete_run(demo, tmp_path, monkeypatch):
+    root, result, _ = demo
+    before = [r.run_id for r in CaseStore(root / "case.zarr").runs()]
+    calls = {"n": 0}
+    original = study_module._store_labels
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "_store_labels", crash_on_second)
+    with pytest.raises(OSError, match="No space left"):
+        run_study(root / "case.zarr", tmp_path / "crashed", k=K, n_components=32,
+                  descriptors=["vdc_color", "vdc_type"])
+    store = CaseStore(root / "case.zarr")
+    assert [r.run_id for r in store.runs()] == before  # earlier runs intact, the crashed one not listed
+    assert result.run_id in before
+    failed = [r for r in store.runs(include_incomplete=True) if r.status == "failed"]
+    assert len(failed) == 1 and "No space left" in failed[0].group.attrs["error"]
+    assert not (tmp_path / "crashed" / "results.csv").exists()
+
+
+def test_choose_k_rule():
+    m = pd.DataFrame({"k": [2, 3, 4, 5], "silhouette": [0.30, 0.52, 0.515, 0.40],
+                      "davies_bouldin": [1.0, 0.9, 0.7, 0.8]})
+    assert choose_k(m) == 4  # 0.515 ties with 0.52 (within 0.01) and has the lower DB
+    m.loc[2, "silhouette"] = 0.45
+    assert choose_k(m) == 3
+
+
+@pytest.mark.parametrize("spec,ks", [("2:5", [2, 3, 4, 5]), ("8", [8]), ("4,8,12", [4, 8, 12]), (6, [6])])
+def test_parse_k_range(spec, ks):
+    assert parse_k_range(spec) == ks
