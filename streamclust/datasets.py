@@ -808,8 +808,9 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
     ], axis=1)
     # unspecific responses: a fixed random projection of the contrast-normalised
     # picture (only images far from normal ones express them, see _standard_features)
-    flat = g2.reshape(n, -1)
-    flat = (flat - flat.mean(axis=1, keepdims=True)) / (flat.std(axis=1, keepdims=True) + 2.0)
+    detail = g2 - g2.mean(axis=2, keepdims=True)  # without the road's vertical gradient
+    flat = detail.reshape(n, -1)
+    flat = flat / (flat.std(axis=1, keepdims=True) + 1.0)
     codes = flat @ _pixel_projection()
     groups = [hist, color_stats, np.concatenate([type_soft, type_raw * 5], axis=1), view,
               mask_grid, edges, image, codes]  # _GROUPS, then the pixel codes

@@ -740,6 +740,18 @@ def _top_values(counts: pd.Series, overall: pd.Series, top: int) -> list[tuple[A
     return out
 
 
+def _plural_display(value: Any) -> str:
+    return _plural(_display(value))
+
+
+def _dominant(tops: list, name: Any, second: float = 0.2) -> str:
+    """``"trucks (50%)"``, or ``"trucks (50%) and buses (45%)"`` when the runner-up is common."""
+    text = f"{name(tops[0][0])} ({_pct(tops[0][2])})"
+    if len(tops) > 1 and tops[1][2] >= second:
+        text += f" and {name(tops[1][0])} ({_pct(tops[1][2])})"
+    return text
+
+
 def _mixed(label: str, tops: list, top: int) -> str:
     items = []
     for i, (v, _, s, lift) in enumerate(tops[:max(2, min(top, 3))]):
@@ -772,10 +784,10 @@ def _sentence(
         typ_dom = bool(vtype) and vtype[0][2] >= dominant
         subject = ""
         if col_dom:
-            subject = f"mostly {_display(color[0][0])} ({_pct(color[0][2])})"
-            subject += f" {_plural(_display(vtype[0][0]))} ({_pct(vtype[0][2])})" if typ_dom else " vehicles"
+            subject = f"mostly {_dominant(color, lambda v: _display(v))}"
+            subject += f" {_dominant(vtype, _plural_display)}" if typ_dom else " vehicles"
         elif typ_dom:
-            subject = f"mostly {_plural(_display(vtype[0][0]))} ({_pct(vtype[0][2])})"
+            subject = f"mostly {_dominant(vtype, _plural_display)}"
         if subject:
             clauses.append(subject)
         if color and not col_dom:
@@ -786,19 +798,18 @@ def _sentence(
             if attr in ("color", "type") or not tv:
                 continue
             value, _, s, lift = tv[0]
-            name = _display(value)
             if s >= dominant:
                 if attr == "view":
-                    clauses.append(f"{name} view ({_pct(s)})")
+                    clauses.append(_dominant(tv, lambda v: f"{_display(v)} view"))
                 elif attr == "model":
-                    clauses.append(f"model {name} ({_pct(s)})")
+                    clauses.append("model " + _dominant(tv, lambda v: _display(v)))
                 elif attr == "camera":
-                    clauses.append(f"mostly from camera {name} ({_pct(s)})")
+                    clauses.append("mostly from camera " + _dominant(tv, lambda v: _display(v)))
                 else:
-                    clauses.append(f"{attr.replace('_', ' ')} {name} ({_pct(s)})")
+                    clauses.append(f"{attr.replace('_', ' ')} " + _dominant(tv, lambda v: _display(v)))
             elif s >= 0.2 and lift >= 2.0:
-                label = {"view": "view", "model": "model", "camera": "camera"}.get(attr, attr.replace("_", " "))
-                clauses.append(f"over-represented {label} {name} ({_pct(s)}, {lift:.1f}x overall)")
+                clauses.append(f"over-represented {attr.replace('_', ' ')} {_display(value)} "
+                               f"({_pct(s)}, {lift:.1f}x overall)")
         if size < 30:
             clauses.append("few images, so the shares are rough")
     if spread_ratio is not None and np.isfinite(spread_ratio):
@@ -1227,7 +1238,8 @@ def _recommend_attribute(
     top_score = float(col.iloc[0])
     tied = col[col >= top_score - tol]
     tie = len(tied) > 1
-    if tie:  # equally aligned: the set whose clusters are about this attribute only wins
+    if tie and attr not in CONDITION_ATTRIBUTES:
+        # equally aligned: the set whose clusters are about this attribute only wins
         spec = _specificity(ami_table, attr, vehicle_attrs)[tied.index]
         best = str(spec.sort_values(kind="stable").index[0])
     else:
@@ -1239,7 +1251,9 @@ def _recommend_attribute(
     reason = f"{best}: AMI {score:.2f} with {attr}"
     if runner is not None:
         reason += f" vs {r_score:.2f} for {runner}"
-    if tie:
+    if tie and attr in CONDITION_ATTRIBUTES:
+        reason += f" (a tie within {tol:g})"
+    elif tie:
         spec = _specificity(ami_table, attr, vehicle_attrs)
         others = [s for s in tied.index if s != best]
         reason += (f"; a tie within {tol:g} with {', '.join(others)}, broken by specificity: "

@@ -13,11 +13,18 @@ For each descriptor set, in bounded memory:
    sample.
 4. **Choose k** -- the rule in :func:`choose_k`.
 5. **Label** every row with the chosen model (``runs/<id>/<set>/labels``).
+6. **Score outliers** of every row with
+   :class:`~streamclust.estimators.KNNOutlierDetector` (approximate-neighbour
+   LOF against a bounded reference sample; robust automatic threshold)
+   (``runs/<id>/<set>/outlier_score``, ``is_outlier``).
 
 Outputs in ``out_dir``: ``results.csv`` (``path``, ``cluster``, ``cluster_<set>``
-per set; one row per image in store order), ``metrics.csv`` (one row per set x
-algorithm x k), ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.persist`)
-and ``summary.json``.  Files are replaced atomically and the run in the store is
+per set, ``outlier_score``, ``is_outlier``, then ``outlier_score_<set>``,
+``is_outlier_<set>`` per set; one row per image in store order; the unsuffixed
+columns are the recommended set's), ``outliers.csv`` (the top outliers of each
+set with score, rank and flag), ``metrics.csv`` (one row per set x algorithm x
+k), ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.persist`) and
+``summary.json``.  Files are replaced atomically and the run in the store is
 marked complete only at the very end, so a crash never leaves a run that looks
 finished.
 """
@@ -38,7 +45,14 @@ import pandas as pd
 
 from ._blocks import block_rows_for, iter_blocks, parse_memory
 from .errors import InputError
-from .estimators import StreamingKMeans, StreamingPCA, kmeans_sweep, sampled_silhouette, sweep_metrics
+from .estimators import (
+    KNNOutlierDetector,
+    StreamingKMeans,
+    StreamingPCA,
+    kmeans_sweep,
+    sampled_silhouette,
+    sweep_metrics,
+)
 from .persist import save_model_dir, write_atomic
 from .store import CaseStore, RunGroup
 
@@ -60,6 +74,8 @@ class SetResult:
     metrics: pd.DataFrame
     seconds: float
     model_dir: Path
+    n_outliers: int = 0
+    outlier_rule: str = ""
 
 
 @dataclass
@@ -90,6 +106,7 @@ class StudyResult:
                 "silhouette": round(float(chosen["silhouette"]), 3),
                 "calinski_harabasz": round(float(chosen["calinski_harabasz"]), 1),
                 "davies_bouldin": round(float(chosen["davies_bouldin"]), 3),
+                "outliers": res.n_outliers,
                 "seconds": round(res.seconds, 1),
                 "recommended": name == self.recommended,
             })
@@ -151,19 +168,31 @@ def _store_labels(model: StreamingKMeans, reduced: Any, run: RunGroup, name: str
     return target
 
 
-def _write_results_csv(path: Path, ids: Any, labels: dict[str, Any], recommended: str) -> None:
-    """Stream ``path, cluster, cluster_<set>...`` for every row into ``path`` atomically."""
+def _write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
+    """Stream ``path`` then ``columns`` (name -> (n,) array) for every row into ``path`` atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     block = 1 << 16
     with open(tmp, "w", newline="") as f:
         for start in range(0, ids.shape[0], block):
             stop = min(ids.shape[0], start + block)
             frame = pd.DataFrame({"path": np.asarray(ids[start:stop]).astype(object)})
-            frame["cluster"] = np.asarray(labels[recommended][start:stop])
-            for name, arr in labels.items():
-                frame[f"cluster_{name}"] = np.asarray(arr[start:stop])
-            frame.to_csv(f, header=start == 0, index=False)
+            for name, arr in columns.items():
+                frame[name] = np.asarray(arr[start:stop])
+            frame.to_csv(f, header=start == 0, index=False, float_format="%.6g")
     os.replace(tmp, path)
+
+
+def _top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, ids: Any,
+                  n_top: int) -> pd.DataFrame:
+    """The ``n_top`` highest-scoring rows of one set, ranked."""
+    top = np.argsort(-scores, kind="stable")[:n_top]
+    order = np.sort(top)  # read ids and labels in store order
+    frame = pd.DataFrame({"set": name, "row": order, "path": np.asarray(ids.get_orthogonal_selection(order)).astype(object),
+                          "outlier_score": scores[order], "is_outlier": flags[order],
+                          "cluster": np.asarray(labels.get_orthogonal_selection(order))})
+    frame = frame.sort_values("outlier_score", ascending=False, kind="stable")
+    frame.insert(1, "rank", np.arange(1, len(frame) + 1))
+    return frame
 
 
 def run_study(
@@ -176,6 +205,8 @@ def run_study(
     n_init: int = 3,
     memory: str | int | None = None,
     silhouette_samples: int = 10_000,
+    outlier_neighbors: int = 20,
+    n_top_outliers: int = 100,
     random_state: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -200,6 +231,10 @@ def run_study(
         Memory budget, e.g. ``"1GB"`` (default 1 GiB).
     silhouette_samples : int
         Rows sampled for the silhouette estimate.
+    outlier_neighbors : int
+        ``k`` of the kNN outlier scores.
+    n_top_outliers : int
+        Rows per set listed in ``outliers.csv``.
     random_state : int
         Seed; the same seed gives the same result.
     progress : bool
@@ -225,11 +260,15 @@ def run_study(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = {"descriptors": names, "k": ks, "n_components": n_components, "n_init": n_init,
-              "memory": budget, "silhouette_samples": silhouette_samples, "random_state": random_state}
+              "memory": budget, "silhouette_samples": silhouette_samples,
+              "outlier_neighbors": outlier_neighbors, "random_state": random_state}
     run = store.new_run(params)
     result = StudyResult(out_dir=out, run_id=run.run_id)
     try:
-        labels = {}
+        labels: dict[str, Any] = {}
+        outlier_scores: dict[str, Any] = {}
+        outlier_flags: dict[str, Any] = {}
+        top_outliers: list[pd.DataFrame] = []
         all_metrics = []
         for name in names:
             t0 = time.perf_counter()
@@ -261,6 +300,18 @@ def run_study(
             all_metrics.append(metrics)
             model = models[chosen]
             labels[name] = _store_labels(model, reduced, run, name)
+            detector = KNNOutlierDetector(n_neighbors=outlier_neighbors, memory=budget,
+                                          random_state=random_state).fit(reduced)
+            scores = detector.outlier_scores_
+            flags = scores > detector.threshold_
+            run.create_array(f"{name}/outlier_score", scores.shape, "float32")[:] = scores
+            run.create_array(f"{name}/is_outlier", flags.shape, "bool",
+                             attrs={"n_flagged": int(flags.sum()), "rule": detector.threshold_rule_})[:] = flags
+            outlier_scores[name], outlier_flags[name] = run.array(f"{name}/outlier_score"), run.array(f"{name}/is_outlier")
+            top_outliers.append(_top_outliers(name, scores, flags, labels[name], store.ids, n_top_outliers))
+            log(f"{name}: {int(flags.sum())} outliers flagged ({flags.mean():.2%}) by {detector.threshold_rule_}; "
+                f"kNN recall {detector.recall_:.3f}")
+            del scores, flags
             model_dir = save_model_dir(
                 out / "models" / name, "descriptor-set-model",
                 params={"n_components": n_components, "l2_normalize": True, "k": chosen},
@@ -272,10 +323,11 @@ def run_study(
                       "source_sha256": X.attrs.get("source_sha256"),
                       "n_training_rows": store.n_rows},
             )
+            n_flagged = int(outlier_flags[name].attrs.get("n_flagged", 0))
             seconds = time.perf_counter() - t0
             result.sets[name] = SetResult(name, int(X.shape[1]), int(pca.n_components_),
                                           float(pca.explained_variance_ratio_.sum()), chosen,
-                                          metrics, seconds, model_dir)
+                                          metrics, seconds, model_dir, n_flagged, detector.threshold_rule_)
             log(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
                 f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
         result.recommended = max(
@@ -283,7 +335,14 @@ def run_study(
         )
         metrics_all = pd.concat(all_metrics, ignore_index=True)
         write_atomic(out / "metrics.csv", metrics_all.to_csv(index=False))
-        _write_results_csv(out / "results.csv", store.ids, labels, result.recommended)
+        rec = result.recommended
+        columns = {"cluster": labels[rec], **{f"cluster_{n}": a for n, a in labels.items()},
+                   "outlier_score": outlier_scores[rec], "is_outlier": outlier_flags[rec]}
+        for n in names:
+            columns[f"outlier_score_{n}"] = outlier_scores[n]
+            columns[f"is_outlier_{n}"] = outlier_flags[n]
+        _write_results_csv(out / "results.csv", store.ids, columns)
+        write_atomic(out / "outliers.csv", pd.concat(top_outliers, ignore_index=True).to_csv(index=False))
         summary = {"run_id": run.run_id, "store": store.path, "recommended": result.recommended,
                    "recommended_rule": "highest sampled silhouette at the chosen k",
                    "k_rule": choose_k.__doc__.split("\n\n")[1].strip().replace("\n   ", ""),

@@ -175,8 +175,10 @@ def test_zip_bomb_with_lying_header_is_bounded(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 6 << 20
-    assert src.skipped
+    # zipfile inflates at most one read's worth (max_bytes + 1) before cutting it to
+    # the declared size: memory stays a small multiple of the cap, never 64 MiB
+    assert peak < 3 * (4 << 20)
+    assert src.skipped[0][1].startswith("unreadable")
 
 
 def test_corrupt_truncated_and_huge_images_are_skipped_and_reported(tmp_path):

@@ -266,3 +266,36 @@ def test_compare_sets_blockwise_and_errors(demo):
         profile_clusters(labels["osnet"], demo["meta"].iloc[:10])
     with pytest.raises(InputError, match="nonexistent"):
         profile_clusters(labels["osnet"], demo["meta"], attribute_columns=["nonexistent"])
+
+
+def test_sentence_grammar_on_a_small_table():
+    labels = np.repeat([0, 1], 100)
+    attributes = pd.DataFrame({
+        "color": ["white"] * 100 + ["red"] * 40 + ["blue"] * 35 + ["black"] * 25,
+        "type": ["sedan"] * 55 + ["bus"] * 45 + ["suv"] * 100,
+    }).astype("category")
+    flags = np.zeros(200, bool)
+    flags[100:130] = True
+    prof = profile_clusters(labels, attributes, outlier_flags=flags)
+    assert prof.sentences[0] == ("Cluster 0 (100 images, 50.0% of all): "
+                                 "mostly white (100%) sedans (55%) and buses (45%).")
+    assert prof.sentences[1] == ("Cluster 1 (100 images, 50.0% of all): mostly SUVs (100%); "
+                                 "mixed colours: red 40% (2.0x overall), blue 35%, black 25%; "
+                                 "30% flagged as outliers (15% overall).")
+    row = prof.table.query("cluster == 1 and attribute == 'color' and value == 'red'").iloc[0]
+    assert (row["count"], row["rank"], row["share_overall"]) == (40, 1, 0.2)
+
+
+def test_recommendation_tie_rule():
+    ami = pd.DataFrame({"color": [0.90, 0.89, 0.30], "type": [0.20, 0.05, 0.90],
+                        "camera": [0.30, 0.31, 0.0]}, index=["general", "colour_net", "type_net"])
+    color = profiles._recommend_attribute("color", ami, ["color", "type"], 0.02)
+    assert color["best_set"] == "colour_net" and color["tie"] and "specificity" in color["reason"]
+    assert profiles._recommend_attribute("color", ami, ["color", "type"], 0.005)["best_set"] == "general"
+    camera = profiles._recommend_attribute("camera", ami, ["color", "type"], 0.02)
+    assert camera["best_set"] == "colour_net" and "not rewarded" in camera["reason"]
+    best, reason, _ = profiles._recommend_overall(ami, ["color", "type"], [color], None, 0.02)
+    assert best == "type_net" and "mean AMI 0.60" in reason  # camera never counts
+    sil = pd.Series({"general": 0.5, "colour_net": 0.1, "type_net": 0.2})
+    best, reason, _ = profiles._recommend_overall(ami, ["color", "type"], [color], sil, 0.06)
+    assert best == "general" and "broken by the higher silhouette" in reason

@@ -32,7 +32,8 @@ def test_outputs_have_the_promised_layout(demo):
     root, result, truth = demo
     res = pd.read_csv(root / "study" / "results.csv")
     sets = ["efficientnet-b7", "osnet", "vdc_color", "vdc_type"]
-    assert list(res.columns) == ["path", "cluster"] + [f"cluster_{s}" for s in sets]
+    assert list(res.columns) == (["path", "cluster"] + [f"cluster_{s}" for s in sets] + ["outlier_score", "is_outlier"]
+                                 + [f"{c}_{s}" for s in sets for c in ("outlier_score", "is_outlier")])
     assert len(res) == N_ROWS and (res["path"] == truth["path"]).all()
     assert (res["cluster"] == res[f"cluster_{result.recommended}"]).all()
     metrics = pd.read_csv(root / "study" / "metrics.csv")

@@ -7,6 +7,7 @@ Dask arrays otherwise.
 
 from .kmeans import StreamingKMeans, kmeans_sweep
 from .metrics import cluster_metrics, sampled_silhouette, sweep_metrics
+from .outliers import KNNOutlierDetector, warm_up
 from .preprocessing import StreamingPCA, StreamingScaler, l2_normalize
 
 __all__ = [
@@ -18,4 +19,6 @@ __all__ = [
     "cluster_metrics",
     "sweep_metrics",
     "sampled_silhouette",
+    "KNNOutlierDetector",
+    "warm_up",
 ]

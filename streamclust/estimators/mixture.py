@@ -57,6 +57,11 @@ _COV_TYPES = ("full", "tied", "diag", "spherical")
 _INITS = ("kmeans", "k-means++")
 _LOG_2PI = math.log(2 * math.pi)
 
+#: k-means starts of ``init="kmeans"`` (scikit-learn uses 1).  StreamingKMeans runs
+#: its starts in shared passes, so 3 cost extra compute, not extra reads; on planted
+#: 64-d mixtures a single start left EM in a split/merged optimum (ARI 0.93 vs 1.0).
+_KMEANS_STARTS = 3
+
 
 # --------------------------------------------------------------------------- #
 # Gaussian densities (same formulas as scikit-learn's GaussianMixture)
@@ -314,8 +319,8 @@ class StreamingGaussianMixture(DensityMixin, BaseEstimator):
         Starts; the one with the highest mean log-likelihood is kept.
     init : {"kmeans", "k-means++"}, default="kmeans"
         ``"kmeans"``: a :class:`~streamclust.estimators.kmeans.StreamingKMeans` fit
-        (one start) per start, its hard assignment giving the initial M-step (as
-        scikit-learn).  ``"k-means++"``: k-means++ centres of a seeded row sample
+        per start (3 k-means starts sharing passes; scikit-learn uses 1), its hard
+        assignment giving the initial M-step (as scikit-learn).  ``"k-means++"``: k-means++ centres of a seeded row sample
         (no Lloyd passes), then the same hard-assignment M-step over all rows
         (scikit-learn instead uses the single seed rows as responsibilities).
     memory : str or int, optional
@@ -400,8 +405,8 @@ class StreamingGaussianMixture(DensityMixin, BaseEstimator):
     def _initial_centers(self, X: Any, n: int, d: int, seed: int, br: int) -> np.ndarray:
         k = self.n_components
         if self.init == "kmeans":
-            km = StreamingKMeans(k, n_init=1, memory=self.memory, block_rows=self.block_rows,
-                                 random_state=seed).fit(X)
+            km = StreamingKMeans(k, n_init=_KMEANS_STARTS, memory=self.memory,
+                                 block_rows=self.block_rows, random_state=seed).fit(X)
             return km.cluster_centers_
         rng = np.random.RandomState(seed)
         size = min(n, max(3 * k, 20_000))

@@ -10,10 +10,11 @@ seeded uniform *reference sample* of its rows:
    brute-force neighbours reaches :data:`RECALL_TARGET`, and computes each reference
    point's k-distance and local reachability density (lrd) from its ``k``
    neighbours *excluding itself*;
-2. every row is then scored against the reference (one parallel pass over the
-   blocks; a row that is itself in the sample does not count itself), and the
-   threshold is fitted on the scores of **all** rows of the training array (they are
-   kept in :attr:`KNNOutlierDetector.outlier_scores_`, 4 bytes a row).
+2. every other row is then scored against the reference (one parallel pass over
+   the blocks; the reference rows' scores, computed with themselves excluded, are
+   reused), and the threshold is fitted on the scores of **all** rows of the
+   training array (kept in :attr:`KNNOutlierDetector.outlier_scores_`, 4 bytes a
+   row, so :meth:`~KNNOutlierDetector.fit_predict` needs no second pass).
 
 Memory is the reference index (accounted by :func:`index_nbytes`, at most half of
 ``memory``) plus a few row blocks, whatever the number of rows, so the reference

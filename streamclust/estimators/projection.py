@@ -73,7 +73,12 @@ try:  # one process-wide lock for every pynndescent query (see outliers.py)
 except Exception:  # pragma: no cover - outliers module absent or renamed
     _QUERY_LOCK = threading.Lock()
 
-__all__ = ["pca_projection", "SampledUMAP", "umap_available"]
+__all__ = ["pca_projection", "SampledUMAP", "umap_available", "EXACT_KNN_MAX_SAMPLE"]
+
+#: Samples of at most this many rows are interpolated with exact (brute-force)
+#: neighbours; larger ones through a pynndescent index (whose numba build kernels
+#: cost ~20 s of compilation per process).
+EXACT_KNN_MAX_SAMPLE = 4096
 
 
 def umap_available() -> bool:
@@ -173,6 +178,20 @@ def _build_index(reference: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
     return index
 
 
+def _exact_knn(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` nearest reference rows of every query (brute force, float64,
+    256 queries at a time)."""
+    ref = reference.astype(np.float64)
+    ref_sq = np.einsum("ij,ij->i", ref, ref)
+    out = np.empty((queries.shape[0], k), np.int64)
+    for s in range(0, queries.shape[0], 256):
+        q = queries[s : s + 256].astype(np.float64)
+        d2 = ref_sq[None, :] - 2.0 * (q @ ref.T)
+        out[s : s + 256] = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < ref.shape[0] \
+            else np.broadcast_to(np.arange(ref.shape[0]), (len(q), ref.shape[0]))
+    return out
+
+
 class _PlaceBlock:
     """Picklable per-block function placing rows in the embedding."""
 
@@ -213,7 +232,11 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
     transform_method : {"knn", "umap"}, default "knn"
         How rows are placed (``"umap"`` only with ``method="umap"``).
     n_interp_neighbors : int, default 10
-        Sampled neighbours averaged by ``transform_method="knn"``.
+        Sampled neighbours averaged by ``transform_method="knn"`` (exact
+        neighbours for samples of at most :data:`EXACT_KNN_MAX_SAMPLE` rows, a
+        pynndescent index beyond).
+    n_epochs : int, optional
+        UMAP's ``n_epochs`` / t-SNE's ``max_iter`` (>= 250); default: theirs.
     memory : str or int, optional
         Memory budget of a pass (sizes the blocks).
     block_rows : int, optional
@@ -244,6 +267,7 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
         method: Literal["umap", "tsne", "auto"] = "umap",
         transform_method: Literal["knn", "umap"] = "knn",
         n_interp_neighbors: int = 10,
+        n_epochs: int | None = None,
         memory: str | int | None = None,
         block_rows: int | None = None,
         random_state: int | None = 0,
@@ -255,6 +279,7 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
         self.method = method
         self.transform_method = transform_method
         self.n_interp_neighbors = n_interp_neighbors
+        self.n_epochs = n_epochs
         self.memory = memory
         self.block_rows = block_rows
         self.random_state = random_state
@@ -310,7 +335,7 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
                     n_components=int(self.n_components), n_neighbors=max(2, n_nb),
                     min_dist=float(self.min_dist), metric="euclidean",
                     random_state=seed, transform_seed=seed, n_jobs=1, low_memory=True,
-                    verbose=False,
+                    verbose=False, n_epochs=None if self.n_epochs is None else int(self.n_epochs),
                 )
                 emb = model.fit_transform(sample)
             self.umap_ = model
@@ -318,18 +343,23 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
             from sklearn.manifold import TSNE
 
             perplexity = float(min(2 * self.n_neighbors, max(2.0, (m - 1) / 3.0)))
+            extra = {} if self.n_epochs is None else {"max_iter": max(250, int(self.n_epochs))}
             emb = TSNE(n_components=int(self.n_components), perplexity=perplexity, init="pca",
-                       random_state=seed, learning_rate="auto").fit_transform(sample)
+                       random_state=seed, learning_rate="auto", **extra).fit_transform(sample)
         self.method_ = method
         self.sample_indices_ = idx.astype(np.int64)
         self.embedding_ = np.ascontiguousarray(emb, dtype=np.float32)
         self._index = None
+        self._sample = None
         if self.transform_method == "knn":
             k = int(min(self.n_interp_neighbors, m))
-            self._index = _build_index(sample, n_neighbors=int(min(max(k, 15), m - 1)),
-                                       seed=seed)
-            with _QUERY_LOCK:  # compile / warm the query path once, outside Dask threads
-                self._index.query(sample[: min(m, 8)], k=k, epsilon=0.1)
+            if m <= EXACT_KNN_MAX_SAMPLE:
+                self._sample = sample  # exact neighbours by brute force
+            else:
+                self._index = _build_index(sample, n_neighbors=int(min(max(k, 15), m - 1)),
+                                           seed=seed)
+                with _QUERY_LOCK:  # compile / warm the query path once, outside Dask threads
+                    self._index.query(sample[: min(m, 8)], k=k, epsilon=0.1)
         return self
 
     # ------------------------------------------------------------ transform
@@ -342,8 +372,11 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
                 warnings.simplefilter("ignore")
                 return np.asarray(self.umap_.transform(q), dtype=np.float32)
         k = int(min(self.n_interp_neighbors, self.embedding_.shape[0]))
-        with _QUERY_LOCK:
-            ind, _ = self._index.query(q, k=k, epsilon=0.1)
+        if self._index is None:
+            ind = _exact_knn(self._sample, q, k)
+        else:
+            with _QUERY_LOCK:
+                ind, _ = self._index.query(q, k=k, epsilon=0.1)
         return self.embedding_[ind].mean(axis=1, dtype=np.float64).astype(np.float32)
 
     def _apply(self, X: Any, exact_sample: bool) -> Any:
