@@ -18,6 +18,7 @@ _EPILOG = """\
 typical use:
   streamclust convert CASE_DIR -o case.zarr          raw files -> chunked Zarr store (resumable)
   streamclust study case.zarr -o study/ --k 2:15     preprocess, sweep k, label every image
+  streamclust assign study/models/osnet NEW -o new.csv  label + screen new descriptors, report drift
   streamclust demo --rows 20000 --out demo-out       all of the above on generated demo data
 
 Every command runs in bounded memory (--memory, default 1GB) and streams the data
@@ -88,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--n-init", type=int, default=3, help="k-means starts per k (default 3)")
     study.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
+    assign = sub.add_parser(
+        "assign", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="label and screen new descriptors with a saved model (no refitting)",
+        description="Apply a model saved by 'study' (OUT_DIR/models/<set>/) to new descriptors:\n"
+                    "same preprocessing, nearest centre, kNN outlier score against the training\n"
+                    "reference sample. NEW_INPUT is a store (.zarr), a case folder, or one\n"
+                    "descriptor file (.pickle/.npy/.npz/.csv/.parquet). Writes OUT.csv with\n"
+                    "path, cluster, cluster_sentence, outlier_score, is_outlier, and prints a\n"
+                    "drift report comparing the batch with the training data.",
+    )
+    assign.add_argument("model", type=Path, help="a model folder, e.g. study/models/osnet")
+    assign.add_argument("new_input", type=Path, help="store, case folder or descriptor file")
+    assign.add_argument("-o", "--out", type=Path, required=True, help="the CSV to write")
+    assign.add_argument("--paths", type=Path, metavar="CSV",
+                        help="image paths for a single descriptor file (default: row:<i>)")
+    assign.add_argument("--allow-restricted-pickle", action="store_true",
+                        help="see 'convert --help'")
+    assign.add_argument("--fail-on-drift", action="store_true",
+                        help="exit with status 3 when the drift report says DRIFT")
+
     demo = sub.add_parser(
         "demo", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="generate a demo case with planted truth, convert it and study it",
@@ -133,6 +154,17 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None) -> None:
     say(f"\nrecommended set: {result.recommended}; wrote {result.results_csv} and {result.metrics_csv}")
 
 
+def _run_assign(args: argparse.Namespace, say) -> int:
+    from .assign import assign_new
+
+    result = assign_new(args.model, args.new_input, args.out, paths_csv=args.paths, memory=args.memory,
+                        allow_restricted_pickle=args.allow_restricted_pickle, progress=not args.quiet)
+    say(f"wrote {result.out_csv}: {result.n_rows} rows, {result.n_outliers} flagged as outliers "
+        f"({result.rows_per_second:,.0f} rows/s)")
+    print(result.drift.to_text())
+    return 3 if args.fail_on_drift and result.drift.drifted else 0
+
+
 def _run_demo(args: argparse.Namespace, say) -> None:
     from .datasets import make_demo_case
     from .ingest import convert_case
@@ -154,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quiet:
             print(line, flush=True)
 
-    runners = {"convert": _run_convert, "study": _run_study, "demo": _run_demo}
+    runners = {"convert": _run_convert, "study": _run_study, "assign": _run_assign, "demo": _run_demo}
     try:
-        runners[args.command](args, say)
+        status = runners[args.command](args, say) or 0
     except KeyboardInterrupt:
         print("streamclust: interrupted; completed work is kept and the next run resumes it", file=sys.stderr)
         return 130
@@ -171,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamclust {args.command}: internal error: {type(exc).__name__}: {exc} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -895,7 +895,7 @@ def _calibration() -> _Calibration:
 _ATYPICAL_FROM = 2.5
 _MAX_LEVEL = 2.5
 _SCRAMBLE_GAIN = 0.25
-_HALLUCINATE_FULL = 1.5
+_HALLUCINATE_FULL = 0.75
 _QUALITY_FROM = 2.5
 
 
@@ -944,7 +944,7 @@ def _standard_features(images: np.ndarray) -> np.ndarray:
 #: Feature-group weights, output noise and projection seed of each set.
 _NETS: dict[str, dict] = {
     "efficientnet-b7": dict(seed=7, noise=0.35, weights=dict(
-        color_hist=1.0, color_stats=0.4, type=1.2, view=0.7, mask=0.1, edges=0.1, image=0.35,
+        color_hist=1.2, color_stats=0.45, type=1.1, view=0.6, mask=0.1, edges=0.1, image=0.35,
         quality=0.35)),
     "osnet": dict(seed=11, noise=0.35, weights=dict(
         color_hist=1.5, color_stats=0.6, type=0.9, view=0.5, mask=0.1, edges=0.15, image=0.35,

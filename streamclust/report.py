@@ -334,13 +334,19 @@ def _slug(text: str, used: set[str]) -> str:
     return slug
 
 
-def _fmt(value: Any) -> tuple[str, bool]:
+#: Integer columns shown without thousands separators (identifiers, not amounts).
+_ID_COLUMNS = frozenset({"row", "k", "cluster", "label", "rank", "id"})
+
+
+def _fmt(value: Any, column: Any = None) -> tuple[str, bool]:
     """Cell text and whether it is numeric."""
     if value is None:
         return "", False
     if isinstance(value, (bool, np.bool_)):
         return ("yes" if value else ""), False
     if isinstance(value, (int, np.integer)):
+        if str(column).lower() in _ID_COLUMNS:
+            return str(int(value)), True
         return f"{int(value):,}", True
     if isinstance(value, (float, np.floating)):
         v = float(value)
@@ -349,7 +355,7 @@ def _fmt(value: Any) -> tuple[str, bool]:
         if math.isinf(v):
             return ("inf" if v > 0 else "-inf"), True
         if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
-            return f"{v:.3e}", True
+            return f"{v:.2e}", True
         if abs(v) >= 1000:
             return f"{v:,.0f}", True
         if abs(v) >= 100:
@@ -375,7 +381,7 @@ def _table(df: pd.DataFrame, *, index: bool = False, highlight: Sequence[bool] |
         cells = []
         values = ([idx] if index else []) + list(row.values)
         for j, v in enumerate(values):
-            text, num = _fmt(v)
+            text, num = _fmt(v, cols[j])
             tag = "th" if index and j == 0 else "td"
             cells.append(f'<{tag}{" class=num" if num and tag == "td" else ""}>{_e(text)}</{tag}>')
         cls = ' class="chosen"' if highlight is not None and bool(highlight[i]) else ""
@@ -549,7 +555,14 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
     data : ReportData
     embed_images : bool
         Embed PNG/JPEG pictures as base64 (one self-contained file) instead of
-        copying them to ``report_files/``.
+        copying them to ``report_files/`` (the optional interactive 3-D views
+        stay separate HTML files there).
+
+    Notes
+    -----
+    The swatch of a cluster card has the colour the cluster has in the
+    density pictures of :mod:`streamclust.viz` when the cards cover the same
+    clusters (colours go by rank of the sorted label values).
 
     Returns
     -------
@@ -628,7 +641,7 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
     if flagged:
         body.append('<section id="outliers"><h2>Outliers</h2>')
         df = pd.DataFrame([{"set": s.name, "flagged": int(s.outliers.n_flagged),
-                            "share": s.outliers.n_flagged / data.n_rows if data.n_rows else None,
+                            "share": f"{s.outliers.n_flagged / data.n_rows:.2%}" if data.n_rows else "",
                             "rule": s.outliers.rule} for s in flagged])
         body.append(_table(df))
         body.append("<p>" + " ".join(

@@ -42,8 +42,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pandas as pd
+from sklearn.utils import check_random_state
 
-from ._blocks import block_rows_for, iter_blocks, parse_memory
+from ._blocks import parse_memory
 from .errors import InputError
 from .estimators import (
     KNNOutlierDetector,
@@ -53,7 +54,8 @@ from .estimators import (
     sampled_silhouette,
     sweep_metrics,
 )
-from .persist import save_model_dir, write_atomic
+from .model import DescriptorSetModel, distance_quantiles
+from .persist import write_atomic
 from .store import CaseStore, RunGroup
 
 __all__ = ["SetResult", "StudyResult", "choose_k", "parse_k_range", "run_study"]
@@ -151,7 +153,7 @@ def choose_k(metrics: pd.DataFrame) -> int:
     return int(ties.sort_values(["davies_bouldin", "k"]).iloc[0]["k"])
 
 
-def _store_reduced(pca: StreamingPCA, X: Any, run: RunGroup, name: str, block_rows: int) -> Any:
+def _store_reduced(pca: StreamingPCA, X: Any, run: RunGroup, name: str) -> Any:
     """Transform every row (parallel over blocks) into ``runs/<id>/<name>/reduced``."""
     reduced = pca.transform(da.from_zarr(X))
     target = run.create_array(f"{name}/reduced", (X.shape[0], pca.n_components_), "float32",
@@ -193,6 +195,90 @@ def _top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any,
     frame = frame.sort_values("outlier_score", ascending=False, kind="stable")
     frame.insert(1, "rank", np.arange(1, len(frame) + 1))
     return frame
+
+
+@dataclass
+class _SetOutcome:
+    result: SetResult
+    labels: Any
+    scores: Any
+    flags: Any
+    top_outliers: pd.DataFrame
+
+
+def _sample_rows(n: int, size: int, random_state: int) -> np.ndarray:
+    """Sorted seeded sample of row numbers."""
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n, size=min(size, n), replace=False))
+
+
+def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out: Path,
+               n_components: int | float, n_init: int, budget: int, silhouette_samples: int,
+               outlier_neighbors: int, n_top_outliers: int, random_state: int,
+               log: Callable[[str], None]) -> _SetOutcome:
+    """Steps 1-6 of the module docstring for one descriptor set; saves its model."""
+    t0 = time.perf_counter()
+    X = store.descriptor(name)
+    components = min(n_components, X.shape[1]) if isinstance(n_components, int) else n_components
+    pca = StreamingPCA(n_components=components, l2_normalize=True, memory=budget)
+    pca.fit(da.from_zarr(X))
+    reduced = _store_reduced(pca, X, run, name)
+    log(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
+        f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
+
+    models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
+    centers = {kk: m.cluster_centers_ for kk, m in models.items()}
+    scores = sweep_metrics(reduced, centers, memory=budget)
+    rows = []
+    for kk in ks:
+        sil = sampled_silhouette(reduced, centers=centers[kk], n_samples=silhouette_samples,
+                                 random_state=random_state)
+        rows.append({"set": name, "algorithm": "kmeans", "k": kk, "n_rows": store.n_rows,
+                     "n_features": X.shape[1], "n_components": pca.n_components_,
+                     "inertia": scores[kk]["inertia"],
+                     "calinski_harabasz": scores[kk]["calinski_harabasz"],
+                     "davies_bouldin": scores[kk]["davies_bouldin"], "silhouette": sil,
+                     "smallest_cluster": int(np.min(scores[kk]["sizes"]))})
+    metrics = pd.DataFrame(rows)
+    chosen = choose_k(metrics)
+    metrics["chosen"] = metrics["k"] == chosen
+    kmeans = models[chosen]
+    labels = _store_labels(kmeans, reduced, run, name)
+
+    detector = KNNOutlierDetector(n_neighbors=outlier_neighbors, memory=budget,
+                                  random_state=random_state).fit(reduced)
+    outlier_scores = detector.outlier_scores_
+    flags = outlier_scores > detector.threshold_
+    n_flagged = int(flags.sum())
+    score_arr = run.create_array(f"{name}/outlier_score", outlier_scores.shape, "float32")
+    score_arr[:] = outlier_scores
+    flag_arr = run.create_array(f"{name}/is_outlier", flags.shape, "bool",
+                                attrs={"n_flagged": n_flagged, "rule": detector.threshold_rule_})
+    flag_arr[:] = flags
+    top = _top_outliers(name, outlier_scores, flags, labels, store.ids, n_top_outliers)
+    log(f"{name}: {n_flagged} outliers flagged ({flags.mean():.2%}) by {detector.threshold_rule_}; "
+        f"kNN recall {detector.recall_:.3f}")
+
+    sample = _sample_rows(store.n_rows, 20_000, random_state)
+    sample_rows = reduced.get_orthogonal_selection((sample, slice(None)))
+    sample_dist = kmeans.transform(sample_rows)[np.arange(len(sample)), kmeans.predict(sample_rows)]
+    model = DescriptorSetModel(
+        name, pca, kmeans, detector,
+        index_seed=int(check_random_state(random_state).randint(np.iinfo(np.int32).max)),
+        training={"cluster_shares": np.asarray(scores[chosen]["sizes"]) / store.n_rows,
+                  "outlier_rate": n_flagged / store.n_rows,
+                  "distance_quantiles": distance_quantiles(sample_dist), "n_rows": store.n_rows},
+        info={"store": store.path, "run_id": run.run_id, "source_sha256": X.attrs.get("source_sha256"),
+              "source": X.attrs.get("source")},
+    )
+    model_dir = model.save(out / "models" / name)
+    seconds = time.perf_counter() - t0
+    log(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
+        f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
+    result = SetResult(name, int(X.shape[1]), int(pca.n_components_),
+                       float(pca.explained_variance_ratio_.sum()), chosen, metrics, seconds, model_dir,
+                       n_flagged, detector.threshold_rule_)
+    return _SetOutcome(result, labels, score_arr, flag_arr, top)
 
 
 def run_study(
@@ -271,65 +357,14 @@ def run_study(
         top_outliers: list[pd.DataFrame] = []
         all_metrics = []
         for name in names:
-            t0 = time.perf_counter()
-            X = store.descriptor(name)
-            components = min(n_components, X.shape[1]) if isinstance(n_components, int) else n_components
-            pca = StreamingPCA(n_components=components, l2_normalize=True, memory=budget,
-                               random_state=random_state)
-            pca.fit(da.from_zarr(X))
-            reduced = _store_reduced(pca, X, run, name, block_rows_for(X.shape[1], budget))
-            log(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
-                f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
-            models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
-            centers = {kk: m.cluster_centers_ for kk, m in models.items()}
-            scores = sweep_metrics(reduced, centers, memory=budget)
-            rows = []
-            for kk in ks:
-                sil = sampled_silhouette(reduced, centers=centers[kk], n_samples=silhouette_samples,
-                                         random_state=random_state)
-                rows.append({"set": name, "algorithm": "kmeans", "k": kk, "n_rows": store.n_rows,
-                             "n_features": X.shape[1], "n_components": pca.n_components_,
-                             "inertia": scores[kk]["inertia"],
-                             "calinski_harabasz": scores[kk]["calinski_harabasz"],
-                             "davies_bouldin": scores[kk]["davies_bouldin"],
-                             "silhouette": sil,
-                             "smallest_cluster": int(np.min(scores[kk]["sizes"]))})
-            metrics = pd.DataFrame(rows)
-            chosen = choose_k(metrics)
-            metrics["chosen"] = metrics["k"] == chosen
-            all_metrics.append(metrics)
-            model = models[chosen]
-            labels[name] = _store_labels(model, reduced, run, name)
-            detector = KNNOutlierDetector(n_neighbors=outlier_neighbors, memory=budget,
-                                          random_state=random_state).fit(reduced)
-            scores = detector.outlier_scores_
-            flags = scores > detector.threshold_
-            run.create_array(f"{name}/outlier_score", scores.shape, "float32")[:] = scores
-            run.create_array(f"{name}/is_outlier", flags.shape, "bool",
-                             attrs={"n_flagged": int(flags.sum()), "rule": detector.threshold_rule_})[:] = flags
-            outlier_scores[name], outlier_flags[name] = run.array(f"{name}/outlier_score"), run.array(f"{name}/is_outlier")
-            top_outliers.append(_top_outliers(name, scores, flags, labels[name], store.ids, n_top_outliers))
-            log(f"{name}: {int(flags.sum())} outliers flagged ({flags.mean():.2%}) by {detector.threshold_rule_}; "
-                f"kNN recall {detector.recall_:.3f}")
-            del scores, flags
-            model_dir = save_model_dir(
-                out / "models" / name, "descriptor-set-model",
-                params={"n_components": n_components, "l2_normalize": True, "k": chosen},
-                arrays={"pca_components": pca.components_, "pca_mean": pca.mean_,
-                        "pca_explained_variance": pca.explained_variance_,
-                        "cluster_centers": model.cluster_centers_},
-                info={"descriptor_set": name, "n_features": int(X.shape[1]), "k": chosen,
-                      "store": store.path, "run_id": run.run_id,
-                      "source_sha256": X.attrs.get("source_sha256"),
-                      "n_training_rows": store.n_rows},
-            )
-            n_flagged = int(outlier_flags[name].attrs.get("n_flagged", 0))
-            seconds = time.perf_counter() - t0
-            result.sets[name] = SetResult(name, int(X.shape[1]), int(pca.n_components_),
-                                          float(pca.explained_variance_ratio_.sum()), chosen,
-                                          metrics, seconds, model_dir, n_flagged, detector.threshold_rule_)
-            log(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
-                f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
+            outcome = _study_set(store, run, name, ks, out=out, n_components=n_components, n_init=n_init,
+                                 budget=budget, silhouette_samples=silhouette_samples,
+                                 outlier_neighbors=outlier_neighbors, n_top_outliers=n_top_outliers,
+                                 random_state=random_state, log=log)
+            result.sets[name] = outcome.result
+            labels[name], outlier_scores[name], outlier_flags[name] = outcome.labels, outcome.scores, outcome.flags
+            top_outliers.append(outcome.top_outliers)
+            all_metrics.append(outcome.result.metrics)
         result.recommended = max(
             result.sets, key=lambda n: float(result.sets[n].metrics.loc[result.sets[n].metrics["chosen"], "silhouette"].iloc[0])
         )

@@ -192,8 +192,9 @@ def projection_extent(
 
     ``how="robust"`` reads a seeded sample of at most ``sample_size`` rows (one
     block-wise pass over the blocks holding them) and takes the given
-    percentiles, widened by ``pad`` of the range on each side; ``"minmax"`` is
-    the exact range (one pass over all rows).  Non-finite values are ignored.
+    percentiles; ``"minmax"`` takes the exact range (one pass over all rows).
+    Either is widened by ``pad`` of the range on each side.  Non-finite values
+    are ignored.
     """
     proj, n = _proj_2d(proj)
     if n == 0:

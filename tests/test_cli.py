@@ -12,7 +12,7 @@ import pytest
 from streamclust.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["convert", "study", "demo"])
+@pytest.mark.parametrize("command", ["convert", "study", "assign", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

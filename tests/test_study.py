@@ -43,7 +43,7 @@ def test_outputs_have_the_promised_layout(demo):
         chosen = metrics[(metrics["set"] == name) & metrics["chosen"]]
         assert int(chosen["k"].iloc[0]) == set_result.k == res[f"cluster_{name}"].nunique()
         doc, arrays = load_model_dir(set_result.model_dir, kind="descriptor-set-model")
-        assert arrays["cluster_centers"].shape == (set_result.k, set_result.n_components)
+        assert arrays["kmeans_cluster_centers"].shape == (set_result.k, set_result.n_components)
     store = CaseStore(root / "case.zarr")
     assert [r.run_id for r in store.runs()] == [result.run_id]
 

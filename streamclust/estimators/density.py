@@ -72,6 +72,9 @@ BRUTE_MAX = 4096
 #: ``search_epsilon`` values tried until the recall measured at fit reaches 0.95.
 _EPSILONS = (0.1, 0.2, 0.3, 0.5)
 
+#: Rows outside the sample probing the recall of the index at fit.
+_N_PROBE = 256
+
 #: Serialises pynndescent queries (the index keeps per-index scratch arrays and
 #: numba's default threading layer must not be entered by two threads at once).
 _QUERY_LOCK = threading.Lock()
@@ -294,16 +297,24 @@ class _Neighbors:
             ind, dist = self.index.query(q, k=k, epsilon=self.epsilon)
         return np.asarray(ind, dtype=np.int64), np.asarray(dist, dtype=np.float32)
 
-    def tune(self, probe: np.ndarray, k: int) -> float:
-        """Raise ``epsilon`` until the recall@k on ``probe`` reaches 0.95; return the recall."""
-        if self.index is None or probe.shape[0] == 0:
+    def tune(self, probe: np.ndarray, k: int, seed: int) -> float:
+        """Raise ``epsilon`` until the recall@k on ``probe`` reaches 0.95; return the recall.
+
+        Without probe rows (every row is in the sample), sample points are probed
+        with themselves excluded (``k + 1`` neighbours, the first dropped)."""
+        if self.index is None:
             return 1.0
-        exact = _exact_knn(self.points, probe, min(k, self.points.shape[0]), self.memory)[1]
+        drop = 0
+        if probe.shape[0] == 0:
+            pick = np.random.RandomState(seed).permutation(self.points.shape[0])[:_N_PROBE]
+            probe, drop = self.points[np.sort(pick)], 1
+        kk = min(k + drop, self.points.shape[0])
+        exact = _exact_knn(self.points, probe, kk, self.memory)[1][:, drop:]
         bound = exact[:, -1:] * (1 + 1e-4) + 1e-6
         recall = 0.0
         for eps in _EPSILONS:
             self.epsilon = eps
-            approx = self(probe, k)[1]
+            approx = self(probe, kk)[1][:, drop:]
             recall = float(np.mean(approx <= bound))
             if recall >= 0.95:
                 break
@@ -412,7 +423,9 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
     sample_noise_fraction_ : float
         Share of sample points HDBSCAN labelled -1.
     recall_ : float
-        Recall@k of the neighbour search measured at fit (1.0 for brute force).
+        Recall@k of the neighbour search measured at fit on up to 256 rows outside the
+        sample against exact neighbours (1.0 for brute force); the query ``epsilon``
+        is raised (0.1, 0.2, 0.3, 0.5) until it reaches 0.95.
     neighbors_ : str
         ``"brute"`` or ``"nndescent"``.
     fit_time_ : dict
@@ -490,9 +503,18 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
         idx = np.arange(n, dtype=np.int64) if m >= n else np.sort(
             sample_without_replacement(n, m, random_state=rng)).astype(np.int64)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        probe_seed = int(rng.randint(np.iinfo(np.int32).max))
-        S = np.asarray(take_rows(X, idx, br, memory=self.memory), dtype=np.float64)
-        check_finite(S)
+        # probe rows for the recall of the index: rows NOT in the sample (read in the same pass)
+        n_probe = min(_N_PROBE, n - m)
+        probe_ids = np.empty(0, np.int64)
+        if n_probe:
+            ranks = np.sort(sample_without_replacement(n - m, n_probe, random_state=rng)).astype(np.int64)
+            probe_ids = ranks + np.searchsorted(idx - np.arange(m), ranks, side="right")
+        all_ids = np.union1d(idx, probe_ids)
+        rows = np.asarray(take_rows(X, all_ids, br, memory=self.memory), dtype=np.float64)
+        check_finite(rows)
+        in_sample = np.isin(all_ids, idx, assume_unique=True)
+        S, probe = rows[in_sample], rows[~in_sample]
+        del rows
         times["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ms = min(int(self.min_samples if self.min_samples is not None else self.min_cluster_size), m)
@@ -522,8 +544,7 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
         self.neighbors_ = method
         self._assign_k = int(self.assign_k)
         self._kq = max(self._assign_k, ms - 1, 1)
-        probe = S[np.random.RandomState(probe_seed).permutation(m)[: min(256, m)]]
-        self.recall_ = self._neighbors.tune(probe, self._kq)
+        self.recall_ = self._neighbors.tune(probe, self._kq, seed)
         times["tune"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.sample_noise_fraction_ = float(np.mean(labels < 0))

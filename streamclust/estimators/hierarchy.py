@@ -65,7 +65,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 from scipy.cluster.hierarchy import linkage as scipy_linkage
-from scipy.spatial.distance import pdist, squareform
+from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -91,12 +91,12 @@ _LINKAGES = ("ward", "average", "complete", "single")
 # Weighted agglomeration of m points (O(m^2) memory)
 # --------------------------------------------------------------------------- #
 def _check_tree_memory(m: int, memory: Any) -> None:
-    need = 3 * 8 * m * m  # the m x m matrix, pdist's condensed copy, squareform temp
+    need = 8 * m * m + (64 << 20)  # the m x m float64 matrix, rows filled in chunks
     budget = parse_memory(memory)
     if need > budget:
         raise MemoryBudgetError(
             f"agglomerating {m} micro-clusters needs ~{need / 2**20:.0f} MiB (an {m} x {m} "
-            f"float64 matrix and its temporaries), more than memory={budget / 2**20:.0f} MiB; "
+            f"float64 matrix), more than memory={budget / 2**20:.0f} MiB; "
             "give fewer micro-clusters or more memory."
         )
 
@@ -110,12 +110,16 @@ def _nn_chain(points: np.ndarray, weights: np.ndarray, method: str) -> np.ndarra
     m = points.shape[0]
     X = np.asarray(points, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64).copy()
-    if method == "ward":
-        D = squareform(pdist(X, "sqeuclidean"))
-        D *= np.outer(w, w) / np.add.outer(w, w)
-        mu = X.copy()
-    else:
-        D = squareform(pdist(X, "euclidean"))
+    # the only O(m^2) array: filled by row chunks (exact differences, no temporaries)
+    D = np.empty((m, m))
+    step = max(1, (4 << 20) // (8 * m))
+    for s in range(0, m, step):
+        e = min(m, s + step)
+        if method == "ward":
+            D[s:e] = cdist(X[s:e], X, "sqeuclidean")
+            D[s:e] *= w[s:e, None] * w / (w[s:e, None] + w)
+        else:
+            D[s:e] = cdist(X[s:e], X, "euclidean")
     np.fill_diagonal(D, np.inf)
     active = np.ones(m, dtype=bool)
     merges = np.empty((m - 1, 3), dtype=np.float64)
@@ -143,10 +147,9 @@ def _nn_chain(points: np.ndarray, weights: np.ndarray, method: str) -> np.ndarra
         wn = wa + wb
         active[gone] = False
         if method == "ward":
-            mu[keep] = (wa * mu[keep] + wb * mu[gone]) / wn
-            diff = mu - mu[keep]
-            new = np.einsum("ij,ij->i", diff, diff) * (wn * w / (wn + w))
-        else:  # weighted UPGMA (Lance-Williams)
+            # Lance-Williams for the Ward cost Delta (exact algebra; O(m) per merge)
+            new = ((wa + w) * D[keep] + (wb + w) * D[gone] - w * h) / (wn + w)
+        else:  # weighted UPGMA
             new = (wa * D[keep] + wb * D[gone]) / wn
         w[keep] = wn
         new[~active] = np.inf
@@ -279,26 +282,43 @@ def cut_linkage(Z: np.ndarray, n_clusters: int) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Per-block statistics of the micro-clusters
 # --------------------------------------------------------------------------- #
-class _MicroStats:
-    """Per block: nearest micro-centre of every row (as ``StreamingKMeans.predict``),
-    per-centre counts, float64 sums of the shifted rows and sums of squared
-    distances to the centre."""
+def _nearest(block: np.ndarray, shift: np.ndarray, centers: np.ndarray, chunk: int | None) -> np.ndarray:
+    """Nearest centre of every row with kmeans' kernel; ``chunk`` rows at a time if given
+    (bounds the ``chunk x k`` distance matrix when ``k`` is in the thousands)."""
+    xs, xx = _shifted(block, shift)
+    cs, cc = _prep_centers(centers, shift, xs.dtype)
+    if chunk is None:
+        return _assign(xs, xx, cs, cc)[0]
+    out = np.empty(xs.shape[0], dtype=np.int32)
+    for s in range(0, xs.shape[0], chunk):
+        out[s : s + chunk] = _assign(xs[s : s + chunk], xx[s : s + chunk], cs, cc)[0]
+    return out
 
-    def __init__(self, shift: np.ndarray, centers: np.ndarray) -> None:
+
+def _leaf_chunk(n_features: int, n_leaves: int) -> int:
+    """Rows per distance chunk so that the float32 ``rows x n_leaves`` matrix is <= 8 MB."""
+    return int(max(256, min(_sub_rows(n_features), (1 << 21) // max(1, n_leaves))))
+
+
+class _MicroStats:
+    """Per block: nearest centre of every row (for micro-clusters exactly as
+    ``StreamingKMeans.predict`` computes it), per-centre counts, float64 sums of the
+    shifted rows and sums of squared distances to the centre."""
+
+    def __init__(self, shift: np.ndarray, centers: np.ndarray, chunk: int | None = None) -> None:
         self.shift = shift
         self.centers = centers
+        self.chunk = chunk
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
-        xs, xx = _shifted(block, self.shift)
-        cs, cc = _prep_centers(self.centers, self.shift, xs.dtype)
-        labels = _assign(xs, xx, cs, cc)[0]
+        labels = _nearest(block, self.shift, self.centers, self.chunk)
         m, d = self.centers.shape
         counts = np.bincount(labels, minlength=m).astype(np.int64)
         sums = np.zeros((m, d))
         ss = np.zeros(m)
         c64 = self.centers - self.shift
         step = _sub_rows(d)
-        for s in range(0, xs.shape[0], step):
+        for s in range(0, labels.shape[0], step):
             lab = labels[s : s + step]
             x64 = np.asarray(block[s : s + step], dtype=np.float64) - self.shift
             order = np.argsort(lab, kind="stable")
@@ -708,11 +728,10 @@ def hierarchy_sweep(
 class _PredictLeaf:
     def __init__(self, shift: np.ndarray, centers: np.ndarray, table: np.ndarray) -> None:
         self.shift, self.centers, self.table = shift, centers, table
+        self.chunk = _leaf_chunk(centers.shape[1], centers.shape[0])
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        xs, xx = _shifted(block, self.shift)
-        cs, cc = _prep_centers(self.centers, self.shift, xs.dtype)
-        return self.table[_assign(xs, xx, cs, cc)[0]]
+        return self.table[_nearest(block, self.shift, self.centers, self.chunk)]
 
 
 class StreamingBirch(_TreeMixin, ClusterMixin, BaseEstimator):
@@ -848,7 +867,8 @@ class StreamingBirch(_TreeMixin, ClusterMixin, BaseEstimator):
                     )
         centers = np.asarray(birch.subcluster_centers_, dtype=np.float64)
         shift = mean.astype(float_dtype(X.dtype)).astype(np.float64)
-        counts, sums, ss, parts = fold_blocks(_MicroStats(shift, centers), X, br, _merge_micro)
+        stats = _MicroStats(shift, centers, _leaf_chunk(d, centers.shape[0]))
+        counts, sums, ss, parts = fold_blocks(stats, X, br, _merge_micro)
         check_finite(sums)
         row_leaf = np.concatenate(parts).astype(np.int32, copy=False)
         self.birch_ = birch

@@ -58,7 +58,6 @@ import threading
 import warnings
 from typing import Any, Literal
 
-import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
@@ -66,7 +65,7 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
 from .._blocks import iter_blocks
-from ._utils import check_X, resolve_block_rows, take_rows, to_blockable
+from ._utils import check_data, check_X, resolve_block_rows, take_rows, to_blockable
 
 try:  # one process-wide lock for every pynndescent query (see outliers.py)
     from .outliers import _QUERY_LOCK
@@ -147,10 +146,7 @@ def pca_projection(
         pca = StreamingPCA(n_components=k, l2_normalize=False, memory=memory, block_rows=block_rows)
         return pca.fit(reduced).transform(reduced)
 
-    class _Holder:
-        pass
-
-    X, lazy = check_X(_Holder(), reduced, reset=True)
+    X, lazy = check_data(reduced)
     _check_n_components(k, int(X.shape[1]))
     if not lazy:
         return np.ascontiguousarray(np.asarray(X)[:, :k], dtype=np.float32)
