@@ -3,41 +3,53 @@
 Descriptors live in a chunked Zarr store (:mod:`streamclust.store`), converted
 once from the raw files (:mod:`streamclust.ingest`); streaming, scikit-learn
 style estimators (:mod:`streamclust.estimators`) read them block by block with
-Dask in bounded memory; :func:`run_study` runs the whole study.
+Dask in bounded memory; :func:`run_study` runs the whole study and
+:class:`DescriptorSetModel` labels new data.
+
+Names are imported on first use, so ``streamclust convert`` does not pay for
+scikit-learn and numba (about 150 MB of resident memory).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .errors import InputError, MemoryBudgetError, StoreError, StreamclustError, UnsafePickleError  # noqa: E402
-from .estimators import (  # noqa: E402
-    StreamingKMeans,
-    StreamingPCA,
-    StreamingScaler,
-    cluster_metrics,
-    kmeans_sweep,
-    sampled_silhouette,
-    sweep_metrics,
-)
-from .ingest import convert_case, open_source  # noqa: E402
-from .store import CaseStore  # noqa: E402
-from .study import run_study  # noqa: E402
+_EXPORTS = {
+    "CaseStore": "store",
+    "convert_case": "ingest",
+    "open_source": "ingest",
+    "run_study": "study",
+    "assign_new": "assign",
+    "DescriptorSetModel": "model",
+    "drift_report": "model",
+    "StreamingPCA": "estimators",
+    "StreamingScaler": "estimators",
+    "StreamingKMeans": "estimators",
+    "KNNOutlierDetector": "estimators",
+    "kmeans_sweep": "estimators",
+    "cluster_metrics": "estimators",
+    "sweep_metrics": "estimators",
+    "sampled_silhouette": "estimators",
+    "StreamclustError": "errors",
+    "InputError": "errors",
+    "UnsafePickleError": "errors",
+    "StoreError": "errors",
+    "MemoryBudgetError": "errors",
+}
 
-__all__ = [
-    "__version__",
-    "CaseStore",
-    "convert_case",
-    "open_source",
-    "run_study",
-    "StreamingPCA",
-    "StreamingScaler",
-    "StreamingKMeans",
-    "kmeans_sweep",
-    "cluster_metrics",
-    "sweep_metrics",
-    "sampled_silhouette",
-    "StreamclustError",
-    "InputError",
-    "UnsafePickleError",
-    "StoreError",
-    "MemoryBudgetError",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'streamclust' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -17,13 +17,14 @@ import concurrent.futures
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import dask
-import dask.array as da
 import numpy as np
 
 from .errors import MemoryBudgetError
+
+if TYPE_CHECKING:  # dask is imported on first use: the conversion path never needs it
+    import dask.array as da
 
 __all__ = [
     "DEFAULT_MEMORY",
@@ -141,7 +142,7 @@ def n_rows_of(X: Any) -> int:
     return int(X.shape[0])
 
 
-def as_dask(X: Any, block_rows: int | None = None) -> da.Array:
+def as_dask(X: Any, block_rows: int | None = None) -> "da.Array":
     """View ``X`` as a Dask array chunked along rows only.
 
     Parameters
@@ -155,6 +156,7 @@ def as_dask(X: Any, block_rows: int | None = None) -> da.Array:
     -------
     dask.array.Array, shape (n_rows, n_features)
     """
+    import dask.array as da
     import zarr
 
     if isinstance(X, da.Array):
@@ -179,7 +181,7 @@ def _row_slices(n_rows: int, block_rows: int) -> list[slice]:
 
 def _read(X: Any, rows: slice) -> np.ndarray:
     block = X[rows]
-    if isinstance(block, da.Array):
+    if hasattr(block, "compute"):  # a dask array
         block = block.compute()
     return np.asarray(block)
 
@@ -262,6 +264,8 @@ def map_blocks_reduce(
         Associative reduction of the per-block results (in block order).  Without
         it, the list of per-block results is returned in block order.
     """
+    import dask
+
     arr = as_dask(X, block_rows)
     starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
     delayed_blocks = arr.to_delayed().ravel()

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from ._blocks import parse_memory
 from ._pickle_stream import open_pickled_array
@@ -193,7 +192,7 @@ class _CsvSource(_SequentialSource):
             elif f.tell() > len(first.encode()):
                 n_lines += 1  # the last line has no newline
         self._sep = "," if "," in first else (";" if ";" in first else r"\s+")
-        cells = [c for c in pd.Series([first.strip()]).str.split(self._sep if self._sep != r"\s+" else None).iloc[0]]
+        cells = first.strip().split(self._sep) if self._sep != r"\s+" else first.split()
         try:
             values = [float(c) for c in cells]
             # pandas' to_csv writes column names 0..d-1 as a header line
@@ -205,6 +204,8 @@ class _CsvSource(_SequentialSource):
         self.shape = _check_2d_numeric(path, (n_lines, len(cells)), self.dtype)
 
     def _chunks(self) -> Iterator[np.ndarray]:
+        import pandas as pd
+
         reader = pd.read_csv(
             self.path, sep=self._sep, header=0 if self._header else None, chunksize=65536,
             dtype=np.float64, engine="c" if self._sep != r"\s+" else "python",
@@ -218,7 +219,7 @@ class _CsvSource(_SequentialSource):
                     )
                 row += len(frame)
                 yield frame.to_numpy()
-        except (ValueError, pd.errors.ParserError) as exc:
+        except (ValueError, pd.errors.ParserError) as exc:  # ParserError is a ValueError too
             raise InputError(f"{self.path}: unreadable near row {row}: {exc}") from exc
 
 
@@ -344,29 +345,43 @@ def discover_case(case_dir: str | os.PathLike[str], descriptors: dict[str, str] 
 
 
 def _path_blocks(csv: Path, block_rows: int = 65536) -> Iterator[np.ndarray]:
+    """Paths of ``csv``'s ``paths`` column in blocks, backslashes turned into ``/``."""
+    import csv as csv_module
+
     try:
-        reader = pd.read_csv(csv, dtype=str, keep_default_na=False, chunksize=block_rows, encoding="utf-8")
-        row = 0
-        for frame in reader:
-            if "paths" not in frame.columns:
-                raise InputError(f"{csv}: needs a column 'paths'; it has {list(frame.columns)}.")
-            values = frame["paths"].to_numpy(dtype=object)
-            empty = np.flatnonzero(np.char.str_len(values.astype(str)) == 0) if len(values) else []
-            if len(empty):
-                raise InputError(f"{csv}: row {row + int(empty[0])} has an empty path.")
-            yield np.array([v.replace("\\", "/") for v in values], dtype=np.dtypes.StringDType())
-            row += len(frame)
+        with open(csv, newline="", encoding="utf-8") as f:
+            reader = csv_module.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise InputError(f"{csv}: empty file; it needs a header 'paths' and one row per image.")
+            if "paths" not in header:
+                raise InputError(f"{csv}: needs a column 'paths'; it has {header}.")
+            col = header.index("paths")
+            block: list[str] = []
+            row = 0
+            for fields in reader:
+                value = fields[col] if col < len(fields) else ""
+                if not value:
+                    raise InputError(f"{csv}: row {row} has an empty path.")
+                block.append(value.replace("\\", "/"))
+                row += 1
+                if len(block) == block_rows:
+                    yield np.array(block, dtype=np.dtypes.StringDType())
+                    block = []
+            if block:
+                yield np.array(block, dtype=np.dtypes.StringDType())
     except UnicodeDecodeError as exc:
         raise InputError(f"{csv}: not UTF-8 text (byte {exc.start}: {exc.reason}).") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise InputError(f"{csv}: empty file; it needs a header 'paths' and one row per image.") from exc
+    except csv_module.Error as exc:
+        raise InputError(f"{csv}: malformed CSV ({exc}).") from exc
 
 
 def read_paths_csv(csv: str | os.PathLike[str]) -> tuple[int, Iterator[np.ndarray]]:
     """Validate ``images_paths.csv`` in one pass; return its row count and a block reader.
 
     Paths get forward slashes.  Empty paths, duplicates and non-UTF-8 text are
-    refused with the row concerned.
+    refused with the row concerned.  Memory: 8 bytes per row for duplicate
+    detection (64-bit BLAKE2 digests).
 
     Returns
     -------
@@ -375,14 +390,14 @@ def read_paths_csv(csv: str | os.PathLike[str]) -> tuple[int, Iterator[np.ndarra
         A fresh pass over the paths, in file order.
     """
     csv = Path(csv)
-    n = 0
-    hashes = []
+    digests = []
     for block in _path_blocks(csv):
-        hashes.append(pd.util.hash_array(block.astype(object)))
-        n += len(block)
+        digests.append(np.array([int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little")
+                                 for p in block.tolist()], dtype=np.uint64))
+    n = int(sum(len(d) for d in digests))
     if n == 0:
         raise InputError(f"{csv}: no rows.")
-    h = np.concatenate(hashes)
+    h = np.concatenate(digests)
     order = np.argsort(h, kind="stable")
     dup = np.flatnonzero(h[order][1:] == h[order][:-1])
     if len(dup):
@@ -440,7 +455,7 @@ def convert_descriptor(
         return
     chunk = arr.chunks[0]
     # one block: the source rows, a float32 copy and compression buffers
-    per_block = max(chunk, (parse_memory(memory) // 16) // (d * 8) // chunk * chunk)
+    per_block = max(chunk, (parse_memory(memory) // 32) // (d * 8) // chunk * chunk)
     bar = None
     if progress:
         from tqdm.auto import tqdm
