@@ -29,6 +29,7 @@ test-slow: $(STAMP)
 
 ## bench: the benchmark suite (see benchmarks/README.md)
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,bench]"
 	$(BIN)/python benchmarks/run.py all
 
 clean-demo:

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--components", default="64", metavar="N|FRACTION",
                        help="PCA components, or a variance fraction like 0.9 (default 64)")
     study.add_argument("--n-init", type=int, default=3, help="k-means starts per k (default 3)")
+    study.add_argument("--metadata", type=Path, metavar="FILE",
+                       help="per-image attributes for cluster profiles and sentences: VeRi-Wild "
+                            "vehicle_info.txt, or a CSV/Parquet with a path column")
+    study.add_argument("--images", type=Path, metavar="ZIP|DIR",
+                       help="images.zip or the image folder, for montages in report.html")
+    study.add_argument("--no-report", action="store_true", help="skip report.html")
     study.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     assign = sub.add_parser(
@@ -139,7 +145,7 @@ def _run_convert(args: argparse.Namespace, say) -> None:
         f"in {time.perf_counter() - t0:.1f} s")
 
 
-def _run_study(args: argparse.Namespace, say, store=None, out=None) -> None:
+def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=None, images=None) -> None:
     from .study import run_study
 
     result = run_study(
@@ -147,6 +153,9 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None) -> None:
         descriptors=args.descriptors.split(",") if getattr(args, "descriptors", None) else None,
         k=args.k, n_components=_components(getattr(args, "components", "64")),
         n_init=getattr(args, "n_init", 3), memory=args.memory, random_state=args.seed,
+        metadata=metadata if metadata is not None else getattr(args, "metadata", None),
+        images=images if images is not None else getattr(args, "images", None),
+        report=not getattr(args, "no_report", False),
         progress=not args.quiet, log=say,
     )
     say("")
@@ -175,7 +184,9 @@ def _run_demo(args: argparse.Namespace, say) -> None:
     say(f"demo case with {args.rows} images in {case} ({time.perf_counter() - t0:.1f} s)")
     store = convert_case(case, args.out / "case.zarr", memory=args.memory, progress=not args.quiet)
     say(f"converted to {store.path}")
-    _run_study(args, say, store=store.path, out=args.out / "study")
+    zip_path = case / "images.zip"
+    _run_study(args, say, store=store.path, out=args.out / "study", metadata=case / "vehicle_info.txt",
+               images=zip_path if zip_path.exists() else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,13 +55,18 @@ from .estimators import (
     sweep_metrics,
 )
 from .model import DescriptorSetModel, distance_quantiles
+from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
 from .persist import write_atomic
 from .store import CaseStore, RunGroup
 
 __all__ = ["SetResult", "StudyResult", "choose_k", "parse_k_range", "run_study"]
 
-#: Silhouette values within this margin of the best count as a tie; the smaller k wins.
+#: Silhouette values within this margin of the best count as a tie.
 K_TIE_MARGIN = 0.01
+
+#: The rule of :func:`choose_k`, as reported in ``summary.json``.
+K_RULE = (f"highest sampled silhouette; values within {K_TIE_MARGIN} of the best are ties, "
+          "won by the lowest (exact, all-row) Davies-Bouldin index")
 
 
 @dataclass
@@ -88,6 +93,8 @@ class StudyResult:
     run_id: str
     sets: dict[str, SetResult] = field(default_factory=dict)
     recommended: str = ""
+    profiles: dict[str, ClusterProfiles] = field(default_factory=dict)
+    comparison: SetComparison | None = None
 
     @property
     def results_csv(self) -> Path:
@@ -203,6 +210,8 @@ class _SetOutcome:
     labels: Any
     scores: Any
     flags: Any
+    reduced: Any
+    profile: ClusterProfiles
     top_outliers: pd.DataFrame
 
 
@@ -215,7 +224,7 @@ def _sample_rows(n: int, size: int, random_state: int) -> np.ndarray:
 def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out: Path,
                n_components: int | float, n_init: int, budget: int, silhouette_samples: int,
                outlier_neighbors: int, n_top_outliers: int, random_state: int,
-               log: Callable[[str], None]) -> _SetOutcome:
+               attributes: pd.DataFrame | None, log: Callable[[str], None]) -> _SetOutcome:
     """Steps 1-6 of the module docstring for one descriptor set; saves its model."""
     t0 = time.perf_counter()
     X = store.descriptor(name)
@@ -259,12 +268,15 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out
     log(f"{name}: {n_flagged} outliers flagged ({flags.mean():.2%}) by {detector.threshold_rule_}; "
         f"kNN recall {detector.recall_:.3f}")
 
+    profile = profile_clusters(labels, attributes, outlier_flags=flag_arr, set_name=name, memory=budget)
+
     sample = _sample_rows(store.n_rows, 20_000, random_state)
     sample_rows = reduced.get_orthogonal_selection((sample, slice(None)))
     sample_dist = kmeans.transform(sample_rows)[np.arange(len(sample)), kmeans.predict(sample_rows)]
     model = DescriptorSetModel(
         name, pca, kmeans, detector,
         index_seed=int(check_random_state(random_state).randint(np.iinfo(np.int32).max)),
+        sentences={int(c): str(t) for c, t in profile.sentences.items()},
         training={"cluster_shares": np.asarray(scores[chosen]["sizes"]) / store.n_rows,
                   "outlier_rate": n_flagged / store.n_rows,
                   "distance_quantiles": distance_quantiles(sample_dist), "n_rows": store.n_rows},
@@ -278,7 +290,7 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out
     result = SetResult(name, int(X.shape[1]), int(pca.n_components_),
                        float(pca.explained_variance_ratio_.sum()), chosen, metrics, seconds, model_dir,
                        n_flagged, detector.threshold_rule_)
-    return _SetOutcome(result, labels, score_arr, flag_arr, top)
+    return _SetOutcome(result, labels, score_arr, flag_arr, reduced, profile, top)
 
 
 def run_study(
@@ -291,6 +303,9 @@ def run_study(
     n_init: int = 3,
     memory: str | int | None = None,
     silhouette_samples: int = 10_000,
+    metadata: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    report: bool = True,
     outlier_neighbors: int = 20,
     n_top_outliers: int = 100,
     random_state: int = 0,
@@ -317,6 +332,14 @@ def run_study(
         Memory budget, e.g. ``"1GB"`` (default 1 GiB).
     silhouette_samples : int
         Rows sampled for the silhouette estimate.
+    metadata : path, optional
+        Per-image attributes (VeRi-Wild ``vehicle_info.txt``, or a CSV/Parquet with
+        a path column): cluster profiles, sentences and the set recommendation use
+        them (:mod:`streamclust.profiles`).
+    images : path, optional
+        ``images.zip`` or an image folder for the report's montages.
+    report : bool
+        Write ``report.html`` (:mod:`streamclust.study_report`).
     outlier_neighbors : int
         ``k`` of the kNN outlier scores.
     n_top_outliers : int
@@ -347,7 +370,11 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     params = {"descriptors": names, "k": ks, "n_components": n_components, "n_init": n_init,
               "memory": budget, "silhouette_samples": silhouette_samples,
-              "outlier_neighbors": outlier_neighbors, "random_state": random_state}
+              "outlier_neighbors": outlier_neighbors, "random_state": random_state,
+              "metadata": str(metadata) if metadata else None}
+    attributes = read_metadata(metadata, store.ids[:]) if metadata else None
+    if attributes is not None:
+        log(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
     run = store.new_run(params)
     result = StudyResult(out_dir=out, run_id=run.run_id)
     try:
@@ -355,21 +382,31 @@ def run_study(
         outlier_scores: dict[str, Any] = {}
         outlier_flags: dict[str, Any] = {}
         top_outliers: list[pd.DataFrame] = []
+        reduced: dict[str, Any] = {}
         all_metrics = []
         for name in names:
             outcome = _study_set(store, run, name, ks, out=out, n_components=n_components, n_init=n_init,
                                  budget=budget, silhouette_samples=silhouette_samples,
                                  outlier_neighbors=outlier_neighbors, n_top_outliers=n_top_outliers,
-                                 random_state=random_state, log=log)
+                                 random_state=random_state, attributes=attributes, log=log)
             result.sets[name] = outcome.result
+            result.profiles[name] = outcome.profile
+            reduced[name] = outcome.reduced
             labels[name], outlier_scores[name], outlier_flags[name] = outcome.labels, outcome.scores, outcome.flags
             top_outliers.append(outcome.top_outliers)
             all_metrics.append(outcome.result.metrics)
-        result.recommended = max(
-            result.sets, key=lambda n: float(result.sets[n].metrics.loc[result.sets[n].metrics["chosen"], "silhouette"].iloc[0])
-        )
         metrics_all = pd.concat(all_metrics, ignore_index=True)
+        comparison = compare_sets(labels, attributes=attributes, outlier_scores_by_set=outlier_scores,
+                                  reduced_by_set=reduced, metrics=metrics_all[metrics_all["chosen"]],
+                                  random_state=random_state, memory=budget)
+        result.comparison = comparison
+        result.recommended = comparison.recommended_set or names[0]
+        log(f"recommended set: {result.recommended} ({comparison.reason})")
         write_atomic(out / "metrics.csv", metrics_all.to_csv(index=False))
+        write_atomic(out / "comparison.csv", comparison.recommendation.to_csv())
+        clusters = pd.concat([p.clusters.rename_axis("cluster").reset_index().assign(set=n)
+                              for n, p in result.profiles.items()], ignore_index=True)
+        write_atomic(out / "clusters.csv", clusters.to_csv(index=False))
         rec = result.recommended
         columns = {"cluster": labels[rec], **{f"cluster_{n}": a for n, a in labels.items()},
                    "outlier_score": outlier_scores[rec], "is_outlier": outlier_flags[rec]}
@@ -378,9 +415,14 @@ def run_study(
             columns[f"is_outlier_{n}"] = outlier_flags[n]
         _write_results_csv(out / "results.csv", store.ids, columns)
         write_atomic(out / "outliers.csv", pd.concat(top_outliers, ignore_index=True).to_csv(index=False))
+        if report:
+            from .study_report import build_study_report
+
+            page = build_study_report(result, store, images=images, memory=budget)
+            log(f"report: {page}")
         summary = {"run_id": run.run_id, "store": store.path, "recommended": result.recommended,
-                   "recommended_rule": "highest sampled silhouette at the chosen k",
-                   "k_rule": choose_k.__doc__.split("\n\n")[1].strip().replace("\n   ", ""),
+                   "recommended_reason": comparison.reason,
+                   "k_rule": K_RULE,
                    "sets": result.summary_table().to_dict(orient="records")}
         write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
         run.complete({"recommended": result.recommended,

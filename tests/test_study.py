@@ -24,7 +24,8 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     make_demo_case(root / "case", n_rows=N_ROWS, seed=0, images=False)
     convert_case(root / "case", root / "case.zarr")
-    result = run_study(root / "case.zarr", root / "study", k=K, n_components=32, random_state=0)
+    result = run_study(root / "case.zarr", root / "study", k=K, n_components=32, random_state=0,
+                       metadata=root / "case" / "vehicle_info.txt")
     return root, result, load_truth(root / "case")
 
 
@@ -107,6 +108,23 @@ def test_crash_mid_study_leaves_no_complete_run(demo, tmp_path, monkeypatch):
     failed = [r for r in store.runs(include_incomplete=True) if r.status == "failed"]
     assert len(failed) == 1 and "No space left" in failed[0].group.attrs["error"]
     assert not (tmp_path / "crashed" / "results.csv").exists()
+
+
+def test_sentences_and_recommendation_follow_the_planted_truth(demo):
+    root, result, truth = demo
+    clusters = pd.read_csv(root / "study" / "clusters.csv")
+    assert set(clusters["set"]) == set(result.sets) and clusters["sentence"].str.len().gt(10).all()
+    res = pd.read_csv(root / "study" / "results.csv")
+    majority = truth.groupby(res["cluster_vdc_color"])["color"].agg(lambda s: s.mode().iloc[0])
+    sentences = clusters[clusters["set"] == "vdc_color"].set_index("cluster")["sentence"]
+    named = [c for c in majority.index if majority[c] in sentences[c]]
+    share = res["cluster_vdc_color"].isin(named).mean()
+    print(f"vdc_color sentences name the majority colour for {share:.1%} of rows")
+    assert share >= 0.9
+    recommendation = pd.read_csv(root / "study" / "comparison.csv", index_col=0)
+    assert recommendation.loc["color", "best_set"] == "vdc_color"
+    assert recommendation.loc["type", "best_set"] == "vdc_type"
+    assert result.recommended == result.comparison.recommended_set
 
 
 def test_choose_k_rule():

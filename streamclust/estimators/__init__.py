@@ -8,6 +8,10 @@ Dask arrays otherwise.
 from .kmeans import StreamingKMeans, kmeans_sweep
 from .metrics import cluster_metrics, sampled_silhouette, sweep_metrics
 from .outliers import KNNOutlierDetector, warm_up
+from .projection import SampledUMAP, pca_projection
+from .hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
+from .mixture import StreamingGaussianMixture
+from .density import SampledHDBSCAN
 from .preprocessing import StreamingPCA, StreamingScaler, l2_normalize
 
 __all__ = [
@@ -21,4 +25,11 @@ __all__ = [
     "sampled_silhouette",
     "KNNOutlierDetector",
     "warm_up",
+    "SampledUMAP",
+    "pca_projection",
+    "MicroClusterAgglomerative",
+    "StreamingBirch",
+    "hierarchy_sweep",
+    "StreamingGaussianMixture",
+    "SampledHDBSCAN",
 ]

@@ -223,23 +223,33 @@ def _build_index(reference: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
 
 
 def _exact_kneighbors(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Distances to the ``k`` exact nearest reference rows, sorted (float64), in
-    chunks of 64 queries (a 64 x n_reference distance matrix at a time)."""
-    ref = reference.astype(np.float64)
+    """Distances to the ``k`` exact nearest reference rows, sorted, by brute force.
+
+    float32 GEMM on data centred on the reference mean (which keeps the cancellation
+    error of ``|q|^2 + |r|^2 - 2 q.r`` near float32 precision of the squared
+    *distances*), 16 queries at a time: ~13 MB of temporaries for a 100k reference,
+    no float64 copy of it (this runs inside ``fit``, at the index's peak memory).
+    """
+    centre = reference.mean(axis=0, dtype=np.float64).astype(np.float32)
+    ref = reference - centre
     ref_sq = np.einsum("ij,ij->i", ref, ref)
     out = np.empty((queries.shape[0], k))
-    for s in range(0, queries.shape[0], 64):
-        q = queries[s : s + 64].astype(np.float64)
-        d2 = ref_sq[None, :] - 2.0 * (q @ ref.T) + np.einsum("ij,ij->i", q, q)[:, None]
-        part = np.partition(d2, k - 1, axis=1)[:, :k]
-        out[s : s + 64] = np.sqrt(np.maximum(np.sort(part, axis=1), 0.0))
+    for s in range(0, queries.shape[0], 16):
+        q = queries[s : s + 16].astype(np.float32) - centre
+        d2 = q @ ref.T
+        d2 *= -2.0
+        d2 += ref_sq
+        d2 += np.einsum("ij,ij->i", q, q)[:, None]
+        part = np.partition(d2, k - 1, axis=1)[:, :k].astype(np.float64)
+        out[s : s + 16] = np.sqrt(np.maximum(np.sort(part, axis=1), 0.0))
     return out
 
 
 def _recall(approx_dist: np.ndarray, exact_dist: np.ndarray) -> float:
     """Recall@k by distance: the share of returned neighbours no farther than the
-    true k-th neighbour (robust to ties among duplicates; ann-benchmarks style)."""
-    bound = exact_dist[:, -1:] * (1 + 1e-4) + 1e-6
+    true k-th neighbour (robust to ties among duplicates; ann-benchmarks style, with
+    its relative tolerance 1e-3)."""
+    bound = exact_dist[:, -1:] * (1 + 1e-3) + 1e-6
     return float(np.mean(approx_dist <= bound))
 
 

@@ -1,0 +1,139 @@
+"""Turn a finished study into ``report.html``: plots of all rows, montages, profiles.
+
+Reads the run arrays (reduced rows, labels, outlier scores and flags) block by
+block: density plots are 2-D histograms of the first two principal components
+of EVERY row (:mod:`streamclust.viz`), montages come straight from the image zip
+or folder (:mod:`streamclust.montage`, paths checked against the root), and the
+text comes from the cluster profiles and the set comparison
+(:mod:`streamclust.profiles`).  Everything is written under
+``OUT_DIR/report_files/`` next to ``OUT_DIR/report.html``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .estimators import pca_projection
+from .montage import ImageSource, montage, pick_montage_rows
+from .report import ClusterCard, ComparisonTable, OutlierInfo, ReportData, SetReport, write_report
+from .viz import density_histograms, render_density_overview, render_metrics_vs_k, render_small_multiples
+
+if TYPE_CHECKING:
+    from .store import CaseStore, RunGroup
+    from .study import StudyResult
+
+__all__ = ["build_study_report"]
+
+
+def _montage_png(source: ImageSource | None, paths: list[str], captions: list[str], path: Path,
+                 title: str) -> Path | None:
+    if source is None or not paths:
+        return None
+    img = montage(source, paths, ncols=8, labels=captions, title=title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup, files: Path,
+                source: ImageSource | None, memory: Any) -> SetReport:
+    res = result.sets[name]
+    reduced = run.array(f"{name}/reduced")
+    labels = run.array(f"{name}/labels")
+    flags = run.array(f"{name}/is_outlier")
+    metrics_png = render_metrics_vs_k(res.metrics, files / f"{name}-metrics.png", title=name)
+    hist = density_histograms(pca_projection(reduced, 2), labels, outlier_flags=flags, memory=memory)
+    overview = render_density_overview(hist, files / f"{name}-density.png",
+                                       title=f"{name}: all {int(hist.n_rows):,} images, first two components")
+    multiples = render_small_multiples(hist, files / f"{name}-clusters.png", title=name)
+
+    from .model import DescriptorSetModel  # the fitted centres live in the saved model
+
+    centers = DescriptorSetModel.load(res.model_dir).kmeans.cluster_centers_
+    picks = pick_montage_rows(reduced, labels, centers, n_nearest=8, n_random=8, n_border=8, memory=memory)
+    profile = result.profiles.get(name)
+    cards = []
+    for cluster in range(res.k):
+        mine = picks[picks["cluster"] == cluster].sort_values(["kind", "rank"])
+        rows = mine["row"].to_numpy()
+        paths = [str(p) for p in np.asarray(store.ids.get_orthogonal_selection(rows))] if len(rows) else []
+        png = _montage_png(source, paths, [f"{k} {r}" for k, r in zip(mine["kind"], mine["rank"])],
+                           files / f"{name}-cluster{cluster}.png",
+                           f"{name} cluster {cluster}: nearest the centre, random, border cases")
+        table = None
+        if profile is not None and len(profile.table):
+            t = profile.table
+            table = t[(t["cluster"] == cluster) & (t["rank"] <= 2)][
+                ["attribute", "value", "share_in_cluster", "lift"]].reset_index(drop=True)
+        size = int(profile.sizes.get(cluster, 0)) if profile is not None else 0
+        sentence = profile.sentences.get(cluster, "") if profile is not None else ""
+        cards.append(ClusterCard(cluster, size, sentence, png, table))
+    top = pd.read_csv(result.out_dir / "outliers.csv")
+    top = top[top["set"] == name].head(24)
+    out_png = _montage_png(source, top["path"].astype(str).tolist(),
+                           [f"#{r} {s:.2f}" for r, s in zip(top["rank"], top["outlier_score"])],
+                           files / f"{name}-outliers.png", f"{name}: top outliers")
+    outliers = OutlierInfo(res.n_outliers, res.outlier_rule, out_png,
+                           top[["rank", "path", "outlier_score", "cluster"]].reset_index(drop=True),
+                           score_name="kNN LOF")
+    from .study import K_RULE
+
+    return SetReport(name, res.n_features, res.n_components, res.k, res.metrics, metrics_png, overview,
+                     multiples, None, cards, outliers, res.explained_variance, K_RULE)
+
+
+def build_study_report(result: StudyResult, store: CaseStore, *, images: str | os.PathLike[str] | None = None,
+                       memory: Any = None, command: list[str] | None = None) -> Path:
+    """Write ``result.out_dir / "report.html"`` for a finished study.
+
+    Parameters
+    ----------
+    result : StudyResult
+    store : CaseStore
+        The store the study ran on (its run holds the per-row arrays).
+    images : path, optional
+        ``images.zip`` or an image folder; without it the report has no montages.
+    memory : str or int, optional
+        Memory budget of the passes over the rows.
+    command : list of str, optional
+        The command line to show under "how to reproduce".
+
+    Returns
+    -------
+    Path of ``report.html``.
+    """
+    run = next(r for r in store.runs(include_incomplete=True) if r.run_id == result.run_id)
+    files = result.out_dir / "report_files"
+    source = ImageSource.open(images) if images else None
+    sets = [_set_report(result, name, store, run, files, source, memory) for name in result.sets]
+    comparisons = []
+    comp = result.comparison
+    if comp is not None:
+        comparisons.append(ComparisonTable("Agreement between sets (ARI)", comp.label_agreement["ari"].round(3),
+                                           "adjusted Rand index of the sets' cluster labels"))
+        if len(comp.ami_table):
+            comparisons.append(ComparisonTable("AMI of each set's clusters with each attribute",
+                                               comp.ami_table.round(3)))
+        comparisons.append(ComparisonTable("Normalised metrics", comp.normalized_metrics.round(3)))
+        if comp.score_correlation is not None:
+            comparisons.append(ComparisonTable("Rank correlation of outlier scores",
+                                               comp.score_correlation.round(3)))
+        if comp.knn_overlap is not None:
+            comparisons.append(ComparisonTable("kNN overlap between sets", comp.knn_overlap.round(3)))
+        comparisons.append(ComparisonTable("Recommendation per attribute", comp.recommendation))
+    reproduce = [shlex.join(command)] if command else []
+    reproduce.append(f"streamclust study {shlex.quote(store.path)} -o {shlex.quote(str(result.out_dir))}")
+    data = ReportData(case=store.path, n_rows=store.n_rows, run_id=result.run_id, sets=sets,
+                      comparisons=comparisons, recommendation=result.recommended,
+                      recommendation_reasons=[comp.reason] if comp is not None else [],
+                      reproduce=reproduce,
+                      notes=[f"{len(source.skipped)} images could not be shown: "
+                             + "; ".join(f"{p}: {r}" for p, r in source.skipped[:5])]
+                      if source is not None and source.skipped else [])
+    return write_report(result.out_dir, data)
