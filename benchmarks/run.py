@@ -3,6 +3,7 @@
 
     python benchmarks/run.py convert [--rows 416314]   # pickle -> Zarr, 2560-d float32 and float64
     python benchmarks/run.py study   [--rows 416314]   # demo case, 4 sets, k 2..15, vs in-memory sklearn
+    python benchmarks/run.py assign  [--rows 416314]   # saved model on new rows vs the study's labelling pass
     python benchmarks/run.py all
 
 Every stage runs in a fresh process; peak RSS is that process's own maximum
@@ -83,9 +84,29 @@ def bench_study(data: Path, rows: int, k: str = "2:15") -> None:
             "Ratios are streamclust / in-memory scikit-learn from the same run.")
 
 
+def bench_assign(data: Path, rows: int, name: str = "osnet") -> None:
+    store = data / f"demo-{rows}" / "case.zarr"
+    model = data / f"demo-{rows}" / "study" / "models" / name
+    if not model.exists():
+        raise SystemExit(f"run 'benchmarks/run.py study --rows {rows}' first: {model} is missing")
+    lab = measure("stages:labelling_pass", store=str(store), model_dir=str(model), name=name)
+    ours = measure("stages:assign_streamclust", store=str(store), model_dir=str(model),
+                   out=str(data / f"demo-{rows}" / "assigned.csv"))
+    out = [{"method": "study labelling pass (PCA + nearest centre, Dask)", "rows_per_s": lab["result"]["rows_per_s"],
+            "wall_s": lab["wall_s"], "peak_rss_mb": lab["peak_rss_mb"]},
+           {"method": "streamclust assign (+ sentences, kNN outlier scores, CSV, drift)",
+            "rows_per_s": ours["result"]["rows_per_s"], "wall_s": ours["wall_s"],
+            "peak_rss_mb": ours["peak_rss_mb"], "model_load_s": ours["result"]["load_s"],
+            "ratio": ours["result"]["rows_per_s"] / lab["result"]["rows_per_s"]}]
+    _report(f"assign: {rows:,} rows of {name} with the saved model", out,
+            ["method", "rows_per_s", "wall_s", "peak_rss_mb", "model_load_s", "ratio"],
+            "ratio = assign rows/s / labelling-pass rows/s from the same run; model_load_s is the "
+            "pynndescent index rebuild (incl. numba compilation), paid once per process.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["convert", "study", "all"])
+    parser.add_argument("which", choices=["convert", "study", "assign", "all"])
     parser.add_argument("--rows", type=int, default=416_314)
     parser.add_argument("--data", type=Path, default=Path(".bench-data"))
     args = parser.parse_args()
@@ -93,6 +114,8 @@ def main() -> None:
         bench_convert(args.data, args.rows)
     if args.which in ("study", "all"):
         bench_study(args.data, args.rows)
+    if args.which in ("assign", "all"):
+        bench_assign(args.data, args.rows)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="images.zip or the image folder, for montages in report.html")
     study.add_argument("--no-report", action="store_true", help="skip report.html")
     study.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    study.add_argument("--algorithms", default="kmeans,ward", metavar="NAME[,NAME...]",
+                       help="clustering algorithms compared on every set: kmeans, ward, gmm, hdbscan "
+                            "(default kmeans,ward; kmeans always runs and defines the saved model)")
 
     assign = sub.add_parser(
         "assign", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -157,6 +160,7 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
         images=images if images is not None else getattr(args, "images", None),
         report=not getattr(args, "no_report", False),
         progress=not args.quiet, log=say,
+        algorithms=getattr(args, "algorithms", "kmeans,ward"),
     )
     say("")
     say(result.summary_table().to_string(index=False))

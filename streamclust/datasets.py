@@ -51,52 +51,74 @@ and ``blur`` (strong defocus or motion blur).
 
 How the descriptors are made, and how each set sees the truth
 -------------------------------------------------------------
-Every image is rendered as a 48 x 64 RGB picture (road background, a body
-silhouette whose shape depends on type and view, windows, wheels, lights and
-plate, colour fill with shading), the outlier transforms are applied, and the
-descriptors are computed **from those pixels** (so clusters and montages
-agree):
+Every image is rendered as a 48 x 64 RGB picture (road with a haze gradient
+and texture, a body silhouette whose shape depends on type, view and model,
+windows, wheels, head- or tail-lights, plate, shadow, colour fill with
+shading, camera lighting and tint, sensor noise), the outlier transforms are
+applied, and the descriptors are computed **from those pixels**, so clusters
+and montages agree.  Pixel features (``_raw_features``, shape ``(n, 260)``):
 
-* colour features: a soft histogram of the white-balanced colours of the
-  foreground pixels of the central region over 10 colour prototypes, plus
-  mean colour, chroma and brightness;
-* shape features: the foreground mask (difference to a background estimated
-  from the top and bottom rows), matched against canonical silhouettes of
-  every type and view after aligning its bottom and centroid (a view-invariant
-  "type detector" and a type-invariant "view detector"), tail-light and
-  head-light cues, the mask downsampled to 12 x 16 and a 6 x 8 map of edge
+* colour: a soft histogram over 10 colour prototypes of the white-balanced
+  colours of the foreground pixels in the central region, plus their mean
+  colour, chroma, brightness and saturation;
+* type and view: the foreground mask (difference to a background estimated
+  from the top and bottom rows), aligned on its bottom row and centroid and
+  matched (IoU) against canonical silhouettes of every type, view and three
+  scales: the best match per type is a view-invariant "type detector", the
+  best side and front/rear matches, tail-light, head-light and glass cues
+  make a "view detector";
+* the mask averaged to 12 x 16 (shape and position), a 6 x 8 map of edge
   strength;
-* image statistics: brightness, contrast, saturated and dark fractions,
-  sharpness, fine detail, colourfulness, background tone and tint.
+* 16 image statistics: brightness, contrast, saturated and dark fractions,
+  sharpness (including a contrast-free fine/coarse edge ratio), fine detail,
+  colourfulness, road level, haze and tint, foreground fraction.
 
-Features are standardised with statistics of a fixed calibration set of
-normal images (outliers therefore land many standard deviations away) and
-squashed with ``6 tanh(z / 6)``.  Each descriptor set is a fixed, seeded
-random projection of the features with set-specific weights per feature
-group, plus noise, through a ReLU (non-negative and sparse like CNN
-features):
+They are standardised with the statistics of a fixed calibration set of
+4096 normal images and squashed with ``6 tanh(z / 6)``; 32 "quality
+detectors" ``clip(|z| - 2.5, 0, 8)`` of the image statistics are added (zero
+on normal pictures).  Pictures far from the calibration set (RMS Mahalanobis
+distance above 2.5; normal pictures are at about 0.6, the outliers at 3 to
+300, blurred ones at 1 to 4) get their colour, type and view evidence
+replaced by that of a calibration picture picked by the signs of random
+projections of their own pixels, as networks give confident but arbitrary
+answers on out-of-distribution input.  So outliers are scattered over the
+normal clusters, slightly off them, rather than piled up in one place, and
+a density-based score finds them.
+
+Each descriptor set is a fixed, seeded random projection of these 292
+standardised features with set-specific weights per feature group, plus
+noise, through a ReLU (non-negative, about 58 % zeros, like pooled CNN
+features).  On a 20,000-row case (KMeans on PCA(32) of the L2-normalised
+descriptors; LocalOutlierFactor(20) on PCA(64)), typically:
 
 ``vdc_color`` (128-d)
-    mostly colour: clustering it recovers the colour, hardly the type or view;
-    it sees glare and darkness but is weak on blur.
+    mostly colour: 8 clusters recover the colour (ARI about 0.9) and nothing
+    of type or view (ARI < 0.02); it sees glare, darkness and empty roads
+    but hardly blur (outlier ROC-AUC about 0.9 overall, 0.7 on blur).
 ``vdc_type`` (512-d)
-    mostly body type, then view and silhouette: clustering it recovers the
-    type (and view), not the colour.
-``efficientnet-b7`` (2560-d) and ``osnet`` (512-d)
-    a mix of everything, including nuisance (camera, lighting, position) and
-    image quality: outliers of every kind lie off the normal manifold.
+    mostly body type, then view and silhouette: 6 clusters recover the type
+    (ARI about 0.7), not the colour (ARI < 0.01).
+``efficientnet-b7`` (2560-d)
+    a mix of colour, type, view, image quality and nuisance (camera,
+    lighting, position): clusters follow colour and type at once (ARI
+    about 0.3 to 0.4 with each); outlier ROC-AUC about 0.99.
+``osnet`` (512-d)
+    the same mix, weighted towards colour as re-identification features
+    are (colour ARI about 0.8); outlier ROC-AUC about 0.99.
 
 Implementation and memory
 -------------------------
-Rows are rendered in chunks of 512 (each chunk seeded by ``(seed, chunk
-index)``, on a small thread pool) and their standardised features are
-cached in a temporary ``(n_rows, F)`` float32 ``.npy`` file in ``out_dir``
-(about 1.2 KB per row, deleted at the end).  The four pickles are then written
-one after the other by :func:`streamclust._pickle_stream.write_pickled_array`
-from row blocks projected from that cache, so the pixels are rendered only
-once and no more than one block of one set is in memory.  The output depends
-only on ``seed``, ``n_rows``, ``outlier_fraction`` and the numpy / Pillow
-versions, not on ``block_rows`` or the number of threads.
+Rows are rendered in chunks of 512, each seeded by ``(seed, chunk index)``,
+on a pool of two threads; the standardised features (292 float32, 1.2 KB a
+row) are cached in a temporary file in `out_dir` (deleted at the end).  The
+four pickles are then written one after the other by
+:func:`streamclust._pickle_stream.write_pickled_array` from row blocks
+projected from that cache (noise seeded per chunk), so each picture is
+rendered once and at most one block of one set, plus a few chunks of
+pictures, is in memory: peak resident memory stays around half a gigabyte
+whatever `n_rows`.  The output depends only on `seed`, `n_rows`,
+`outlier_fraction` and the numpy / Pillow versions, not on `block_rows` or
+on thread scheduling.
 """
 
 from __future__ import annotations
@@ -1073,32 +1095,40 @@ def make_demo_case(
 ) -> pathlib.Path:
     """Write a synthetic VeRi-Wild-like case with planted truth.
 
-    See the module docstring for the layout, the planted truth and how each
-    descriptor set sees it.  Memory stays bounded whatever `n_rows`: pixels
-    are rendered in chunks of 512 rows and every pickle is written streamed
-    in blocks of `block_rows` rows.
+    Writes ``descriptors/{efficientnet-b7,osnet,vdc_color,vdc_type}.pickle``
+    (float32 arrays of shape ``(n_rows, DESCRIPTOR_DIMS[name])``),
+    ``images_paths.csv``, ``vehicle_info.txt``, ``truth.csv`` and, with
+    `images`, ``images.zip``; see the module docstring for their formats, the
+    planted truth and how each descriptor set sees it.  Memory stays bounded
+    whatever `n_rows` (about 0.5 GB peak): pictures are rendered 512 rows at
+    a time and every pickle is written streamed, block by block.
 
     Parameters
     ----------
     out_dir : str or os.PathLike
-        Case folder to write (created if needed; files of the same names are
-        overwritten).
+        Case folder to write, created if needed.  Files of the names above
+        are overwritten; an ``images.zip`` left there is removed when
+        `images` is False.
     n_rows : int, default 20000
-        Number of images (rows of every descriptor array), >= 1.
+        Number of images (rows of every descriptor array), >= 1.  Vehicle
+        ids have 5 digits up to 99,999 vehicles (about a million rows),
+        image ids 6 digits up to 999,999 rows; beyond, they grow.
     seed : int, default 0
-        Seed of everything random in the case; the same seed gives
-        byte-identical pickles and CSV files.
+        Seed of everything random in the case (>= 0); the same seed gives
+        byte-identical pickles, CSV, text and zip files.
     images : bool, default True
-        Also write ``images.zip`` with one 64 x 48 JPEG per row.
+        Also write ``images.zip``: one 64 x 48 JPEG per row (about 1.6 KB
+        each), stored uncompressed, named like the CSV paths with forward
+        slashes.
     outlier_fraction : float, default 0.01
-        Fraction of outlier images, in ``[0, 0.5]``; ``round(outlier_fraction
-        * n_rows)`` rows, the kinds in equal shares.
+        Fraction of outlier images, in ``[0, 0.5]``: ``round(outlier_fraction
+        * n_rows)`` rows drawn at random, the four kinds in equal shares.
     block_rows : int, default 8192
-        Rows per block handed to the pickle writer (rounded up to a multiple
-        of 512); bounds the memory (the largest block is ``block_rows x 2560``
-        float32), does not change the output.
+        Rows per block handed to the pickle writer, rounded up to a multiple
+        of 512.  Bounds the memory (the largest block holds ``block_rows x
+        2560`` float32, 84 MB by default); does not change the output.
     progress : bool, default False
-        Show tqdm progress bars.
+        Show tqdm progress bars (rendering, then one bar per descriptor set).
 
     Returns
     -------
@@ -1108,7 +1138,15 @@ def make_demo_case(
     Raises
     ------
     InputError
-        If an argument is out of range or `out_dir` is an existing file.
+        If an argument is out of range or `out_dir` exists and is not a
+        directory.
+
+    Examples
+    --------
+    >>> case = make_demo_case("demo-case", 6000, seed=1)  # doctest: +SKIP
+    >>> truth = load_truth(case)  # doctest: +SKIP
+    >>> truth["is_outlier"].sum()  # doctest: +SKIP
+    60
     """
     from ._pickle_stream import write_pickled_array
 

@@ -18,12 +18,21 @@ For each descriptor set, in bounded memory:
    LOF against a bounded reference sample; robust automatic threshold)
    (``runs/<id>/<set>/outlier_score``, ``is_outlier``).
 
+7. **Other algorithms** (``algorithms=``, see :data:`ALGORITHMS`) -- Ward
+   agglomeration on micro-clusters, a diagonal Gaussian mixture, sampled HDBSCAN --
+   on the same reduced rows, scored with the same exact all-row metrics and the
+   same sampled silhouette, k chosen by the same rule; their chosen labels go to
+   ``runs/<id>/<set>/labels_<algorithm>`` and ``algorithms.csv`` compares them
+   (ARI / AMI) with k-means and each other.
+
 Outputs in ``out_dir``: ``results.csv`` (``path``, ``cluster``, ``cluster_<set>``
 per set, ``outlier_score``, ``is_outlier``, then ``outlier_score_<set>``,
 ``is_outlier_<set>`` per set; one row per image in store order; the unsuffixed
 columns are the recommended set's), ``outliers.csv`` (the top outliers of each
 set with score, rank and flag), ``metrics.csv`` (one row per set x algorithm x
-k), ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.persist`) and
+k, with ``bic`` for gmm and ``noise_fraction`` for hdbscan), ``algorithms.csv``
+(``set, algorithm_a, algorithm_b, ari, ami``), ``cluster_<set>_<algorithm>``
+columns at the end of ``results.csv`` for the algorithms other than k-means, ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.persist`) and
 ``summary.json``.  Files are replaced atomically and the run in the store is
 marked complete only at the very end, so a crash never leaves a run that looks
 finished.
@@ -48,8 +57,12 @@ from ._blocks import parse_memory
 from .errors import InputError
 from .estimators import (
     KNNOutlierDetector,
+    SampledHDBSCAN,
+    StreamingGaussianMixture,
     StreamingKMeans,
     StreamingPCA,
+    cluster_metrics,
+    hierarchy_sweep,
     kmeans_sweep,
     sampled_silhouette,
     sweep_metrics,
@@ -59,7 +72,15 @@ from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clus
 from .persist import write_atomic
 from .store import CaseStore, RunGroup
 
-__all__ = ["SetResult", "StudyResult", "choose_k", "parse_k_range", "run_study"]
+__all__ = ["ALGORITHMS", "SetResult", "StudyResult", "choose_k", "parse_algorithms", "parse_k_range", "run_study"]
+
+#: Clustering algorithms the study can run on the reduced rows; ``kmeans`` always runs
+#: (it defines ``cluster_<set>`` and the saved model).
+ALGORITHMS = ("kmeans", "ward", "gmm", "hdbscan")
+
+#: How ``summary.json``'s ``best`` is picked.
+BEST_RULE = ("the (set, algorithm, k) with the highest sampled silhouette among the chosen "
+             "rows of metrics.csv (one per set x algorithm)")
 
 #: Silhouette values within this margin of the best count as a tie.
 K_TIE_MARGIN = 0.01
@@ -95,6 +116,12 @@ class StudyResult:
     recommended: str = ""
     profiles: dict[str, ClusterProfiles] = field(default_factory=dict)
     comparison: SetComparison | None = None
+    #: metrics.csv: every set x algorithm x k (k-means rows first per set).
+    algorithm_metrics: pd.DataFrame | None = None
+    #: algorithms.csv: ARI / AMI between the chosen labellings of each pair of algorithms per set.
+    agreement: pd.DataFrame | None = None
+    #: summary.json's ``best`` (see ``BEST_RULE``).
+    best: dict[str, Any] | None = None
 
     @property
     def results_csv(self) -> Path:
@@ -155,6 +182,8 @@ def choose_k(metrics: pd.DataFrame) -> int:
     metrics : DataFrame
         Columns ``k``, ``silhouette``, ``davies_bouldin``.
     """
+    if metrics["silhouette"].isna().all():  # e.g. a single cluster: no silhouette
+        return int(metrics.sort_values("k").iloc[0]["k"])
     best = metrics["silhouette"].max()
     ties = metrics[metrics["silhouette"] >= best - K_TIE_MARGIN]
     return int(ties.sort_values(["davies_bouldin", "k"]).iloc[0]["k"])
@@ -293,6 +322,131 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out
     return _SetOutcome(result, labels, score_arr, flag_arr, reduced, profile, top)
 
 
+def parse_algorithms(spec: str | Sequence[str]) -> list[str]:
+    """``"kmeans,ward"`` or ``("kmeans", "gmm")`` -> validated names, ``kmeans`` first, no repeats.
+
+    ``kmeans`` is always run (it defines ``cluster_<set>`` and the saved model).
+    """
+    names = [p.strip().lower() for p in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in ALGORITHMS]
+    if unknown or not names:
+        raise InputError(f"unknown clustering algorithm(s) {unknown or names!r}; "
+                         f"valid ones are {', '.join(ALGORITHMS)}.")
+    out = ["kmeans"]
+    for n in names:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _store_algorithm_labels(labels: Any, reduced: Any, run: RunGroup, name: str, algorithm: str) -> Any:
+    """Write the lazy labels of one algorithm to ``runs/<id>/<name>/labels_<algorithm>`` (int32)."""
+    target = run.create_array(f"{name}/labels_{algorithm}", (reduced.shape[0],), "int32",
+                              chunk_rows=reduced.chunks[0],
+                              attrs={"descriptor_set": name, "algorithm": algorithm})
+    da.store(labels.astype(np.int32).rechunk((target.chunks[0],)), target, lock=False)
+    return target
+
+
+def _score_labels(reduced: Any, labels: Any, *, budget: int, silhouette_samples: int,
+                  random_state: int) -> dict[str, Any]:
+    """Exact all-row CH / DB / inertia and the sampled silhouette of one labelling (noise -1 counts
+    as a cluster, as in scikit-learn); NaN when there are fewer than 2 clusters."""
+    nan = float("nan")
+    try:
+        m = cluster_metrics(reduced, labels=labels, memory=budget)
+    except ValueError:
+        return {"inertia": nan, "calinski_harabasz": nan, "davies_bouldin": nan, "silhouette": nan,
+                "smallest_cluster": 0, "noise_fraction": nan}
+    values, sizes = np.asarray(m["labels"]), np.asarray(m["sizes"])
+    kept = sizes[values >= 0]
+    try:
+        sil = sampled_silhouette(reduced, labels=labels, n_samples=silhouette_samples,
+                                 random_state=random_state, memory=budget)
+    except ValueError:  # a sample with a single label
+        sil = nan
+    return {"inertia": float(m["inertia"]), "calinski_harabasz": float(m["calinski_harabasz"]),
+            "davies_bouldin": float(m["davies_bouldin"]), "silhouette": sil,
+            "smallest_cluster": int(kept.min()) if kept.size else 0,
+            "noise_fraction": float(sizes[values < 0].sum()) / int(reduced.shape[0])}
+
+
+def _study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algorithms: Sequence[str], *,
+                      base: dict[str, Any], budget: int, silhouette_samples: int, random_state: int,
+                      log: Callable[[str], None]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The extra algorithms (all but k-means) on the stored reduced rows of one set.
+
+    Returns the metrics rows (one per algorithm x k, ``chosen`` by :func:`choose_k`
+    per algorithm) and the chosen labels per algorithm (zarr arrays in the run).
+    """
+    lazy_reduced = da.from_zarr(reduced)
+    frames, labels = [], {}
+    for alg in algorithms:
+        if alg == "kmeans":
+            continue
+        t0 = time.perf_counter()
+        models: dict[int, Any] = {}
+        extra: dict[int, dict[str, Any]] = {}
+        if alg == "ward":
+            models = hierarchy_sweep(reduced, ks, memory=budget, random_state=random_state)
+        elif alg == "gmm":
+            for kk in ks:
+                gmm = StreamingGaussianMixture(kk, covariance_type="diag", memory=budget,
+                                               random_state=random_state).fit(reduced)
+                models[kk] = gmm
+                extra[kk] = {"bic": float(gmm.bic(reduced))}
+        elif alg == "hdbscan":
+            hdb = SampledHDBSCAN(memory=budget, random_state=random_state).fit(reduced)
+            models[int(hdb.n_clusters_)] = hdb
+        else:  # pragma: no cover - parse_algorithms rejects these
+            raise InputError(f"unknown clustering algorithm {alg!r}; valid ones are {', '.join(ALGORITHMS)}.")
+        rows = []
+        for kk, model in models.items():
+            scores = _score_labels(reduced, model.predict(lazy_reduced), budget=budget,
+                                   silhouette_samples=silhouette_samples, random_state=random_state)
+            if alg != "hdbscan":
+                scores["noise_fraction"] = float("nan")
+            rows.append({**base, "algorithm": alg, "k": kk, **scores, "bic": float("nan"), **extra.get(kk, {})})
+        metrics = pd.DataFrame(rows)
+        chosen = choose_k(metrics)
+        metrics["chosen"] = metrics["k"] == chosen
+        labels[alg] = _store_algorithm_labels(models[chosen].predict(lazy_reduced), reduced, run, name, alg)
+        frames.append(metrics)
+        row = metrics[metrics["chosen"]].iloc[0]
+        log(f"{name}: {alg} k={chosen} chosen (silhouette {row['silhouette']:.3f}"
+            + (f", noise {row['noise_fraction']:.1%}" if alg == "hdbscan" else "")
+            + f") in {time.perf_counter() - t0:.1f} s")
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), labels
+
+
+def _agreement(name: str, labels: dict[str, Any]) -> pd.DataFrame:
+    """ARI / AMI between the chosen labellings of every pair of algorithms on one set (labels read
+    from the run: ``n`` int32 each; HDBSCAN noise -1 counts as one more label)."""
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+    values = {alg: np.asarray(arr[:]) for alg, arr in labels.items()}
+    algs = list(values)
+    rows = []
+    for i, a in enumerate(algs):
+        for b in algs[i + 1:]:
+            rows.append({"set": name, "algorithm_a": a, "algorithm_b": b,
+                         "ari": float(adjusted_rand_score(values[a], values[b])),
+                         "ami": float(adjusted_mutual_info_score(values[a], values[b]))})
+    return pd.DataFrame(rows, columns=["set", "algorithm_a", "algorithm_b", "ari", "ami"])
+
+
+def _best(metrics: pd.DataFrame) -> dict[str, Any] | None:
+    """The chosen row with the highest sampled silhouette (see ``BEST_RULE``)."""
+    chosen = metrics[metrics["chosen"] & metrics["silhouette"].notna()]
+    if chosen.empty:
+        return None
+    row = chosen.loc[chosen["silhouette"].idxmax()]
+    return {"set": row["set"], "algorithm": row["algorithm"], "k": int(row["k"]),
+            "silhouette": float(row["silhouette"]), "calinski_harabasz": float(row["calinski_harabasz"]),
+            "davies_bouldin": float(row["davies_bouldin"])}
+
+
 def run_study(
     store_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -311,6 +465,7 @@ def run_study(
     random_state: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    algorithms: str | Sequence[str] = ("kmeans",),
 ) -> StudyResult:
     """Run the study on a store; see the module docstring.
 
@@ -350,6 +505,19 @@ def run_study(
         Progress bars.
     log : callable, optional
         Receives one line per finished step.
+    algorithms : str or list of str
+        Clustering algorithms compared on the reduced rows of every set, among
+        ``ALGORITHMS`` (``"kmeans,ward"`` or a list).  ``kmeans`` always runs and
+        alone defines ``cluster_<set>`` and the saved model.  Each other one
+        (``ward``: one micro-clustering + tree for all k; ``gmm``: diagonal
+        Gaussian mixture per k, with its BIC; ``hdbscan``: one sampled HDBSCAN,
+        k = the clusters it finds, with the noise fraction) adds rows to
+        ``metrics.csv`` (exact all-row CH/DB, sampled silhouette, k chosen by
+        :func:`choose_k`), its chosen labels to the run
+        (``<set>/labels_<algorithm>``) and ``cluster_<set>_<algorithm>`` columns
+        at the end of ``results.csv``; ``algorithms.csv`` holds the ARI/AMI
+        between the algorithms of each set.  The default runs k-means only
+        (the CLI's ``--algorithms`` default is ``kmeans,ward``).
 
     Returns
     -------
@@ -358,6 +526,7 @@ def run_study(
     log = log or (lambda line: None)
     budget = parse_memory(memory)
     ks = parse_k_range(k)
+    algs = parse_algorithms(algorithms)
     store = CaseStore(store_path, mode="r+")
     names = list(descriptors) if descriptors else store.descriptor_names()
     available = store.descriptor_names()
@@ -371,7 +540,7 @@ def run_study(
     params = {"descriptors": names, "k": ks, "n_components": n_components, "n_init": n_init,
               "memory": budget, "silhouette_samples": silhouette_samples,
               "outlier_neighbors": outlier_neighbors, "random_state": random_state,
-              "metadata": str(metadata) if metadata else None}
+              "metadata": str(metadata) if metadata else None, "algorithms": algs}
     attributes = read_metadata(metadata, store.ids[:]) if metadata else None
     if attributes is not None:
         log(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
@@ -384,6 +553,8 @@ def run_study(
         top_outliers: list[pd.DataFrame] = []
         reduced: dict[str, Any] = {}
         all_metrics = []
+        extra_labels: dict[str, dict[str, Any]] = {}
+        agreement = []
         for name in names:
             outcome = _study_set(store, run, name, ks, out=out, n_components=n_components, n_init=n_init,
                                  budget=budget, silhouette_samples=silhouette_samples,
@@ -395,14 +566,33 @@ def run_study(
             labels[name], outlier_scores[name], outlier_flags[name] = outcome.labels, outcome.scores, outcome.flags
             top_outliers.append(outcome.top_outliers)
             all_metrics.append(outcome.result.metrics)
+            if len(algs) > 1:
+                first = outcome.result.metrics.iloc[0]
+                base = {c: first[c] for c in ("set", "n_rows", "n_features", "n_components")}
+                extra, extra_labels[name] = _study_algorithms(
+                    run, name, outcome.reduced, ks, algs, base=base, budget=budget,
+                    silhouette_samples=silhouette_samples, random_state=random_state, log=log)
+                all_metrics.append(extra)
+                agreement.append(_agreement(name, {"kmeans": outcome.labels, **extra_labels[name]}))
         metrics_all = pd.concat(all_metrics, ignore_index=True)
+        for col in ("bic", "noise_fraction"):
+            if col not in metrics_all:
+                metrics_all[col] = np.nan
+        metrics_all = metrics_all[list(outcome.result.metrics.columns) + ["bic", "noise_fraction"]]
+        agreement_all = (pd.concat(agreement, ignore_index=True) if agreement else
+                         pd.DataFrame(columns=["set", "algorithm_a", "algorithm_b", "ari", "ami"]))
+        result.algorithm_metrics = metrics_all
+        result.agreement = agreement_all
+        result.best = _best(metrics_all)
+        kmeans_chosen = metrics_all[metrics_all["chosen"] & (metrics_all["algorithm"] == "kmeans")]
         comparison = compare_sets(labels, attributes=attributes, outlier_scores_by_set=outlier_scores,
-                                  reduced_by_set=reduced, metrics=metrics_all[metrics_all["chosen"]],
+                                  reduced_by_set=reduced, metrics=kmeans_chosen,
                                   random_state=random_state, memory=budget)
         result.comparison = comparison
         result.recommended = comparison.recommended_set or names[0]
         log(f"recommended set: {result.recommended} ({comparison.reason})")
         write_atomic(out / "metrics.csv", metrics_all.to_csv(index=False))
+        write_atomic(out / "algorithms.csv", agreement_all.to_csv(index=False))
         write_atomic(out / "comparison.csv", comparison.recommendation.to_csv())
         clusters = pd.concat([p.clusters.rename_axis("cluster").reset_index().assign(set=n)
                               for n, p in result.profiles.items()], ignore_index=True)
@@ -413,6 +603,9 @@ def run_study(
         for n in names:
             columns[f"outlier_score_{n}"] = outlier_scores[n]
             columns[f"is_outlier_{n}"] = outlier_flags[n]
+        for n in names:
+            for alg, arr in extra_labels.get(n, {}).items():
+                columns[f"cluster_{n}_{alg}"] = arr
         _write_results_csv(out / "results.csv", store.ids, columns)
         write_atomic(out / "outliers.csv", pd.concat(top_outliers, ignore_index=True).to_csv(index=False))
         if report:
@@ -423,10 +616,15 @@ def run_study(
         summary = {"run_id": run.run_id, "store": store.path, "recommended": result.recommended,
                    "recommended_reason": comparison.reason,
                    "k_rule": K_RULE,
-                   "sets": result.summary_table().to_dict(orient="records")}
+                   "sets": result.summary_table().to_dict(orient="records"),
+                   "algorithms": algs, "best": result.best, "best_rule": BEST_RULE,
+                   "agreement": agreement_all.to_dict(orient="records")}
         write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+        chosen_rows = metrics_all[metrics_all["chosen"]]
         run.complete({"recommended": result.recommended,
-                      "chosen_k": {n: r.k for n, r in result.sets.items()}})
+                      "chosen_k": {n: r.k for n, r in result.sets.items()},
+                      "chosen_k_by_algorithm": {f"{r.set}/{r.algorithm}": int(r.k)
+                                                for r in chosen_rows.itertuples()}})
     except BaseException as exc:
         run.fail(f"{type(exc).__name__}: {exc}")
         raise

@@ -1,0 +1,98 @@
+"""Several clustering algorithms at full scale on the study's reduced rows, compared side by side."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
+
+from streamclust.cli import main
+from streamclust.datasets import load_truth, make_demo_case
+from streamclust.ingest import convert_case
+from streamclust.store import CaseStore
+from streamclust.study import ALGORITHMS, run_study
+
+SETS = {"vdc_color": "color", "vdc_type": "type"}
+ALGS = ("kmeans", "ward", "gmm", "hdbscan")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("algos")
+    make_demo_case(root / "case", n_rows=2000, images=False)
+    convert_case(root / "case", root / "case.zarr")
+    result = run_study(root / "case.zarr", root / "study", descriptors=list(SETS), k="5:8", n_components=16,
+                       algorithms=ALGS, report=False, random_state=0)
+    return root, result, load_truth(root / "case")
+
+
+def test_metrics_have_every_set_and_algorithm_with_one_chosen_k(study):
+    root, result, _ = study
+    metrics = pd.read_csv(root / "study" / "metrics.csv")
+    assert {"bic", "noise_fraction", "algorithm", "chosen"} <= set(metrics.columns)
+    counts = metrics.groupby(["set", "algorithm"]).size()
+    assert set(counts.index) == {(s, a) for s in SETS for a in ALGS}
+    for a in ("kmeans", "ward", "gmm"):
+        assert (counts.xs(a, level="algorithm") == 4).all()
+    assert (counts.xs("hdbscan", level="algorithm") == 1).all()
+    assert metrics.groupby(["set", "algorithm"])["chosen"].sum().eq(1).all()
+    assert metrics.loc[metrics["algorithm"] == "gmm", "bic"].notna().all()
+    assert metrics.loc[metrics["algorithm"] != "gmm", "bic"].isna().all()
+    assert metrics.loc[metrics["algorithm"] == "hdbscan", "noise_fraction"].between(0, 1).all()
+    assert metrics.loc[metrics["algorithm"] != "hdbscan", "noise_fraction"].isna().all()
+
+
+def test_ward_metrics_equal_sklearn_and_results_have_the_new_columns(study):
+    root, result, truth = study
+    run = CaseStore(root / "case.zarr").run(result.run_id)
+    metrics = pd.read_csv(root / "study" / "metrics.csv")
+    res = pd.read_csv(root / "study" / "results.csv")
+    base = (["path", "cluster"] + [f"cluster_{s}" for s in SETS] + ["outlier_score", "is_outlier"]
+            + [f"{c}_{s}" for s in SETS for c in ("outlier_score", "is_outlier")])
+    assert list(res.columns) == base + [f"cluster_{s}_{a}" for s in SETS for a in ALGS[1:]]
+    for name, attribute in SETS.items():
+        reduced = run.array(f"{name}/reduced")[:].astype(np.float64)
+        labels = run.array(f"{name}/labels_ward")[:]
+        assert labels.dtype == np.int32
+        row = metrics[(metrics["set"] == name) & (metrics["algorithm"] == "ward") & metrics["chosen"]].iloc[0]
+        assert int(row["k"]) == len(np.unique(labels))
+        np.testing.assert_allclose(row["calinski_harabasz"], calinski_harabasz_score(reduced, labels), rtol=1e-6)
+        np.testing.assert_allclose(row["davies_bouldin"], davies_bouldin_score(reduced, labels), rtol=1e-6)
+        aris = {}
+        for alg in ALGS:
+            col = f"cluster_{name}" if alg == "kmeans" else f"cluster_{name}_{alg}"
+            stored = run.array(f"{name}/labels" if alg == "kmeans" else f"{name}/labels_{alg}")[:]
+            assert (res[col].to_numpy() == stored).all()
+            aris[alg] = adjusted_rand_score(truth[attribute], stored)
+        print(f"{name} vs {attribute}: " + ", ".join(f"{a} ARI {v:.3f}" for a, v in aris.items()))
+        if name == "vdc_color":
+            assert aris["ward"] >= 0.5
+
+
+def test_agreement_table_and_summary(study):
+    root, result, _ = study
+    agreement = pd.read_csv(root / "study" / "algorithms.csv")
+    assert list(agreement.columns) == ["set", "algorithm_a", "algorithm_b", "ari", "ami"]
+    for name in SETS:
+        pairs = {frozenset(p) for p in agreement.loc[agreement["set"] == name, ["algorithm_a", "algorithm_b"]]
+                 .itertuples(index=False)}
+        assert pairs == {frozenset((a, b)) for i, a in enumerate(ALGS) for b in ALGS[i + 1:]}
+    assert agreement["ari"].between(-1, 1).all() and agreement["ami"].between(-1, 1).all()
+    summary = json.loads((root / "study" / "summary.json").read_text())
+    metrics = pd.read_csv(root / "study" / "metrics.csv")
+    chosen = metrics[metrics["chosen"]]
+    best = chosen.loc[chosen["silhouette"].idxmax()]
+    assert summary["best"]["set"] == best["set"] and summary["best"]["algorithm"] == best["algorithm"]
+    assert summary["best"]["k"] == int(best["k"]) and summary["best_rule"]
+    assert len(summary["agreement"]) == len(agreement)
+
+
+def test_cli_rejects_an_unknown_algorithm(tmp_path, capsys):
+    status = main(["study", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "out"),
+                   "--algorithms", "kmeans,spectral", "--quiet"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "spectral" in err and all(a in err for a in ALGORITHMS)
