@@ -51,7 +51,6 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pandas as pd
-from sklearn.utils import check_random_state
 
 from ._blocks import parse_memory
 from .errors import InputError
@@ -304,7 +303,7 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out
     sample_dist = kmeans.transform(sample_rows)[np.arange(len(sample)), kmeans.predict(sample_rows)]
     model = DescriptorSetModel(
         name, pca, kmeans, detector,
-        index_seed=int(check_random_state(random_state).randint(np.iinfo(np.int32).max)),
+        index_seed=int(detector.index_seed_),
         sentences={int(c): str(t) for c, t in profile.sentences.items()},
         training={"cluster_shares": np.asarray(scores[chosen]["sizes"]) / store.n_rows,
                   "outlier_rate": n_flagged / store.n_rows,

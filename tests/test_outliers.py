@@ -69,6 +69,13 @@ def test_fitted_attributes(fitted, mixture):
     assert det.offset_ == -det.threshold_ and "MAD" in det.threshold_rule_
     assert det.recall_ >= 0.95
     assert type(det.index_).__name__ == "NNDescent"
+    # the index can be rebuilt identically from the saved reference and seed
+    from streamclust.estimators.outliers import _build_index
+
+    again = _build_index(det.reference_, n_neighbors=det.index_neighbors_, seed=det.index_seed_)
+    q = X[:2000]
+    np.testing.assert_array_equal(again.query(q, k=K + 1, epsilon=det.search_epsilon_)[0],
+                                  det.index_.query(q, k=K + 1, epsilon=det.search_epsilon_)[0])
     # reference rows' training scores are the LOF of the reference set
     ind, dist = det.kneighbors(det.reference_, row_ids=det.reference_indices_)
     np.testing.assert_array_equal(dist[:, -1], det.reference_kdist_)

@@ -351,6 +351,11 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         The sample, in the order of ``reference_indices_``.
     index_ : pynndescent.NNDescent
         Index over ``reference_`` (neighbour indices are positions in it).
+    index_seed_ : int
+        Seed the index was built with: ``_build_index(reference_,
+        n_neighbors=index_neighbors_, seed=index_seed_)`` rebuilds the same index
+        (the build is single-threaded and deterministic), e.g. after loading a saved
+        model without pickling the index.
     n_neighbors_ : int
         ``k`` actually used.
     index_neighbors_ : int
@@ -528,6 +533,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         self.index_neighbors_ = nn
         rng = check_random_state(self.random_state)
         index_seed = int(rng.randint(np.iinfo(np.int32).max))
+        self.index_seed_ = index_seed
 
         # --- reference sample + out-of-reference probe rows, read in one pass
         ref_ids = np.sort(sample_without_replacement(n, m, random_state=rng)).astype(np.int64)
