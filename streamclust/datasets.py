@@ -29,8 +29,10 @@ Case layout (all written by :func:`make_demo_case`)
     The planted truth, one row per image in CSV row order: ``path`` (forward
     slashes), ``vehicle_id``, ``color``, ``type``, ``view``, ``model``,
     ``camera``, ``outlier_kind`` (empty for normal images) and ``is_outlier``.
-    Demo cases only: a real case has no such file.  Read it with
-    :func:`load_truth`.
+    The attributes of an outlier are those of the vehicle its record belongs
+    to, even where the picture hides it (``dark``) or lacks it
+    (``no_vehicle``).  Demo cases only: a real case has no such file.  Read
+    it with :func:`load_truth`.
 
 Planted truth
 -------------
@@ -44,10 +46,10 @@ dusk) and from a view (:data:`VIEWS`: front, rear or side, facing left or
 right), with jitter in position, scale, colour, lighting and sensor noise.
 
 About ``outlier_fraction`` of the images are outliers of one of the
-:data:`OUTLIER_KINDS`: ``glare`` (a large saturated white blob on a
-washed-out picture), ``dark`` (5-15 % of normal brightness, noisy),
-``no_vehicle`` (road only, sometimes with a lane marking, pole or passer-by)
-and ``blur`` (strong defocus or motion blur).
+:data:`OUTLIER_KINDS`, in equal shares: ``glare`` (a large saturated white
+blob, sometimes with a streak, on a washed-out picture), ``dark`` (5-15 % of
+normal brightness, noisy), ``no_vehicle`` (road only, with one to three lane
+markings, poles or passers-by) and ``blur`` (strong defocus or motion blur).
 
 How the descriptors are made, and how each set sees the truth
 -------------------------------------------------------------
@@ -56,7 +58,7 @@ and texture, a body silhouette whose shape depends on type, view and model,
 windows, wheels, head- or tail-lights, plate, shadow, colour fill with
 shading, camera lighting and tint, sensor noise), the outlier transforms are
 applied, and the descriptors are computed **from those pixels**, so clusters
-and montages agree.  Pixel features (``_raw_features``, shape ``(n, 260)``):
+and montages agree.  Pixel features (``_raw_features``; 292 values a picture):
 
 * colour: a soft histogram over 10 colour prototypes of the white-balanced
   colours of the foreground pixels in the central region, plus their mean
@@ -75,17 +77,18 @@ and montages agree.  Pixel features (``_raw_features``, shape ``(n, 260)``):
 
 They are standardised with the statistics of a fixed calibration set of
 4096 normal images and squashed with ``6 tanh(z / 6)``; 32 "quality
-detectors" ``clip(|z| - 2.5, 0, 8)`` of the image statistics are added (zero
+detectors" ``clip(+-z - 2.5, 0, 8)`` of the image statistics are added (zero
 on normal pictures).  Pictures far from the calibration set (RMS Mahalanobis
-distance above 2.5; normal pictures are at about 0.6, the outliers at 3 to
-300, blurred ones at 1 to 4) get their colour, type and view evidence
-replaced by that of a calibration picture picked by the signs of random
-projections of their own pixels, as networks give confident but arbitrary
-answers on out-of-distribution input.  So outliers are scattered over the
+distance above 2.5; normal pictures are at about 0.6, 99 % below 2.2; glare,
+dark and empty pictures at 3 to 270; blurred ones at 1 to 6, mostly below
+the threshold) get their colour, type and view evidence replaced by that of
+a calibration picture picked by the signs of random projections of their own
+pixels, as networks give confident but arbitrary answers on
+out-of-distribution input.  So outliers are scattered over the
 normal clusters, slightly off them, rather than piled up in one place, and
 a density-based score finds them.
 
-Each descriptor set is a fixed, seeded random projection of these 292
+Each descriptor set is a fixed, seeded random projection of these 324
 standardised features with set-specific weights per feature group, plus
 noise, through a ReLU (non-negative, about 58 % zeros, like pooled CNN
 features).  On a 20,000-row case (KMeans on PCA(32) of the L2-normalised
@@ -94,10 +97,13 @@ descriptors; LocalOutlierFactor(20) on PCA(64)), typically:
 ``vdc_color`` (128-d)
     mostly colour: 8 clusters recover the colour (ARI about 0.9) and nothing
     of type or view (ARI < 0.02); it sees glare, darkness and empty roads
-    but hardly blur (outlier ROC-AUC about 0.9 overall, 0.7 on blur).
+    but hardly blur (outlier ROC-AUC 0.85 to 0.9 overall, 0.55 to 0.7 on
+    blur).
 ``vdc_type`` (512-d)
     mostly body type, then view and silhouette: 6 clusters recover the type
-    (ARI about 0.7), not the colour (ARI < 0.01).
+    (ARI about 0.7), not the colour (ARI < 0.01); 18 clusters recover type
+    and view together (ARI about 0.55), 3 clusters split by size rather
+    than view.
 ``efficientnet-b7`` (2560-d)
     a mix of colour, type, view, image quality and nuisance (camera,
     lighting, position): clusters follow colour and type at once (ARI
@@ -109,7 +115,7 @@ descriptors; LocalOutlierFactor(20) on PCA(64)), typically:
 Implementation and memory
 -------------------------
 Rows are rendered in chunks of 512, each seeded by ``(seed, chunk index)``,
-on a pool of two threads; the standardised features (292 float32, 1.2 KB a
+on a pool of two threads; the standardised features (324 float32, 1.3 KB a
 row) are cached in a temporary file in `out_dir` (deleted at the end).  The
 four pickles are then written one after the other by
 :func:`streamclust._pickle_stream.write_pickled_array` from row blocks
@@ -898,6 +904,13 @@ class _Calibration:
 
 @functools.cache
 def _calibration() -> _Calibration:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _calibrate()
+
+
+def _calibrate() -> _Calibration:
     n = 4096
     plan = _make_plan(n, 0xCA11B, 0.0)
     feats = []
@@ -918,13 +931,15 @@ def _calibration() -> _Calibration:
                         bank.astype(np.float32))
 
 
-#: Atypicality (RMS Mahalanobis distance) from which images get scrambled,
-#: the largest scrambling level, its gain, and the |z| above which the
+#: Atypicality (RMS Mahalanobis distance to the calibration set) from which
+#: pictures get confused evidence, the largest confusion level, the level
+#: from which their colour/type/view evidence is entirely hallucinated, the
+#: gain of an extra picture-specific jitter, and the |z| above which the
 #: "quality" detectors fire.
 _ATYPICAL_FROM = 2.5
 _MAX_LEVEL = 2.5
-_SCRAMBLE_GAIN = 0.25
 _HALLUCINATE_FULL = 0.75
+_SCRAMBLE_GAIN = 0.25
 _QUALITY_FROM = 2.5
 
 
@@ -933,17 +948,20 @@ def _standard_features(images: np.ndarray) -> np.ndarray:
 
     * Semantic features (all groups but ``quality``) are standardised with
       the calibration statistics and squashed to about +-6 (``6 tanh(z/6)``).
-    * Atypical images get their colour, type and view features scrambled:
-      each image's atypicality is the RMS Mahalanobis distance ``d`` of its
-      semantic features to the calibration set (about 0.6 for normal images,
-      1 to 300 for planted outliers); from ``d > 2.5`` on, a picture-specific
-      offset (a fixed linear map of random projections of the
-      contrast-normalised picture) scaled by ``2 * clip(log2(d / 2.5), 0,
-      2.5)`` is added, as networks give confused colour and type evidence
-      on out-of-distribution pictures.
+    * Atypical pictures get confused colour, type and view evidence.  A
+      picture's atypicality is the RMS Mahalanobis distance ``d`` of its
+      semantic features to the calibration set (about 0.6 for normal
+      pictures, 1 to 300 for the planted outliers) and its confusion level
+      ``clip(log2(d / 2.5), 0, 2.5)``.  Its colour/type/view features are
+      mixed, in proportion ``min(level / 0.75, 1)``, with those of the
+      calibration picture whose index the signs of 12 of its pixel codes
+      spell (random projections of the contrast-normalised picture), and
+      jittered by ``0.25 * level`` times a fixed linear map of its pixel
+      codes, as networks give confident but arbitrary answers on
+      out-of-distribution input.
     * ``quality`` holds 32 detectors ``clip(+-z - 2.5, 0, 8)`` of the 16
-      image statistics: zero on normal images, firing on glare, darkness,
-      blur and empty pictures.
+      image statistics: zero on normal pictures, firing on glare, darkness,
+      blur and empty roads.
     """
     cal = _calibration()
     raw = _raw_features(images)
@@ -1050,6 +1068,7 @@ def _time_strings(seconds: np.ndarray) -> list[str]:
 
 
 def _write_text_files(plan: _Plan, out: pathlib.Path, step: int = 65536) -> None:
+    """Write images_paths.csv, truth.csv and vehicle_info.txt, `step` rows at a time."""
     n = plan.n_rows
     with open(out / "images_paths.csv", "w", encoding="utf-8", newline="\n") as f:
         f.write("paths\n")
@@ -1148,8 +1167,6 @@ def make_demo_case(
     >>> truth["is_outlier"].sum()  # doctest: +SKIP
     60
     """
-    from ._pickle_stream import write_pickled_array
-
     if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 1:
         raise InputError(f"n_rows must be an integer >= 1, got {n_rows!r}")
     if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
@@ -1164,9 +1181,23 @@ def make_demo_case(
         raise InputError(f"{out}: exists and is not a directory; give a folder for the case.")
     (out / "descriptors").mkdir(parents=True, exist_ok=True)
 
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the rendering threads are the parallelism (more would
+    # oversubscribe the cores), and results do not depend on the machine
+    with threadpool_limits(limits=1, user_api="blas"):
+        _write_case(out, n_rows, seed, images, float(outlier_fraction), block_rows, progress)
+    return out
+
+
+def _write_case(out: pathlib.Path, n_rows: int, seed: int, images: bool,
+                outlier_fraction: float, block_rows: int, progress: bool) -> None:
+    """The work of :func:`make_demo_case`, arguments checked."""
     from tqdm.auto import tqdm
 
-    plan = _make_plan(n_rows, seed, float(outlier_fraction))
+    from ._pickle_stream import write_pickled_array
+
+    plan = _make_plan(n_rows, seed, outlier_fraction)
     _write_text_files(plan, out)
     _calibration()  # before the threads start
     _templates()
@@ -1234,7 +1265,6 @@ def make_demo_case(
                 os.remove(leftover)
             except FileNotFoundError:
                 pass
-    return out
 
 
 def load_truth(case_dir: str | os.PathLike[str]) -> pd.DataFrame:
