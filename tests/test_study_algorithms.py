@@ -96,3 +96,17 @@ def test_cli_rejects_an_unknown_algorithm(tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "spectral" in err and all(a in err for a in ALGORITHMS)
+
+
+def test_hdbscan_noise_overlaps_the_planted_outliers(study):
+    root, result, truth = study
+    res = pd.read_csv(root / "study" / "results.csv")
+    outlier = truth["is_outlier"].to_numpy()
+    for name in ("vdc_color", "vdc_type"):
+        noise = res[f"cluster_{name}_hdbscan"].to_numpy() == -1
+        precision = outlier[noise].mean() if noise.any() else 0.0
+        recall = noise[outlier].mean()
+        print(f"{name}: HDBSCAN noise {noise.mean():.1%} of rows, precision vs planted outliers "
+              f"{precision:.3f} (chance {outlier.mean():.3f}), recall {recall:.3f}")
+        assert noise.any()
+        assert precision > 2 * outlier.mean()
