@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_array, validate_data
 from threadpoolctl import threadpool_limits
 
-from .._blocks import as_dask, block_rows_for, map_blocks_reduce, parse_memory
+from .._blocks import as_dask, block_rows_for, iter_blocks, map_blocks_reduce, parse_memory
 
 __all__: list[str] = []
 
@@ -135,15 +135,41 @@ def resolve_block_rows(
 
 
 def to_blockable(X: Any, block_rows: int) -> Any:
-    """Dask view of ``X`` chunked in ``block_rows`` rows.
-
-    numpy arrays are wrapped with ``name=False`` so Dask does not hash the whole
-    array (sha1, ~1 GB/s) on every pass; everything else goes through
-    :func:`streamclust._blocks.as_dask`.
-    """
-    if isinstance(X, np.ndarray):
-        return da.from_array(X, chunks=(block_rows, X.shape[1]), name=False)
+    """Dask view of ``X`` chunked in ``block_rows`` rows (:func:`streamclust._blocks.as_dask`)."""
     return as_dask(X, block_rows)
+
+
+def map_rows(func: Callable[[np.ndarray], np.ndarray], X: Any, lazy: bool, block_rows: int, *,
+             dtype: Any, n_cols: int | None = None) -> Any:
+    """Apply a per-block function to every row block of ``X``.
+
+    Parameters
+    ----------
+    func : callable ``(block (r, d)) -> (r,) or (r, n_cols)``
+    X : array-like, shape (n_samples, n_features)
+    lazy : bool
+        From :func:`check_X`: return a lazy Dask array (one task per block)
+        instead of filling a numpy array block by block.
+    block_rows : int
+    dtype : dtype of the output
+    n_cols : int, optional
+        Columns of the output; ``None`` for one value per row.
+
+    Returns
+    -------
+    ndarray or dask.array.Array, shape (n_samples,) or (n_samples, n_cols)
+    """
+    dtype = np.dtype(dtype)
+    if lazy:
+        arr = to_blockable(X, block_rows)
+        if n_cols is None:
+            return arr.map_blocks(func, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype))
+        return arr.map_blocks(func, dtype=dtype, chunks=(arr.chunks[0], (n_cols,)),
+                              meta=np.empty((0, 0), dtype))
+    out = np.empty((X.shape[0],) if n_cols is None else (X.shape[0], n_cols), dtype=dtype)
+    for rows, block in iter_blocks(X, block_rows):
+        out[rows] = func(block)
+    return out
 
 
 def fold_blocks(

@@ -73,7 +73,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._blocks import iter_blocks, parse_memory
 from ..errors import MemoryBudgetError
-from ._utils import check_finite, check_X, float_dtype, fold_blocks, resolve_block_rows, to_blockable
+from ._utils import check_finite, check_X, float_dtype, fold_blocks, resolve_block_rows, map_rows
 from .kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
 
 __all__ = [
@@ -917,13 +917,7 @@ class StreamingBirch(_TreeMixin, ClusterMixin, BaseEstimator):
         X, lazy = check_X(self, X, reset=False)
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
         f = _PredictLeaf(self._stat_shift, self.subcluster_centers_, self.subcluster_labels_)
-        if lazy:
-            arr = to_blockable(X, br)
-            return arr.map_blocks(f, drop_axis=1, dtype=np.int32, meta=np.empty((0,), np.int32))
-        out = np.empty(X.shape[0], dtype=np.int32)
-        for rows, block in iter_blocks(X, br):
-            out[rows] = f(block)
-        return out
+        return map_rows(f, X, lazy, br, dtype=np.int32)
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit and return ``labels_`` (numpy for every kind of input).

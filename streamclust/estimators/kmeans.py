@@ -17,7 +17,6 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-import dask.array as da
 import numpy as np
 from sklearn.base import (
     BaseEstimator,
@@ -40,7 +39,7 @@ from ._utils import (
     float_dtype,
     fold_blocks,
     resolve_block_rows,
-    to_blockable,
+    map_rows,
 )
 
 __all__ = ["StreamingKMeans", "kmeans_sweep"]
@@ -659,20 +658,9 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         X, lazy = check_X(self, X, reset=False)
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
         f = _Predict(self._shift, self.cluster_centers_, what)
-        k = self.n_clusters
-        cd = float_dtype(X.dtype)
-        if lazy:
-            arr = to_blockable(X, br)
-            if what == "labels":
-                return arr.map_blocks(f, drop_axis=1, dtype=np.int32, meta=np.empty((0,), np.int32))
-            return arr.map_blocks(
-                f, dtype=cd, chunks=(arr.chunks[0], (k,)), meta=np.empty((0, 0), cd)
-            )
-        out = np.empty((X.shape[0],) if what == "labels" else (X.shape[0], k),
-                       dtype=np.int32 if what == "labels" else cd)
-        for rows, block in iter_blocks(X, br):
-            out[rows] = f(block)
-        return out
+        if what == "labels":
+            return map_rows(f, X, lazy, br, dtype=np.int32)
+        return map_rows(f, X, lazy, br, dtype=float_dtype(X.dtype), n_cols=self.n_clusters)
 
     def predict(self, X: Any) -> Any:
         """Index of the nearest centre of every row.

@@ -47,8 +47,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from .._blocks import iter_blocks
-from ._utils import check_finite, check_X, fold_blocks, resolve_block_rows, take_rows, to_blockable
+from ._utils import check_finite, check_X, fold_blocks, resolve_block_rows, take_rows, map_rows
 from .kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
 
 __all__ = ["StreamingGaussianMixture"]
@@ -504,21 +503,9 @@ class StreamingGaussianMixture(DensityMixin, BaseEstimator):
         X, lazy = check_X(self, X, reset=False)
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
         f = _Infer(self._shift, self._params, self.covariance_type, what)
-        k = self.n_components
-        if lazy:
-            arr = to_blockable(X, br)
-            if what == "proba":
-                return arr.map_blocks(f, dtype=np.float64, chunks=(arr.chunks[0], (k,)),
-                                      meta=np.empty((0, 0), np.float64))
-            dtype = np.int64 if what == "labels" else np.float64
-            return arr.map_blocks(f, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype))
         if what == "proba":
-            out = np.empty((X.shape[0], k))
-        else:
-            out = np.empty(X.shape[0], dtype=np.int64 if what == "labels" else np.float64)
-        for rows, block in iter_blocks(X, br):
-            out[rows] = f(block)
-        return out
+            return map_rows(f, X, lazy, br, dtype=np.float64, n_cols=self.n_components)
+        return map_rows(f, X, lazy, br, dtype=np.int64 if what == "labels" else np.float64)
 
     def predict(self, X: Any) -> Any:
         """Most probable component of every row.

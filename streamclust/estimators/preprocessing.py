@@ -39,6 +39,7 @@ from ._utils import (
     fold_blocks,
     resolve_block_rows,
     to_blockable,
+    map_rows,
 )
 
 __all__ = ["l2_normalize", "StreamingScaler", "StreamingPCA"]
@@ -658,20 +659,8 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         check_is_fitted(self, "components_")
         X, lazy = check_X(self, X, reset=False)
         f = _Transform(bool(self.l2_normalize), self.mean_, self._projection())
-        k = self.n_components_
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
-        if lazy:
-            arr = to_blockable(X, br)
-            return arr.map_blocks(
-                f,
-                dtype=np.float32,
-                chunks=(arr.chunks[0], (k,)),
-                meta=np.empty((0, 0), np.float32),
-            )
-        out = np.empty((X.shape[0], k), dtype=np.float32)
-        for rows, block in iter_blocks(X, br):
-            out[rows] = f(block)
-        return out
+        return map_rows(f, X, lazy, br, dtype=np.float32, n_cols=self.n_components_)
 
     def inverse_transform(self, X: Any) -> Any:
         """Map projections back to the (L2-normalised) feature space.
