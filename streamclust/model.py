@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import StoreError
 from .estimators import KNNOutlierDetector, StreamingKMeans, StreamingPCA
-from .estimators.outliers import _QUERY_LOCK, _build_index
+from .estimators.outliers import _build_index
 from .persist import load_model_dir, save_model_dir
 
 __all__ = ["DescriptorSetModel", "DriftReport", "DriftAccumulator", "drift_report", "distance_quantiles", "MODEL_KIND"]
@@ -95,24 +95,8 @@ class DescriptorSetModel:
         return np.column_stack([labels, scores, dist]).astype(np.float64)
 
     def _outlier_scores(self, reduced: np.ndarray) -> np.ndarray:
-        det = self.detector
-        k = det.n_neighbors_
-        ref = det.reference_
-        kq = min(k + 1, ref.shape[0])
-        with _QUERY_LOCK:  # the index keeps per-query scratch state
-            ind, dist = det.index_.query(np.ascontiguousarray(reduced, np.float32), k=kq,
-                                         epsilon=det.search_epsilon_)
-        ind = np.asarray(ind, np.int64)
-        dist = np.asarray(dist, np.float32)
-        # a row identical to a reference row is that row: drop it, else drop the farthest
-        is_self = (dist[:, 0] == 0) & np.all(ref[ind[:, 0]] == reduced.astype(np.float32), axis=1)
-        if kq > k:
-            keep = np.ones(ind.shape, bool)
-            keep[is_self, 0] = False
-            keep[~is_self, -1] = False
-            ind = ind[keep].reshape(len(ind), k)
-            dist = dist[keep].reshape(len(dist), k)
-        return det._score_from(ind, dist)  # noqa: SLF001 - same scoring as the study
+        ind, dist = self.detector._kneighbors_block(reduced, None, identical_is_self=True)  # noqa: SLF001
+        return self.detector._score_from(ind, dist)  # noqa: SLF001 - same scoring as the study
 
     def assign(self, X: Any) -> dict[str, Any]:
         """Label and screen rows of this descriptor set.

@@ -662,12 +662,14 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         self.threshold_rule_ = rule
 
     # ----------------------------------------------------------------- queries
-    def _kneighbors_block(self, block: np.ndarray,
-                          row_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _kneighbors_block(self, block: np.ndarray, row_ids: np.ndarray | None, *,
+                          identical_is_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``k`` neighbours of each row of one block: (int64 positions in the reference,
         float32 distances), sorted by distance; reference rows (by ``row_ids``) skip
         themselves.  Always queries ``k + 1`` so results do not depend on ``row_ids``
-        for rows outside the reference."""
+        for rows outside the reference.  With ``identical_is_self`` (rows of unknown
+        origin, e.g. a saved model applied to new data), a row equal to its nearest
+        reference row is taken to be that row."""
         block = np.ascontiguousarray(block, dtype=np.float32)
         if not np.all(np.isfinite(block)):
             raise ValueError("Input X contains NaN or infinity.")
@@ -686,6 +688,9 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         ind = np.asarray(ind, dtype=np.int64)
         dist = np.asarray(dist, dtype=np.float32)
         drop = np.zeros(ind.shape, dtype=bool)
+        if identical_is_self:
+            same = (dist[:, 0] == 0) & np.all(self.reference_[ind[:, 0]] == block, axis=1)
+            row_ids = np.where(same, self.reference_indices_[ind[:, 0]], -1)
         if row_ids is not None:
             ref = self.reference_indices_
             pos = np.searchsorted(ref, row_ids)
