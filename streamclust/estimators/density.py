@@ -48,7 +48,6 @@ pynndescent compiles its build kernels with numba once per process (~20 s).
 from __future__ import annotations
 
 import numbers
-import threading
 import time
 import warnings
 from typing import Any
@@ -63,6 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from .._blocks import iter_blocks, map_blocks_reduce, parse_memory
 from ._utils import check_finite, check_X, resolve_block_rows, take_rows, to_blockable
+from .outliers import _QUERY_LOCK  # the one process-wide lock for pynndescent queries (see there)
 
 __all__ = ["SampledHDBSCAN", "hdbscan_mst"]
 
@@ -75,9 +75,6 @@ _EPSILONS = (0.1, 0.2, 0.3, 0.5)
 #: Rows outside the sample probing the recall of the index at fit.
 _N_PROBE = 256
 
-#: Serialises pynndescent queries (the index keeps per-index scratch arrays and
-#: numba's default threading layer must not be entered by two threads at once).
-_QUERY_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------- #

@@ -54,7 +54,6 @@ disk); later fits in the same process do not pay it again.
 from __future__ import annotations
 
 import numbers
-import threading
 import warnings
 from typing import Any, Literal
 
@@ -67,10 +66,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._blocks import iter_blocks
 from ._utils import check_data, check_X, resolve_block_rows, take_rows, to_blockable
 
-try:  # one process-wide lock for every pynndescent query (see outliers.py)
-    from .outliers import _QUERY_LOCK
-except Exception:  # pragma: no cover - outliers module absent or renamed
-    _QUERY_LOCK = threading.Lock()
+from .outliers import _QUERY_LOCK  # one process-wide lock for every pynndescent query
 
 __all__ = ["pca_projection", "SampledUMAP", "umap_available", "EXACT_KNN_MAX_SAMPLE"]
 
