@@ -34,6 +34,7 @@ __all__ = [
     "iter_blocks",
     "map_blocks_reduce",
     "n_rows_of",
+    "read_rows",
 ]
 
 #: Memory budget used when none is given: 1 GiB.
@@ -179,7 +180,8 @@ def _row_slices(n_rows: int, block_rows: int) -> list[slice]:
     return [slice(s, min(s + block_rows, n_rows)) for s in range(0, n_rows, block_rows)]
 
 
-def _read(X: Any, rows: slice) -> np.ndarray:
+def read_rows(X: Any, rows: slice) -> np.ndarray:
+    """Rows ``rows`` of a numpy, Zarr or Dask array as a numpy array."""
     block = X[rows]
     if hasattr(block, "compute"):  # a dask array
         block = block.compute()
@@ -231,10 +233,10 @@ def iter_blocks(
 
         bar = tqdm(total=n_rows_of(X), desc=desc, unit="rows", unit_scale=True, leave=False)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_read, X, slices[0]) if slices else None
+        pending = pool.submit(read_rows, X, slices[0]) if slices else None
         for i, rows in enumerate(slices):
             block = pending.result()
-            pending = pool.submit(_read, X, slices[i + 1]) if i + 1 < len(slices) else None
+            pending = pool.submit(read_rows, X, slices[i + 1]) if i + 1 < len(slices) else None
             yield rows, block
             if bar is not None:
                 bar.update(rows.stop - rows.start)

@@ -53,7 +53,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics.cluster import mutual_info_score
 
-from ._blocks import block_rows_for, iter_blocks
+from ._blocks import block_rows_for, iter_blocks, read_rows
+from .estimators._utils import take_rows
 from .errors import InputError
 
 __all__ = [
@@ -108,13 +109,6 @@ def _plain(arr: Any) -> Any:
     return arr
 
 
-def _read_rows(arr: Any, rows: slice) -> np.ndarray:
-    block = arr[rows]
-    if hasattr(block, "compute"):
-        block = block.compute()
-    return np.asarray(block)
-
-
 def _as_labels(block: np.ndarray, name: str, start: int) -> np.ndarray:
     """Check an integer label block; floats must be integral."""
     block = np.asarray(block).reshape(-1)
@@ -144,22 +138,12 @@ def _iter_aligned(arrays: Sequence[Any], block_rows: int) -> Iterator[tuple[slic
     """Row blocks of several ``(n, ...)`` arrays, the first read ahead by iter_blocks."""
     first, rest = arrays[0], arrays[1:]
     for rows, block in iter_blocks(first, block_rows):
-        yield rows, [block] + [_read_rows(a, rows) for a in rest]
+        yield rows, [block] + [read_rows(a, rows) for a in rest]
 
 
 def _take_rows(arr: Any, idx: np.ndarray, block_rows: int) -> np.ndarray:
-    """Rows ``idx`` (sorted, unique) of a numpy, Zarr or Dask array, read block by block."""
-    arr = _plain(arr)
-    if isinstance(arr, np.ndarray):
-        return np.asarray(arr[idx])
-    parts = []
-    for rows, block in iter_blocks(arr, block_rows):
-        lo, hi = np.searchsorted(idx, [rows.start, rows.stop])
-        if hi > lo:
-            parts.append(block[idx[lo:hi] - rows.start])
-    if not parts:
-        return np.empty((0,) + tuple(arr.shape[1:]), dtype=arr.dtype)
-    return np.concatenate(parts)
+    """Rows ``idx`` (sorted, unique) of a pandas, numpy, Zarr or Dask array, read block by block."""
+    return take_rows(_plain(arr), idx, block_rows)
 
 
 # ---------------------------------------------------------------------------
@@ -480,7 +464,7 @@ def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 
     if not p.is_file():
         raise InputError(f"{p}: no such metadata file.")
     ids = _plain(ids)
-    ids_norm = _normalise_paths(ids if isinstance(ids, np.ndarray) else _read_rows(ids, slice(None)))
+    ids_norm = _normalise_paths(ids if isinstance(ids, np.ndarray) else read_rows(ids, slice(None)))
     n = len(ids_norm)
     if n == 0:
         raise InputError(f"{p}: no image ids to align the metadata to.")
