@@ -14,8 +14,11 @@ n_features)``.  Blocks are always numpy arrays of shape ``(rows, n_features)``.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,6 +38,7 @@ __all__ = [
     "map_blocks_reduce",
     "n_rows_of",
     "read_rows",
+    "release_memory",
 ]
 
 #: Memory budget used when none is given: 1 GiB.
@@ -58,6 +62,33 @@ _UNITS = {
 }
 
 T = TypeVar("T")
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None on other C libraries (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand the heap pages freed by a finished pass back to the operating system.
+
+    glibc keeps freed block buffers in its heaps (one per thread that allocated
+    them) and raises its mmap threshold after large frees, so without this the
+    resident size of a process only ever grows to the largest pass it has run,
+    and every later stage (numba compilation, the kNN index) stacks on top.
+    ``dask.distributed`` workers trim the same way.  A no-op off glibc.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def parse_memory(size: str | int | float | None) -> int:
@@ -242,6 +273,7 @@ def iter_blocks(
                 bar.update(rows.stop - rows.start)
     if bar is not None:
         bar.close()
+    release_memory()
 
 
 def map_blocks_reduce(
@@ -276,6 +308,7 @@ def map_blocks_reduce(
         for i, blk in enumerate(delayed_blocks)
     ]
     results = list(dask.compute(*tasks))
+    release_memory()
     if combine is None:
         return results
     out = results[0]

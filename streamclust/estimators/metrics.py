@@ -23,10 +23,12 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial.distance import cdist
+from sklearn import config_context
 from sklearn.metrics import silhouette_score
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
+from .._blocks import parse_memory
 from ._utils import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
 from .kmeans import _assign_many, _prep_centers, _shifted, _sub_rows
 
@@ -368,4 +370,8 @@ def sampled_silhouette(
         lab = np.asarray(labels[idx].compute())
     else:
         lab = as_labels(labels, n)[idx]
-    return float(silhouette_score(rows, lab))
+    # scikit-learn computes the (m, m) distances in chunks of `working_memory` MiB (1 GiB by
+    # default): bound them by the budget like every other pass
+    chunk_mib = max(8, min(64, (parse_memory(memory) >> 20) // 16))
+    with config_context(working_memory=chunk_mib):
+        return float(silhouette_score(rows, lab))
