@@ -27,7 +27,9 @@ import concurrent.futures
 import hashlib
 import io
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,16 @@ def _check_2d_numeric(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tu
     return int(shape[0]), int(shape[1])
 
 
+#: What the numpy, zipfile, zlib, csv and pandas readers raise on a malformed file.
+_FORMAT_ERRORS = (OSError, EOFError, ValueError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile,
+                  zlib.error, NotImplementedError, UnicodeDecodeError)
+
+
+def _unreadable(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"{path}: malformed or truncated {path.suffix or 'file'} "
+                      f"({type(exc).__name__}: {exc}); export it again.")
+
+
 class _NpySource:
     """A ``.npy`` file, memory-mapped (never loaded whole, never unpickled)."""
 
@@ -106,6 +118,14 @@ class _SequentialSource:
         raise NotImplementedError
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._read_rows(start, stop)
+        except InputError:
+            raise
+        except _FORMAT_ERRORS as exc:
+            raise _unreadable(self.path, exc) from exc
+
+    def _read_rows(self, start: int, stop: int) -> np.ndarray:
         if not hasattr(self, "_it") or start < self._pos:
             self._it, self._pos, self._buf = self._chunks(), 0, np.empty((0, self.shape[1]), self.dtype)
         parts = []
@@ -298,14 +318,15 @@ def open_source(spec: str | os.PathLike[str], *, allow_restricted_pickle: bool =
     suffix = path.suffix.lower()
     if suffix in (".pickle", ".pkl"):
         return open_pickled_array(path, allow_restricted=allow_restricted_pickle)
-    if suffix == ".npy":
-        return _NpySource(path)
-    if suffix == ".npz":
-        return _NpzSource(path, key)
-    if suffix in (".csv", ".txt"):
-        return _CsvSource(path)
-    if suffix == ".parquet":
-        return _ParquetSource(path)
+    readers = {".npy": _NpySource, ".npz": lambda p: _NpzSource(p, key), ".csv": _CsvSource,
+               ".txt": _CsvSource, ".parquet": _ParquetSource}
+    if suffix in readers:
+        try:
+            return readers[suffix](path)
+        except InputError:
+            raise
+        except _FORMAT_ERRORS as exc:
+            raise _unreadable(path, exc) from exc
     raise InputError(
         f"{path}: unknown descriptor format {suffix!r}; use one of {', '.join(DESCRIPTOR_SUFFIXES)}."
     )

@@ -141,10 +141,10 @@ class RunGroup:
         resumed; deleting frees the space a full disk needs).  It stays out of
         :meth:`CaseStore.runs`.  If even the status cannot be written (the disk is full),
         the run keeps ``status="running"``, which is not listed either."""
-        try:
-            self.group.attrs.update({"status": "failed", "finished": now_iso(), "error": reason})
+        try:  # deleting first frees space for the status
             for name in [n for n, _ in self.group.members()]:
                 del self.group[name]
+            self.group.attrs.update({"status": "failed", "finished": now_iso(), "error": reason})
         except OSError:
             pass
 
