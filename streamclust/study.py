@@ -243,11 +243,14 @@ _OUTPUTS = ("results.csv", "outliers.csv", "clusters.csv", "comparison.csv", "me
 
 
 def _output_state(out: Path) -> dict[Path, int]:
-    """Modification times (ns) of the study outputs in ``out`` and of each ``models/<set>``."""
+    """Modification times (ns) of the study outputs in ``out`` and of each ``models/<set>``
+    (``models`` itself counts by its existence only)."""
     entries = [out / name for name in _OUTPUTS] + [p for p in out.glob(".*.tmp")]
+    state = {}
     if (out / "models").is_dir():
         entries += list((out / "models").iterdir())
-    return {p: p.lstat().st_mtime_ns for p in entries if p.exists() or p.is_symlink()}
+        state[out / "models"] = 0
+    return state | {p: p.lstat().st_mtime_ns for p in entries if p.exists() or p.is_symlink()}
 
 
 def _discard_outputs(out: Path, before: dict[Path, int]) -> None:
