@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--allow-restricted-pickle", action="store_true",
                       help="load pickles that are not a plain ndarray (e.g. a DataFrame) with a loader "
                            "restricted to numpy/pandas classes; loads such files whole into memory")
+    conv.add_argument("--nan", choices=("fail", "drop", "impute"), default="fail",
+                      help="rows holding NaN/Inf: fail naming them (default); drop them from every set "
+                           "and the ids (listed in STORE_STEM.dropped_rows.csv); or impute column means")
 
     study = sub.add_parser(
         "study", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,7 +146,12 @@ def _run_convert(args: argparse.Namespace, say) -> None:
     t0 = time.perf_counter()
     store = convert_case(args.case_dir, args.out, descriptors=dict(args.descriptor or []) or None,
                          paths_csv=args.paths, memory=args.memory,
-                         allow_restricted_pickle=args.allow_restricted_pickle, progress=not args.quiet)
+                         allow_restricted_pickle=args.allow_restricted_pickle, progress=not args.quiet,
+                         nan_policy=args.nan)
+    dropped = store.ids.attrs.get("dropped_rows", 0)
+    if dropped:
+        print(f"dropped {dropped} rows holding NaN/Inf, listed in {store.ids.attrs['dropped_rows_report']}",
+              flush=True)
     say(f"wrote {store.path}: {store.n_rows} images, sets {', '.join(store.descriptor_names())} "
         f"in {time.perf_counter() - t0:.1f} s")
 

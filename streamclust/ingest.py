@@ -15,8 +15,9 @@ Formats (chosen by extension):
 
 Every reader exposes ``shape``, ``dtype`` and ``read_rows(start, stop)`` returning
 ``(stop - start, d)`` arrays; rows are read in increasing order.  Conversion
-checks row counts against ``images_paths.csv``, refuses non-finite values naming
-the first bad row, stores float32 with provenance attributes and resumes an
+checks row counts against ``images_paths.csv``, handles rows with NaN/Inf by
+``nan_policy`` (refuse naming the first bad rows, drop them from every set, or
+impute column means), stores float32 with provenance attributes and resumes an
 interrupted conversion where it stopped.
 """
 
@@ -26,7 +27,9 @@ import concurrent.futures
 import hashlib
 import io
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +40,8 @@ import numpy as np
 from ._blocks import parse_memory
 from ._pickle_stream import open_pickled_array
 from .errors import InputError, StoreError
-from .store import CaseStore, now_iso
+from .persist import write_atomic
+from .store import CaseStore, disk_full_error, now_iso
 
 __all__ = [
     "DESCRIPTOR_SUFFIXES",
@@ -48,6 +52,8 @@ __all__ = [
     "read_paths_csv",
     "convert_case",
     "convert_descriptor",
+    "NAN_POLICIES",
+    "dropped_rows_report_path",
 ]
 
 DESCRIPTOR_SUFFIXES = (".pickle", ".pkl", ".npy", ".npz", ".csv", ".txt", ".parquet")
@@ -73,6 +79,16 @@ def _check_2d_numeric(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tu
     if shape[0] == 0 or shape[1] == 0:
         raise InputError(f"{path}: the array is empty (shape {shape}).")
     return int(shape[0]), int(shape[1])
+
+
+#: What the numpy, zipfile, zlib, csv and pandas readers raise on a malformed file.
+_FORMAT_ERRORS = (OSError, EOFError, ValueError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile,
+                  zlib.error, NotImplementedError, UnicodeDecodeError)
+
+
+def _unreadable(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"{path}: malformed or truncated {path.suffix or 'file'} "
+                      f"({type(exc).__name__}: {exc}); export it again.")
 
 
 class _NpySource:
@@ -102,6 +118,14 @@ class _SequentialSource:
         raise NotImplementedError
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._read_rows(start, stop)
+        except InputError:
+            raise
+        except _FORMAT_ERRORS as exc:
+            raise _unreadable(self.path, exc) from exc
+
+    def _read_rows(self, start: int, stop: int) -> np.ndarray:
         if not hasattr(self, "_it") or start < self._pos:
             self._it, self._pos, self._buf = self._chunks(), 0, np.empty((0, self.shape[1]), self.dtype)
         parts = []
@@ -294,14 +318,15 @@ def open_source(spec: str | os.PathLike[str], *, allow_restricted_pickle: bool =
     suffix = path.suffix.lower()
     if suffix in (".pickle", ".pkl"):
         return open_pickled_array(path, allow_restricted=allow_restricted_pickle)
-    if suffix == ".npy":
-        return _NpySource(path)
-    if suffix == ".npz":
-        return _NpzSource(path, key)
-    if suffix in (".csv", ".txt"):
-        return _CsvSource(path)
-    if suffix == ".parquet":
-        return _ParquetSource(path)
+    readers = {".npy": _NpySource, ".npz": lambda p: _NpzSource(p, key), ".csv": _CsvSource,
+               ".txt": _CsvSource, ".parquet": _ParquetSource}
+    if suffix in readers:
+        try:
+            return readers[suffix](path)
+        except InputError:
+            raise
+        except _FORMAT_ERRORS as exc:
+            raise _unreadable(path, exc) from exc
     raise InputError(
         f"{path}: unknown descriptor format {suffix!r}; use one of {', '.join(DESCRIPTOR_SUFFIXES)}."
     )
@@ -425,61 +450,259 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: How :func:`convert_case` treats rows holding NaN or Inf (see its ``nan_policy``).
+NAN_POLICIES = ("fail", "drop", "impute")
+
+#: Bad rows named in a ``nan_policy="fail"`` error.
+_N_NAMED_ROWS = 5
+
+
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    """``block`` as float32; values beyond float32's range become Inf (then checked as such)."""
+    with np.errstate(over="ignore"):
+        return block.astype(np.float32, copy=False)
+
+
+def _block_rows(memory: str | int | None, n_features: int, chunk: int) -> int:
+    """Source rows per conversion block: a multiple of the store's ``chunk`` rows; one block is
+    the source rows, a float32 copy and compression buffers (1/32 of ``memory``)."""
+    return max(chunk, (parse_memory(memory) // 32) // (n_features * 8) // chunk * chunk)
+
+
+def _check_policy(nan_policy: str) -> None:
+    if nan_policy not in NAN_POLICIES:
+        raise InputError(f"nan_policy={nan_policy!r} should be one of {', '.join(NAN_POLICIES)}.")
+
+
+@dataclass
+class _FiniteScan:
+    """One pass over a source: its rows holding NaN/Inf and the column means of the finite values."""
+
+    bad_rows: np.ndarray  # (n_bad,) int64, sorted source rows
+    reasons: list[str]  # (n_bad,) "NaN", "Inf" or "NaN and Inf"
+    column_sum: np.ndarray  # (d,) float64 sum of the finite values per column
+    column_count: np.ndarray  # (d,) int64 finite values per column
+
+    def column_means(self, path: Path) -> np.ndarray:
+        """``(d,)`` float64 means of the finite values; a column without any is refused."""
+        empty = np.flatnonzero(self.column_count == 0)
+        if len(empty):
+            raise InputError(
+                f"{path}: column {int(empty[0])} holds no finite value, so nan_policy='impute' has "
+                "no mean to fill it with; fix the file or use nan_policy='drop'."
+            )
+        return self.column_sum / self.column_count
+
+
+def _scan_finite(source: ArraySource, block_rows: int) -> _FiniteScan:
+    """Read ``source`` once, block by block (bounded memory), and find its non-finite values."""
+    n, d = source.shape
+    bad, reasons = [], []
+    total, count = np.zeros(d), np.zeros(d, np.int64)
+    for start in range(0, n, block_rows):
+        block = _as_float32(source.read_rows(start, min(n, start + block_rows)))
+        finite = np.isfinite(block)
+        total += np.where(finite, block, 0).sum(axis=0, dtype=np.float64)
+        count += finite.sum(axis=0)
+        rows = np.flatnonzero(~finite.all(axis=1))
+        if len(rows):
+            has_nan = np.isnan(block[rows]).any(axis=1)
+            has_inf = np.isinf(block[rows]).any(axis=1)
+            bad.append(start + rows)
+            reasons += ["NaN and Inf" if a and b else ("NaN" if a else "Inf") for a, b in zip(has_nan, has_inf)]
+    rows = np.concatenate(bad) if bad else np.empty(0, np.int64)
+    return _FiniteScan(rows.astype(np.int64), reasons, total, count)
+
+
+@dataclass
+class _DroppedRows:
+    """Source rows left out of the store (``nan_policy="drop"``), the same for every set."""
+
+    rows: np.ndarray  # (n_dropped,) int64, sorted, unique
+    n_source: int
+
+    @property
+    def n_kept(self) -> int:
+        return self.n_source - len(self.rows)
+
+    @property
+    def key(self) -> str:
+        """Identifies the kept rows, so a resumed conversion never mixes two row selections."""
+        return f"drop:{len(self.rows)}:{hashlib.sha256(self.rows.tobytes()).hexdigest()[:16]}"
+
+    def source_row(self, store_row: int) -> int:
+        """The source row that becomes ``store_row``."""
+        shifted = self.rows - np.arange(len(self.rows))
+        return store_row + int(np.searchsorted(shifted, store_row, side="right"))
+
+    def keep(self, start: int, stop: int) -> np.ndarray:
+        """``(stop - start,)`` bool: which source rows of ``start:stop`` are kept."""
+        return ~np.isin(np.arange(start, stop), self.rows[(self.rows >= start) & (self.rows < stop)])
+
+
+def _bad_rows_error(path: Path, rows: np.ndarray, store: CaseStore) -> InputError:
+    named = ", ".join(str(int(r)) for r in rows[:_N_NAMED_ROWS])
+    more = f" (and {len(rows) - _N_NAMED_ROWS} more in this block)" if len(rows) > _N_NAMED_ROWS else ""
+    verb = "holds" if len(rows) == 1 else "hold"
+    return InputError(
+        f"{path}: row{'s' if len(rows) > 1 else ''} {named}{more} {verb} NaN or Inf; fix or drop "
+        f"those images, or convert with nan_policy='drop' or 'impute' (--nan drop|impute) "
+        f"(rows before them are kept in {store.path} and the conversion resumes there)."
+    )
+
+
 def convert_descriptor(
     store: CaseStore, name: str, source: ArraySource, *, memory: str | int | None = None,
-    progress: bool = False,
+    progress: bool = False, nan_policy: str = "fail", dropped: _DroppedRows | None = None,
 ) -> None:
     """Copy one raw array into ``descriptors/<name>`` as float32, resuming if interrupted.
+
+    Parameters
+    ----------
+    store : CaseStore
+        Holds the ids already (``store.n_rows`` rows).
+    name : str
+        The descriptor set.
+    source : ArraySource, shape (n_source, d)
+    memory : str or int, optional
+        Memory budget; a block takes 1/32 of it.
+    progress : bool
+        A progress bar.
+    nan_policy : {"fail", "drop", "impute"}
+        ``"fail"``: refuse the first block with NaN/Inf, naming its bad rows.
+        ``"drop"``: leave out the rows of ``dropped`` (found by :func:`convert_case`
+        over every set).  ``"impute"``: replace each NaN/Inf by its column's mean
+        over the finite values (one more pass over the source, made only when a
+        bad value is met); recorded in the array's attributes.
+    dropped : _DroppedRows, optional
+        The rows left out with ``nan_policy="drop"``.
 
     Raises
     ------
     InputError
-        Row count differs from the store's ids, or a row holds NaN/Inf (the
-        first bad row is named).  Rows already written stay, marked incomplete.
+        Row count differs from the store's ids, or (``"fail"``) a row holds NaN/Inf
+        (the first bad rows are named).  Rows already written stay, marked
+        incomplete, and the next run resumes after them.
+    StoreError
+        The disk is full (the error names the path; the rows written stay for the
+        resume), or a complete set ``name`` of another width exists.
     """
+    _check_policy(nan_policy)
     n, d = source.shape
-    if n != store.n_rows:
+    n_store = dropped.n_kept if dropped is not None else n
+    if n_store != store.n_rows:
         raise InputError(
             f"{source.path}: has {n} rows but the image paths list {store.n_rows}; "
             "row i of every descriptor file must be image i of images_paths.csv."
         )
+    row_policy = dropped.key if dropped is not None else ("impute" if nan_policy == "impute" else "all")
     attrs = {
         "source": str(source.path),
         "source_size": source.path.stat().st_size,
         "source_dtype": str(source.dtype),
         "source_fingerprint": _fingerprint(source.path),
         "converted": now_iso(),
+        "nan_policy": nan_policy,
+        "row_policy": row_policy,
     }
-    arr, done = store.open_descriptor_for_writing(name, n, d, attrs)
+    if dropped is not None:
+        attrs["dropped_rows"] = len(dropped.rows)
+    arr, done = store.open_descriptor_for_writing(name, n_store, d, attrs)
     if arr.attrs.get("status") == "complete":
         return
-    chunk = arr.chunks[0]
-    # one block: the source rows, a float32 copy and compression buffers
-    per_block = max(chunk, (parse_memory(memory) // 32) // (d * 8) // chunk * chunk)
+    per_block = _block_rows(memory, d, arr.chunks[0])
+    means = None
+    imputed = {"imputed_rows": int(arr.attrs.get("imputed_rows", 0)),
+               "imputed_values": int(arr.attrs.get("imputed_values", 0))}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, initial=done, desc=f"convert {name}", unit="rows", unit_scale=True)
+        bar = tqdm(total=n_store, initial=done, desc=f"convert {name}", unit="rows", unit_scale=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(_sha256, source.path)
-        for start in range(done, n, per_block):
+        out = done
+        first = dropped.source_row(done) if dropped is not None else done
+        for start in range(first, n, per_block):
             stop = min(n, start + per_block)
-            block = source.read_rows(start, stop)
-            finite = np.isfinite(block).all(axis=1)
+            block = _as_float32(source.read_rows(start, stop))
+            rows = np.arange(start, stop)
+            if dropped is not None:
+                keep = dropped.keep(start, stop)
+                block, rows = block[keep], rows[keep]
+            finite = np.isfinite(block)
             if not finite.all():
-                bad = start + int(np.flatnonzero(~finite)[0])
-                raise InputError(
-                    f"{source.path}: row {bad} holds NaN or Inf; fix or drop that image "
-                    f"(rows before it are kept in {store.path} and the conversion resumes there)."
-                )
-            arr[start:stop] = block.astype(np.float32, copy=False)
-            arr.attrs["rows_written"] = stop
+                bad = np.flatnonzero(~finite.all(axis=1))
+                if nan_policy != "impute":  # "drop" left out every bad row already
+                    raise _bad_rows_error(source.path, rows[bad], store)
+                if means is None:
+                    scan = _scan_finite(source, per_block)
+                    means = scan.column_means(source.path).astype(np.float32)
+                    arr.attrs["impute_column_means"] = {  # the columns that had NaN/Inf
+                        str(j): float(means[j]) for j in np.flatnonzero(scan.column_count < n)
+                    }
+                block = np.where(finite, block, means)
+                imputed["imputed_rows"] += len(bad)
+                imputed["imputed_values"] += int((~finite).sum())
+            try:
+                arr[out : out + len(block)] = block
+                arr.attrs.update({"rows_written": out + len(block), **imputed})
+            except OSError as exc:
+                raise disk_full_error(exc, store.path, f"writing descriptors/{name} rows "
+                                      f"{out}-{out + len(block)} (rows before {out} are kept; the "
+                                      "conversion resumes there)") or exc
+            out += len(block)
             if bar is not None:
-                bar.update(stop - start)
+                bar.update(len(block))
         arr.attrs.update({"source_sha256": digest.result(), "status": "complete"})
     if bar is not None:
         bar.close()
+
+
+def dropped_rows_report_path(store_path: str | os.PathLike[str]) -> Path:
+    """Where ``nan_policy="drop"`` lists the dropped rows: ``<store stem>.dropped_rows.csv``
+    next to the store (``case.zarr`` -> ``case.dropped_rows.csv``)."""
+    p = Path(store_path)
+    return p.with_name(f"{p.stem}.dropped_rows.csv")
+
+
+def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
+                       memory: str | int | None, report: Path) -> _DroppedRows:
+    """Scan every set once; rows with NaN/Inf in ANY set are dropped from all of them.
+
+    Writes ``report`` (``row, path, set, reason``: one line per bad row and set, rows
+    numbered as in the source files) when rows are dropped, removes a stale one otherwise.
+    """
+    import csv as csv_module
+
+    found = {name: _scan_finite(src, _block_rows(memory, src.shape[1], 1024)) for name, src in sources.items()}
+    rows = np.unique(np.concatenate([f.bad_rows for f in found.values()] + [np.empty(0, np.int64)]))
+    dropped = _DroppedRows(rows.astype(np.int64), n)
+    if not len(rows):
+        report.unlink(missing_ok=True)
+        return dropped
+    paths: dict[int, str] = {}
+    start = 0
+    for block in _path_blocks(paths_csv):
+        wanted = rows[(rows >= start) & (rows < start + len(block))]
+        paths.update({int(r): str(block[r - start]) for r in wanted})
+        start += len(block)
+    lines = io.StringIO()
+    writer = csv_module.writer(lines)
+    writer.writerow(["row", "path", "set", "reason"])
+    entries = sorted((int(r), name, reason) for name, f in found.items()
+                     for r, reason in zip(f.bad_rows, f.reasons))
+    writer.writerows([r, paths[r], name, reason] for r, name, reason in entries)
+    write_atomic(report, lines.getvalue())
+    return dropped
+
+
+def _kept_paths(blocks: Iterator[np.ndarray], dropped: _DroppedRows | None) -> Iterator[np.ndarray]:
+    """The path blocks without the dropped rows."""
+    start = 0
+    for block in blocks:
+        yield block if dropped is None else block[dropped.keep(start, start + len(block))]
+        start += len(block)
 
 
 def convert_case(
@@ -491,6 +714,7 @@ def convert_case(
     memory: str | int | None = None,
     allow_restricted_pickle: bool = False,
     progress: bool = False,
+    nan_policy: str = "fail",
 ) -> CaseStore:
     """Convert a case folder into a store (see :mod:`streamclust.store`).
 
@@ -510,11 +734,31 @@ def convert_case(
         See :func:`open_source`.
     progress : bool
         Progress bars.
+    nan_policy : {"fail", "drop", "impute"}
+        Rows holding NaN or Inf (also float64 values beyond float32's range).
+        ``"fail"`` (default): refuse, naming the file and its first bad rows.
+        ``"drop"``: one more pass over every set finds them; a row bad in ANY set
+        is left out of EVERY set and of the ids, so rows stay aligned; the ids'
+        attributes count them and ``<store stem>.dropped_rows.csv`` next to the
+        store lists ``row, path, set, reason`` (see :func:`dropped_rows_report_path`).
+        ``"impute"``: each NaN/Inf becomes its column's mean over the finite values
+        (one more pass over a set, only when it has a bad value); the array's
+        attributes record the means and the counts.
 
     Returns
     -------
     CaseStore
+        Its ids carry ``dropped_rows`` (count) and ``dropped_rows_report`` (path or None).
+
+    Raises
+    ------
+    InputError
+        A file is malformed, row counts differ, a path is bad, or (``"fail"``) a row
+        holds NaN/Inf.
+    StoreError
+        The store holds another case, a set of another width, or the disk is full.
     """
+    _check_policy(nan_policy)
     files = discover_case(case_dir, descriptors, paths_csv)
     sources = {
         name: open_source(path, allow_restricted_pickle=allow_restricted_pickle)
@@ -527,21 +771,38 @@ def convert_case(
                 f"{src.path}: has {src.shape[0]} rows but {files.paths_csv} lists {n} images; "
                 "row i of every descriptor file must be image i of the paths CSV."
             )
+    report = dropped_rows_report_path(out)
+    dropped = _find_dropped_rows(sources, files.paths_csv, n, memory, report) if nan_policy == "drop" else None
+    n_kept = dropped.n_kept if dropped is not None else n
+    if n_kept == 0:
+        raise InputError(f"{files.paths_csv}: every one of its {n} rows holds NaN or Inf in some set "
+                         f"(listed in {report}); nothing is left to convert.")
+    row_policy = dropped.key if dropped is not None else "all"
     store = CaseStore(out, mode="a")
     ids_ok = "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" and \
-        store.root["ids"].attrs.get("source_fingerprint") == _fingerprint(files.paths_csv)
+        store.root["ids"].attrs.get("source_fingerprint") == _fingerprint(files.paths_csv) and \
+        store.root["ids"].attrs.get("row_policy", "all") == row_policy
     if not ids_ok:
         if "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" \
-                and store.root["ids"].shape[0] != n and store.descriptor_names():
+                and store.root["ids"].shape[0] != n_kept and store.descriptor_names():
             raise StoreError(
                 f"{store.path}: already holds {store.root['ids'].shape[0]} images, "
-                f"{files.paths_csv} lists {n}; convert into a new store."
+                f"{files.paths_csv} lists {n_kept}"
+                + (f" after dropping {n - n_kept} rows with NaN/Inf" if n_kept != n else "")
+                + "; convert into a new store."
             )
-        store.write_ids(blocks, n, {
-            "source": str(files.paths_csv),
-            "source_size": files.paths_csv.stat().st_size,
-            "source_fingerprint": _fingerprint(files.paths_csv),
-        })
+        try:
+            store.write_ids(_kept_paths(blocks, dropped), n_kept, {
+                "source": str(files.paths_csv),
+                "source_size": files.paths_csv.stat().st_size,
+                "source_fingerprint": _fingerprint(files.paths_csv),
+                "row_policy": row_policy,
+                "dropped_rows": n - n_kept,
+                "dropped_rows_report": str(report) if n_kept != n else None,
+            })
+        except OSError as exc:
+            raise disk_full_error(exc, store.path, "writing the image paths (ids)") or exc
     for name, src in sources.items():
-        convert_descriptor(store, name, src, memory=memory, progress=progress)
+        convert_descriptor(store, name, src, memory=memory, progress=progress, nan_policy=nan_policy,
+                           dropped=dropped)
     return store

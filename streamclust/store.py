@@ -19,6 +19,7 @@ interrupted descriptor conversion is resumed from ``rows_written``.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
 import socket
 import uuid
@@ -38,6 +39,7 @@ __all__ = [
     "CaseStore",
     "RunGroup",
     "chunk_rows_for",
+    "disk_full_error",
     "now_iso",
 ]
 
@@ -53,6 +55,25 @@ _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 def now_iso() -> str:
     """Current UTC time as an ISO-8601 string (seconds)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def disk_full_error(exc: BaseException, path: str | os.PathLike[str], doing: str) -> StoreError | None:
+    """The one-line error for a full disk or quota, or None when ``exc`` is something else.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error raised while writing.
+    path : path
+        What was being written (the file named by ``exc`` wins when it has one).
+    doing : str
+        What was being done, e.g. ``"writing descriptors/osnet rows 0-4096"``.
+    """
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = exc.filename or path
+    return StoreError(f"{where}: no space left on device while {doing}; free some space and run "
+                      "the same command again.")
 
 
 def chunk_rows_for(n_features: int, itemsize: int = 4) -> int:
@@ -116,8 +137,16 @@ class RunGroup:
         self.group.attrs.update({"status": "complete", "finished": now_iso(), **(summary or {})})
 
     def fail(self, reason: str) -> None:
-        """Mark the run failed with a reason; it stays out of :meth:`CaseStore.runs`."""
-        self.group.attrs.update({"status": "failed", "finished": now_iso(), "error": reason})
+        """Mark the run failed with a reason and delete its arrays (a failed run cannot be
+        resumed; deleting frees the space a full disk needs).  It stays out of
+        :meth:`CaseStore.runs`.  If even the status cannot be written (the disk is full),
+        the run keeps ``status="running"``, which is not listed either."""
+        try:  # deleting first frees space for the status
+            for name in [n for n, _ in self.group.members()]:
+                del self.group[name]
+            self.group.attrs.update({"status": "failed", "finished": now_iso(), "error": reason})
+        except OSError:
+            pass
 
 
 class CaseStore:
@@ -210,22 +239,34 @@ class CaseStore:
     ) -> tuple[zarr.Array, int]:
         """Create ``descriptors/<name>`` or reopen an interrupted one to resume.
 
-        An existing array is resumed when its shape and its ``source_fingerprint``
-        match ``attrs``; a complete one with the same fingerprint is returned with
-        all rows written; anything else is replaced.
+        An existing array is resumed when its shape, its ``source_fingerprint`` and
+        its ``row_policy`` (which rows are kept, how NaN/Inf are handled) match
+        ``attrs``; a complete one with the same keys is returned with all rows
+        written; anything else is replaced, except a complete set of another
+        width, which is refused.
 
         Returns
         -------
         array : zarr.Array, shape (n_rows, n_features)
         rows_written : int
             Rows already converted (resume from here).
+
+        Raises
+        ------
+        StoreError
+            A complete set ``name`` with another number of features exists.
         """
         group = self.root.require_group("descriptors")
         if name in group:
             old = group[name]
-            same = (
-                old.shape == (n_rows, n_features)
-                and old.attrs.get("source_fingerprint") == attrs.get("source_fingerprint")
+            if old.attrs.get("status") == "complete" and old.shape[1] != n_features:
+                raise StoreError(
+                    f"{self.path}: descriptor set {name!r} has {old.shape[1]} features, "
+                    f"{attrs.get('source', 'the new file')} has {n_features}; convert it under "
+                    "another name or into a new store."
+                )
+            same = old.shape == (n_rows, n_features) and all(
+                old.attrs.get(key) == attrs.get(key) for key in ("source_fingerprint", "row_policy")
             )
             if same and old.attrs.get("status") == "complete":
                 return old, n_rows
@@ -265,7 +306,11 @@ class CaseStore:
         """Start a run ``runs/<timestamp>-<random>`` with ``status="running"``."""
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         run_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
-        group = self.root.require_group("runs").create_group(run_id)
+        try:
+            runs = self.root.require_group("runs")
+        except zarr.errors.ContainsGroupError:  # another study created it a moment ago
+            runs = self.root["runs"]
+        group = runs.create_group(run_id)  # exclusive: never reuses another study's id
         group.attrs.update(
             {**_base_attrs(), "status": "running", "params": params,
              "host": socket.gethostname(), "pid": os.getpid()}

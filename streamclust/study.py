@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ from .estimators import (
 from .model import DescriptorSetModel, distance_quantiles
 from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
 from .persist import write_atomic
-from .store import CaseStore, RunGroup
+from .store import CaseStore, RunGroup, disk_full_error
 
 __all__ = ["ALGORITHMS", "SetResult", "StudyResult", "choose_k", "parse_algorithms", "parse_k_range", "run_study"]
 
@@ -234,6 +235,34 @@ def _top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any,
     frame = frame.sort_values("outlier_score", ascending=False, kind="stable")
     frame.insert(1, "rank", np.arange(1, len(frame) + 1))
     return frame
+
+
+#: What a study writes into ``out_dir`` (besides ``models/<set>/`` and atomic-write temporaries).
+_OUTPUTS = ("results.csv", "outliers.csv", "clusters.csv", "comparison.csv", "metrics.csv",
+            "algorithms.csv", "summary.json", "report.html", "report_files")
+
+
+def _output_state(out: Path) -> dict[Path, int]:
+    """Modification times (ns) of the study outputs in ``out`` and of each ``models/<set>``
+    (``models`` itself counts by its existence only)."""
+    entries = [out / name for name in _OUTPUTS] + [p for p in out.glob(".*.tmp")]
+    state = {}
+    if (out / "models").is_dir():
+        entries += list((out / "models").iterdir())
+        state[out / "models"] = 0
+    return state | {p: p.lstat().st_mtime_ns for p in entries if p.exists() or p.is_symlink()}
+
+
+def _discard_outputs(out: Path, before: dict[Path, int]) -> None:
+    """Remove the outputs a failed study created or changed (compared with ``before``), so nothing
+    half-written looks like a finished result; files it did not touch stay."""
+    for path, mtime in _output_state(out).items():
+        if before.get(path) == mtime:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -552,6 +581,7 @@ def run_study(
         log(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
     run = store.new_run(params)
     result = StudyResult(out_dir=out, run_id=run.run_id)
+    before = _output_state(out)
     try:
         labels: dict[str, Any] = {}
         outlier_scores: dict[str, Any] = {}
@@ -633,5 +663,9 @@ def run_study(
                                                 for r in chosen_rows.itertuples()}})
     except BaseException as exc:
         run.fail(f"{type(exc).__name__}: {exc}")
+        _discard_outputs(out, before)
+        full = disk_full_error(exc, out, f"writing study run {run.run_id} (its partial outputs were removed)")
+        if full is not None:
+            raise full from exc
         raise
     return result

@@ -635,12 +635,20 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _n_features_out(self) -> int:
         return self.n_components_
 
+    def _whitening_scale(self) -> np.ndarray:
+        """``(n_components_,)`` standard deviations that whitening divides by; components with no
+        variance beyond float32 rounding (constant or collinear features) keep scale 1, so they
+        project to ~0 instead of Inf/NaN."""
+        var = self.explained_variance_
+        floor = np.finfo(np.float32).eps * max(float(var.max(initial=0.0)), 0.0)
+        return np.where(var > floor, np.sqrt(var), 1.0)
+
     def _projection(self) -> np.ndarray:
         W = self.components_.T.copy()
         if self.scale_ is not None:
             W /= self.scale_[:, None]
         if self.whiten:
-            W /= np.sqrt(np.maximum(self.explained_variance_, np.finfo(np.float64).tiny))[None, :]
+            W /= self._whitening_scale()[None, :]
         return W
 
     def transform(self, X: Any) -> Any:
@@ -679,7 +687,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         check_is_fitted(self, "components_")
         B = self.components_.copy()
         if self.whiten:
-            B *= np.sqrt(self.explained_variance_)[:, None]
+            B *= self._whitening_scale()[:, None]
         if self.scale_ is not None:
             B *= self.scale_[None, :]
         mean = self.mean_
