@@ -202,6 +202,20 @@ def test_mixture_model_labels_new_rows_from_the_member_descriptors(mixed):
     np.testing.assert_array_equal(out["cluster"], expected)
 
 
+def test_assign_a_mixture_from_a_case_folder(mixed, tmp_path):
+    from streamclust.assign import assign_new
+
+    root, result, _ = mixed
+    assign_new(result.sets[MIX].model_dir, root / "case", tmp_path / "new.csv")
+    res = pd.read_csv(root / "mix" / "results.csv")
+    new = pd.read_csv(tmp_path / "new.csv")
+    assert (new["path"] == res["path"]).all() and (new["cluster"] == res[f"cluster_{MIX}"]).all()
+    np.testing.assert_allclose(new["outlier_score"], res[f"outlier_score_{MIX}"], rtol=1e-5)
+    with pytest.raises(InputError, match="mixes the sets vdc_color, vdc_type"):
+        assign_new(result.sets[MIX].model_dir, root / "case" / "descriptors" / "vdc_color.pickle",
+                   tmp_path / "one.csv")
+
+
 @pytest.mark.parametrize("spec,message", [
     ("vdc_color", "two or more"), ("vdc_color+nope", "unknown descriptor set(s) 'nope'"),
     ("vdc_color+vdc_type:1", "2 positive numbers"), ("vdc_color+vdc_type:1,-1", "2 positive numbers"),
