@@ -40,7 +40,8 @@ from .estimators import KNNOutlierDetector, StreamingKMeans, StreamingPCA, Varia
 from .estimators.outliers import _build_index
 from .persist import load_model_dir, save_model_dir
 
-__all__ = ["DescriptorSetModel", "MixPreprocessing", "DriftReport", "DriftAccumulator", "drift_report", "distance_quantiles", "MODEL_KIND"]
+__all__ = ["DescriptorSetModel", "MixPreprocessing", "DriftReport", "DriftAccumulator", "drift_report",
+           "distance_quantiles", "MODEL_KIND"]
 
 MODEL_KIND = "descriptor-set-model"
 
