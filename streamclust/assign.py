@@ -3,7 +3,9 @@
 ``NEW_INPUT`` may be a store (``.zarr``, the set named like the model), a case
 folder (``descriptors/<set>.*`` + ``images_paths.csv``), or one descriptor file
 in any format :func:`streamclust.ingest.open_source` reads (paths from
-``--paths CSV``, else ``row:<i>``).  Rows are read in blocks; the output CSV
+``--paths CSV``, else ``row:<i>``).  A mixture's model (``vdc_color+vdc_type``)
+reads its members' descriptors side by side, so it needs a store or a case
+folder holding every member set.  Rows are read in blocks; the output CSV
 (``path, cluster, cluster_sentence, outlier_score, is_outlier``) is written
 block by block and replaced atomically; the drift report needs only counters.
 """
@@ -39,39 +41,51 @@ class AssignResult:
 
 
 class _SourceRows:
-    """Row slicing over an :class:`~streamclust.ingest.ArraySource` (for ``iter_blocks``)."""
+    """Row slicing over :class:`~streamclust.ingest.ArraySource` objects or arrays, side by side
+    (for ``iter_blocks``; one part for a descriptor set, one per member for a mixture)."""
 
-    def __init__(self, source: Any) -> None:
-        self.source = source
-        self.shape = source.shape
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.shape = (parts[0].shape[0], sum(int(p.shape[1]) for p in parts))
         self.ndim = 2
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return self.source.read_rows(rows.start, rows.stop)
+        blocks = [p.read_rows(rows.start, rows.stop) if hasattr(p, "read_rows") else p[rows] for p in self.parts]
+        return blocks[0] if len(blocks) == 1 else np.hstack([np.asarray(b, np.float32) for b in blocks])
 
 
-def _open_input(new_input: Path, set_name: str, paths_csv: Path | None,
+def _open_input(new_input: Path, model: DescriptorSetModel, paths_csv: Path | None,
                 allow_restricted_pickle: bool) -> tuple[Any, Any]:
     """``(rows, paths)``: a row-sliceable (n, d) array and an (n,)-sliceable path source."""
+    members = model.members
     if new_input.is_dir() and (new_input / "zarr.json").exists():
         store = CaseStore(new_input)
-        return store.descriptor(set_name), store.ids
+        return _SourceRows([store.descriptor(m) for m in members]), store.ids
     if new_input.is_dir():
         files = discover_case(new_input, paths_csv=paths_csv)
-        if set_name not in files.descriptors:
-            raise InputError(f"{new_input}: has no descriptor file for set {set_name!r} "
-                             f"(found {sorted(files.descriptors)}).")
-        source = open_source(files.descriptors[set_name], allow_restricted_pickle=allow_restricted_pickle)
+        absent = [m for m in members if m not in files.descriptors]
+        if absent:
+            raise InputError(f"{new_input}: has no descriptor file for set(s) {', '.join(map(repr, absent))} "
+                             f"of model {model.name!r} (found {sorted(files.descriptors)}).")
+        sources = [open_source(files.descriptors[m], allow_restricted_pickle=allow_restricted_pickle)
+                   for m in members]
         csv = files.paths_csv
+    elif len(members) > 1:
+        raise InputError(f"{new_input}: model {model.name!r} mixes the sets {', '.join(members)}; give a store "
+                         "or a case folder holding all of them, not one descriptor file.")
     else:
-        source = open_source(new_input, allow_restricted_pickle=allow_restricted_pickle)
+        sources = [open_source(new_input, allow_restricted_pickle=allow_restricted_pickle)]
         csv = paths_csv
+    short = [s for s in sources if s.shape[0] != sources[0].shape[0]]
+    if short:
+        raise InputError(f"{short[0].path}: has {short[0].shape[0]} rows but {sources[0].path} has "
+                         f"{sources[0].shape[0]}.")
     if csv is None:
-        return _SourceRows(source), None
+        return _SourceRows(sources), None
     n, blocks = read_paths_csv(csv)
-    if n != source.shape[0]:
-        raise InputError(f"{source.path}: has {source.shape[0]} rows but {csv} lists {n} images.")
-    return _SourceRows(source), np.concatenate(list(blocks))
+    if n != sources[0].shape[0]:
+        raise InputError(f"{sources[0].path}: has {sources[0].shape[0]} rows but {csv} lists {n} images.")
+    return _SourceRows(sources), np.concatenate(list(blocks))
 
 
 def assign_new(
@@ -94,7 +108,7 @@ def assign_new(
     import time
 
     model = DescriptorSetModel.load(model_dir)
-    rows, paths = _open_input(Path(new_input), model.name, Path(paths_csv) if paths_csv else None,
+    rows, paths = _open_input(Path(new_input), model, Path(paths_csv) if paths_csv else None,
                               allow_restricted_pickle)
     d = model.pca.n_features_in_
     if rows.shape[1] != d:

@@ -18,6 +18,7 @@ _EPILOG = """\
 typical use:
   streamclust convert CASE_DIR -o case.zarr          raw files -> chunked Zarr store (resumable)
   streamclust study case.zarr -o study/ --k 2:15     preprocess, sweep k, label every image
+  streamclust study case.zarr -o study/ --mix vdc_color+vdc_type   ... and a balanced mixture of two sets
   streamclust assign study/models/osnet NEW -o new.csv  label + screen new descriptors, report drift
   streamclust demo --rows 20000 --out demo-out       all of the above on generated demo data
 
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     study.add_argument("--descriptors", metavar="NAME[,NAME...]",
                        help="descriptor sets to study (default: all)")
+    study.add_argument("--mix", action="append", metavar="SET+SET[:W,W]",
+                       help="also study a mixture of sets, e.g. vdc_color+vdc_type or osnet+vdc_color:2,1 "
+                            "(repeatable): the members' PCA outputs side by side, each scaled so that it "
+                            "holds the share W/sum(W) of the variance (default equal); members not in "
+                            "--descriptors are studied too")
     study.add_argument("--k", default="2:15", metavar="K|A:B",
                        help="k to try: one value, an inclusive range A:B, or a list 4,8,12 (default 2:15)")
     study.add_argument("--components", default="64", metavar="N|FRACTION",
@@ -169,6 +175,7 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
         report=not getattr(args, "no_report", False),
         progress=not args.quiet, log=say,
         algorithms=getattr(args, "algorithms", "kmeans,ward"),
+        mix=getattr(args, "mix", None),
     )
     say("")
     say(result.summary_table().to_string(index=False))

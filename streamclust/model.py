@@ -12,6 +12,11 @@ with every array's SHA-256 checked.
 lazily (so it runs on any Dask scheduler), and :func:`drift_report` compares a
 new batch with the training data.
 
+A mixture of descriptor sets (``vdc_color+vdc_type``) is saved the same way with a
+:class:`MixPreprocessing` in place of the PCA: each member's PCA, then the
+balancing (:class:`~streamclust.estimators.VarianceBalancer`), so it labels new
+rows given the members' raw descriptors side by side, in member order.
+
 The outlier index (pynndescent) is rebuilt on load from the saved reference
 sample with the saved seed; the build is single-threaded and deterministic, so
 the rebuilt index equals the one of the study.  A new row that is identical to a
@@ -31,11 +36,12 @@ import dask.array as da
 import numpy as np
 
 from .errors import StoreError
-from .estimators import KNNOutlierDetector, StreamingKMeans, StreamingPCA
+from .estimators import KNNOutlierDetector, StreamingKMeans, StreamingPCA, VarianceBalancer
 from .estimators.outliers import _build_index
 from .persist import load_model_dir, save_model_dir
 
-__all__ = ["DescriptorSetModel", "DriftReport", "DriftAccumulator", "drift_report", "distance_quantiles", "MODEL_KIND"]
+__all__ = ["DescriptorSetModel", "MixPreprocessing", "DriftReport", "DriftAccumulator", "drift_report",
+           "distance_quantiles", "MODEL_KIND"]
 
 MODEL_KIND = "descriptor-set-model"
 
@@ -50,14 +56,76 @@ _DET_SCALARS = ("n_neighbors_", "index_neighbors_", "search_epsilon_", "threshol
 
 
 @dataclass
+class MixPreprocessing:
+    """The preprocessing of a mixture of descriptor sets: member PCAs side by side, balanced.
+
+    Attributes
+    ----------
+    members : list of str
+        Member descriptor sets, in column order.
+    pcas : list of StreamingPCA
+        Each member's fitted PCA (as in the member's own model).
+    balancer : VarianceBalancer
+        Fitted on the members' reduced rows side by side.
+    """
+
+    members: list[str]
+    pcas: list[StreamingPCA]
+    balancer: VarianceBalancer
+
+    @property
+    def n_features_in_(self) -> int:
+        """Raw columns: the members' descriptor dimensions added up."""
+        return sum(int(p.n_features_in_) for p in self.pcas)
+
+    @property
+    def n_components_(self) -> int:
+        """Mixed columns: the members' PCA components added up."""
+        return sum(int(p.n_components_) for p in self.pcas)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Mixed rows of raw member descriptors.
+
+        Parameters
+        ----------
+        X : ndarray, shape (n, n_features_in_)
+            The members' raw descriptors side by side, in ``members`` order.
+
+        Returns
+        -------
+        ndarray of float32, shape (n, n_components_)
+        """
+        bounds = np.cumsum([0] + [int(p.n_features_in_) for p in self.pcas])
+        reduced = np.hstack([p.transform(X[:, a:b]) for p, a, b in zip(self.pcas, bounds[:-1], bounds[1:])])
+        return self.balancer.transform(reduced)
+
+
+def _pca_state(pca: StreamingPCA, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays (named ``<prefix><attr>``) and JSON parameters of a fitted PCA."""
+    arrays = {f"{prefix}{a.rstrip('_')}": getattr(pca, a) for a in _PCA_ATTRS}
+    return arrays, {**pca.get_params(), **{a: _plain(getattr(pca, a)) for a in _PCA_SCALARS}}
+
+
+def _pca_from_state(arrays: dict[str, np.ndarray], params: dict[str, Any], prefix: str) -> StreamingPCA:
+    """Inverse of :func:`_pca_state`."""
+    pca = StreamingPCA(**{k: v for k, v in params.items() if k in StreamingPCA().get_params()})
+    for a in _PCA_ATTRS:
+        setattr(pca, a, arrays[f"{prefix}{a.rstrip('_')}"])
+    for a in _PCA_SCALARS:
+        setattr(pca, a, params[a])
+    pca.scale_ = None
+    return pca
+
+
+@dataclass
 class DescriptorSetModel:
     """The fitted pieces of one descriptor set, ready to label new rows.
 
     Attributes
     ----------
     name : str
-        Descriptor set (e.g. ``"osnet"``).
-    pca : StreamingPCA
+        Descriptor set (e.g. ``"osnet"``, or ``"vdc_color+vdc_type"`` for a mixture).
+    pca : StreamingPCA or MixPreprocessing
     kmeans : StreamingKMeans
     detector : KNNOutlierDetector
     index_seed : int
@@ -72,13 +140,18 @@ class DescriptorSetModel:
     """
 
     name: str
-    pca: StreamingPCA
+    pca: StreamingPCA | MixPreprocessing
     kmeans: StreamingKMeans
     detector: KNNOutlierDetector
     index_seed: int
     sentences: dict[int, str] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[str]:
+        """Descriptor sets the model reads, in column order (``[name]`` unless a mixture)."""
+        return list(self.pca.members) if isinstance(self.pca, MixPreprocessing) else [self.name]
 
     @property
     def k(self) -> int:
@@ -138,19 +211,30 @@ class DescriptorSetModel:
     # ------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the model folder (arrays + ``model.json``)."""
-        arrays = {f"pca_{a.rstrip('_')}": getattr(self.pca, a) for a in _PCA_ATTRS}
+        params: dict[str, Any] = {}
+        if isinstance(self.pca, MixPreprocessing):
+            arrays, member_params = {}, []
+            for i, pca in enumerate(self.pca.pcas):
+                a, p = _pca_state(pca, f"mix{i}_pca_")
+                arrays.update(a)
+                member_params.append(p)
+            arrays["mix_total_variance"] = self.pca.balancer.total_variance_
+            arrays["mix_scale"] = self.pca.balancer.scale_
+            params["mixture"] = {"members": list(self.pca.members), "pca": member_params,
+                                 "balancer": self.pca.balancer.get_params()}
+        else:
+            arrays, params["pca"] = _pca_state(self.pca, "pca_")
         arrays["kmeans_cluster_centers"] = self.kmeans.cluster_centers_
         arrays["kmeans_shift"] = self.kmeans._shift  # noqa: SLF001 - needed for exact labels
         arrays.update({f"det_{a.rstrip('_')}": getattr(self.detector, a) for a in _DET_ARRAYS})
         arrays["train_cluster_shares"] = np.asarray(self.training["cluster_shares"], np.float64)
         arrays["train_distance_quantiles"] = np.asarray(self.training["distance_quantiles"], np.float64)
-        params = {
-            "pca": {**self.pca.get_params(), **{a: _plain(getattr(self.pca, a)) for a in _PCA_SCALARS}},
+        params.update({
             "kmeans": self.kmeans.get_params(),
             "detector": {**self.detector.get_params(),
                          **{a: _plain(getattr(self.detector, a)) for a in _DET_SCALARS}},
             "index_seed": int(self.index_seed),
-        }
+        })
         info = {**self.info, "descriptor_set": self.name, "k": self.k,
                 "sentences": {str(c): s for c, s in self.sentences.items()},
                 "training": {"outlier_rate": float(self.training["outlier_rate"]),
@@ -163,13 +247,18 @@ class DescriptorSetModel:
         doc, arrays = load_model_dir(directory, kind=MODEL_KIND)
         try:
             params, info = doc["params"], doc["info"]
-            pca_params = dict(params["pca"])
-            pca = StreamingPCA(**{k: v for k, v in pca_params.items() if k in StreamingPCA().get_params()})
-            for a in _PCA_ATTRS:
-                setattr(pca, a, arrays[f"pca_{a.rstrip('_')}"])
-            for a in _PCA_SCALARS:
-                setattr(pca, a, pca_params[a])
-            pca.scale_ = None
+            pca: StreamingPCA | MixPreprocessing
+            if "mixture" in params:
+                mix = params["mixture"]
+                pcas = [_pca_from_state(arrays, p, f"mix{i}_pca_") for i, p in enumerate(mix["pca"])]
+                balancer = VarianceBalancer(**mix["balancer"])
+                widths, balancer.share_ = balancer._groups(sum(int(p.n_components_) for p in pcas))  # noqa: SLF001
+                balancer.total_variance_, balancer.scale_ = arrays["mix_total_variance"], arrays["mix_scale"]
+                balancer.column_scale_ = np.repeat(balancer.scale_, widths)
+                balancer.n_features_in_ = int(widths.sum())
+                pca = MixPreprocessing(list(mix["members"]), pcas, balancer)
+            else:
+                pca = _pca_from_state(arrays, params["pca"], "pca_")
             kmeans = StreamingKMeans(**params["kmeans"])
             kmeans.cluster_centers_ = arrays["kmeans_cluster_centers"]
             kmeans._shift = arrays["kmeans_shift"]  # noqa: SLF001

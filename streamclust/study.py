@@ -25,6 +25,19 @@ For each descriptor set, in bounded memory:
    ``runs/<id>/<set>/labels_<algorithm>`` and ``algorithms.csv`` compares them
    (ARI / AMI) with k-means and each other.
 
+8. **Mixtures** (``mix=``, see :func:`parse_mix`) -- a mixture such as
+   ``vdc_color+vdc_type`` is built from the members' stored reduced rows
+   (step 1), side by side, each member balanced by
+   :class:`~streamclust.estimators.VarianceBalancer`: member ``i`` with total
+   variance ``T_i`` (sum of its column variances) is multiplied by
+   ``sqrt(w_i / T_i)``, ``w`` the weights normalised to sum 1, so it holds
+   exactly the share ``w_i`` of the mixture's variance whatever its number of
+   dimensions or scale.  The mixed rows are written block by block to
+   ``runs/<id>/<mix>/reduced`` and the mixture goes through steps 2-7 like any
+   other set (its saved model chains the member PCAs and the balancing, so
+   ``streamclust assign`` labels new rows from the members' descriptors).
+   Members not listed in ``descriptors`` are studied too.
+
 Outputs in ``out_dir``: ``results.csv`` (``path``, ``cluster``, ``cluster_<set>``
 per set, ``outlier_score``, ``is_outlier``, then ``outlier_score_<set>``,
 ``is_outlier_<set>`` per set; one row per image in store order; the unsuffixed
@@ -61,18 +74,20 @@ from .estimators import (
     StreamingGaussianMixture,
     StreamingKMeans,
     StreamingPCA,
+    VarianceBalancer,
     cluster_metrics,
     hierarchy_sweep,
     kmeans_sweep,
     sampled_silhouette,
     sweep_metrics,
 )
-from .model import DescriptorSetModel, distance_quantiles
+from .model import DescriptorSetModel, MixPreprocessing, distance_quantiles
 from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
 from .persist import write_atomic
 from .store import CaseStore, RunGroup, disk_full_error
 
-__all__ = ["ALGORITHMS", "SetResult", "StudyResult", "choose_k", "parse_algorithms", "parse_k_range", "run_study"]
+__all__ = ["ALGORITHMS", "MixSpec", "SetResult", "StudyResult", "choose_k", "parse_algorithms", "parse_k_range",
+           "parse_mix", "run_study"]
 
 #: Clustering algorithms the study can run on the reduced rows; ``kmeans`` always runs
 #: (it defines ``cluster_<set>`` and the saved model).
@@ -88,6 +103,10 @@ K_TIE_MARGIN = 0.01
 #: Resident memory of the interpreter and libraries a study loads (measured ~0.55 GB with numba's
 #: pynndescent kernels compiled); subtracted from ``memory`` before sizing blocks.
 LIBRARY_BASELINE = 600 << 20
+
+#: How a mixture is balanced, as reported in ``summary.json``.
+MIX_RULE = ("each member's reduced rows times sqrt(w_i / T_i), T_i the member's total variance and w the "
+            "weights normalised to sum 1, then side by side: member i holds the share w_i of the variance")
 
 #: The rule of :func:`choose_k`, as reported in ``summary.json``.
 K_RULE = (f"highest sampled silhouette; values within {K_TIE_MARGIN} of the best are ties, "
@@ -108,6 +127,8 @@ class SetResult:
     model_dir: Path
     n_outliers: int = 0
     outlier_rule: str = ""
+    #: For a mixture: ``members``, ``weights`` and the ``variance_share`` of each member.
+    mixture: dict[str, Any] | None = None
 
 
 @dataclass
@@ -171,6 +192,65 @@ def parse_k_range(spec: str | int | Sequence[int]) -> list[int]:
     if not ks or min(ks) < 2:
         raise InputError(f"k={spec!r} should name one or more k >= 2.")
     return sorted(set(ks))
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """One mixture of descriptor sets (see :func:`parse_mix`)."""
+
+    members: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    @property
+    def name(self) -> str:
+        """``"a+b"``: the set name of the mixture in every output."""
+        return "+".join(self.members)
+
+
+def parse_mix(specs: str | Sequence[str] | None, available: Sequence[str]) -> list[MixSpec]:
+    """``["vdc_color+vdc_type", "osnet+vdc_color:2,1"]`` -> validated :class:`MixSpec` list.
+
+    A spec joins two or more descriptor sets with ``+``; optional relative
+    weights follow a ``:`` (one positive number per member, default equal).
+    The mixture is named by its members (``osnet+vdc_color``); the same members
+    may be mixed only once per study.
+
+    Parameters
+    ----------
+    specs : str or list of str, optional
+        One spec or several (the CLI's repeatable ``--mix``).
+    available : list of str
+        Descriptor sets of the store.
+    """
+    if specs is None:
+        return []
+    out: list[MixSpec] = []
+    for spec in [specs] if isinstance(specs, str) else specs:
+        where = f"mix={spec!r} (--mix)"
+        sets, _, weight_text = str(spec).partition(":")
+        members = tuple(m.strip() for m in sets.split("+"))
+        if len(members) < 2 or not all(members):
+            raise InputError(f"{where} should join two or more descriptor sets with '+', e.g. "
+                             f"'vdc_color+vdc_type' or 'osnet+vdc_color:2,1'; available sets: {', '.join(available)}.")
+        unknown = [m for m in members if m not in available]
+        if unknown:
+            raise InputError(f"{where}: unknown descriptor set(s) {', '.join(map(repr, unknown))}; "
+                             f"available sets: {', '.join(available)}.")
+        if len(set(members)) != len(members):
+            raise InputError(f"{where} names a descriptor set twice; give it a larger weight instead, "
+                             "e.g. 'osnet+vdc_color:2,1'.")
+        try:
+            weights = tuple(float(w) for w in weight_text.split(",")) if weight_text else (1.0,) * len(members)
+        except ValueError:
+            weights = ()
+        if len(weights) != len(members) or not all(np.isfinite(w) and w > 0 for w in weights):
+            raise InputError(f"{where}: the weights after ':' should be {len(members)} positive numbers, "
+                             f"one per set, e.g. '{sets}:{','.join(['1'] * len(members))}'.")
+        mix = MixSpec(members, weights)
+        if any(m.name == mix.name for m in out):
+            raise InputError(f"{where}: the sets {mix.name} are mixed twice; keep one weighting per study.")
+        out.append(mix)
+    return out
 
 
 def choose_k(metrics: pd.DataFrame) -> int:
@@ -282,11 +362,22 @@ def _sample_rows(n: int, size: int, random_state: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
 
 
-def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out: Path,
-               n_components: int | float, n_init: int, budget: int, silhouette_samples: int,
-               outlier_neighbors: int, n_top_outliers: int, random_state: int,
-               attributes: pd.DataFrame | None, log: Callable[[str], None]) -> _SetOutcome:
-    """Steps 1-6 of the module docstring for one descriptor set; saves its model."""
+@dataclass
+class _Reduced:
+    """Step 1's outcome for a set or a mixture: the preprocessing and the stored reduced rows."""
+
+    pca: StreamingPCA | MixPreprocessing
+    reduced: Any
+    n_features: int
+    explained_variance: float
+    seconds: float
+    info: dict[str, Any]
+    mixture: dict[str, Any] | None = None
+
+
+def _reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int | float, budget: int,
+                log: Callable[[str], None]) -> _Reduced:
+    """Step 1 of the module docstring for one descriptor set."""
     t0 = time.perf_counter()
     X = store.descriptor(name)
     components = min(n_components, X.shape[1]) if isinstance(n_components, int) else n_components
@@ -295,7 +386,48 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out
     reduced = _store_reduced(pca, X, run, name)
     log(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
         f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
+    return _Reduced(pca, reduced, int(X.shape[1]), float(pca.explained_variance_ratio_.sum()),
+                    time.perf_counter() - t0,
+                    {"source_sha256": X.attrs.get("source_sha256"), "source": X.attrs.get("source")})
 
+
+def _mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, _Reduced], *, budget: int,
+              log: Callable[[str], None]) -> _Reduced:
+    """Step 8 of the module docstring: the balanced mixed rows of ``mix`` into ``runs/<id>/<mix>/reduced``.
+
+    The members' reduced rows are read lazily, side by side, twice (the
+    balancer's variance pass, then the scaled rows written block by block).
+    """
+    t0 = time.perf_counter()
+    members = [parts[m] for m in mix.members]
+    rows = members[0].reduced.chunks[0]
+    side_by_side = da.concatenate([da.from_zarr(p.reduced).rechunk((rows, -1)) for p in members], axis=1)
+    balancer = VarianceBalancer([int(p.pca.n_components_) for p in members], mix.weights,
+                                memory=budget).fit(side_by_side)
+    shares = {m: float(w) for m, w in zip(mix.members, balancer.share_)}
+    mixture = {"members": list(mix.members), "weights": list(mix.weights), "variance_share": shares,
+               "member_total_variance": dict(zip(mix.members, balancer.total_variance_.tolist())),
+               "scale": dict(zip(mix.members, balancer.scale_.tolist()))}
+    target = run.create_array(f"{mix.name}/reduced", side_by_side.shape, "float32",
+                              attrs={"descriptor_set": mix.name, "mixture": mixture})
+    da.store(balancer.transform(side_by_side).rechunk((target.chunks[0], -1)), target, lock=False)
+    # the balanced members' variance is w_i; each kept the fraction e_i of its own, so the mixture
+    # keeps sum(w) / sum(w_i / e_i) of the balanced members' full variance
+    kept = 1.0 / sum(w / p.explained_variance for w, p in zip(balancer.share_, members))
+    log(f"{mix.name}: {' + '.join(f'{m} ({100 * v:.0f}% of the variance)' for m, v in shares.items())} "
+        f"-> {target.shape[1]} dims")
+    return _Reduced(MixPreprocessing(list(mix.members), [p.pca for p in members], balancer), target,
+                    sum(p.n_features for p in members), kept, time.perf_counter() - t0,
+                    {"members": {m: p.info for m, p in zip(mix.members, members)}}, mixture)
+
+
+def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepared: _Reduced, *, out: Path,
+               n_init: int, budget: int, silhouette_samples: int,
+               outlier_neighbors: int, n_top_outliers: int, random_state: int,
+               attributes: pd.DataFrame | None, log: Callable[[str], None]) -> _SetOutcome:
+    """Steps 2-6 of the module docstring for one descriptor set or mixture; saves its model."""
+    t0 = time.perf_counter()
+    pca, reduced = prepared.pca, prepared.reduced
     models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
     centers = {kk: m.cluster_centers_ for kk, m in models.items()}
     scores = sweep_metrics(reduced, centers, memory=budget)
@@ -304,7 +436,7 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out
         sil = sampled_silhouette(reduced, centers=centers[kk], n_samples=silhouette_samples,
                                  random_state=random_state)
         rows.append({"set": name, "algorithm": "kmeans", "k": kk, "n_rows": store.n_rows,
-                     "n_features": X.shape[1], "n_components": pca.n_components_,
+                     "n_features": prepared.n_features, "n_components": pca.n_components_,
                      "inertia": scores[kk]["inertia"],
                      "calinski_harabasz": scores[kk]["calinski_harabasz"],
                      "davies_bouldin": scores[kk]["davies_bouldin"], "silhouette": sil,
@@ -341,16 +473,15 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], *, out
         training={"cluster_shares": np.asarray(scores[chosen]["sizes"]) / store.n_rows,
                   "outlier_rate": n_flagged / store.n_rows,
                   "distance_quantiles": distance_quantiles(sample_dist), "n_rows": store.n_rows},
-        info={"store": store.path, "run_id": run.run_id, "source_sha256": X.attrs.get("source_sha256"),
-              "source": X.attrs.get("source")},
+        info={"store": store.path, "run_id": run.run_id, **prepared.info},
     )
     model_dir = model.save(out / "models" / name)
-    seconds = time.perf_counter() - t0
+    seconds = prepared.seconds + time.perf_counter() - t0
     log(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
         f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
-    result = SetResult(name, int(X.shape[1]), int(pca.n_components_),
-                       float(pca.explained_variance_ratio_.sum()), chosen, metrics, seconds, model_dir,
-                       n_flagged, detector.threshold_rule_)
+    result = SetResult(name, prepared.n_features, int(pca.n_components_), prepared.explained_variance,
+                       chosen, metrics, seconds, model_dir, n_flagged, detector.threshold_rule_,
+                       prepared.mixture)
     return _SetOutcome(result, labels, score_arr, flag_arr, reduced, profile, top)
 
 
@@ -498,6 +629,7 @@ def run_study(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     algorithms: str | Sequence[str] = ("kmeans",),
+    mix: str | Sequence[str] | None = None,
 ) -> StudyResult:
     """Run the study on a store; see the module docstring.
 
@@ -550,6 +682,16 @@ def run_study(
         at the end of ``results.csv``; ``algorithms.csv`` holds the ARI/AMI
         between the algorithms of each set.  The default runs k-means only
         (the CLI's ``--algorithms`` default is ``kmeans,ward``).
+    mix : str or list of str, optional
+        Mixtures of descriptor sets to study as sets of their own, e.g.
+        ``["vdc_color+vdc_type", "osnet+vdc_color:2,1"]`` (see :func:`parse_mix`;
+        weights after ``:``, default equal).  Each is built from the members'
+        reduced rows, balanced so that member ``i`` holds the share
+        ``w_i / sum(w)`` of the mixture's variance (module docstring, step 8),
+        and gets everything a set gets: k sweep, metrics, labels, outliers,
+        profiles, a place in the comparison (it can be recommended),
+        ``cluster_<mix>`` columns and a saved model.  Members missing from
+        ``descriptors`` are studied too.
 
     Returns
     -------
@@ -567,11 +709,14 @@ def run_study(
     missing = [n for n in names if n not in available]
     if missing or not names:
         raise InputError(f"{store.path}: no descriptor set(s) {missing or names}; it has {available}.")
+    mixes = parse_mix(mix, available)
+    names = list(dict.fromkeys(names + [m for spec in mixes for m in spec.members]))  # members studied too
     if store.n_rows < max(ks):
         raise InputError(f"n_samples={store.n_rows} should be >= n_clusters={max(ks)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = {"descriptors": names, "k": ks, "n_components": n_components, "n_init": n_init,
+    params = {"descriptors": names, "mix": [f"{m.name}:{','.join(map(str, m.weights))}" for m in mixes],
+              "k": ks, "n_components": n_components, "n_init": n_init,
               "memory": parse_memory(memory), "block_memory": budget,
               "silhouette_samples": silhouette_samples,
               "outlier_neighbors": outlier_neighbors, "random_state": random_state,
@@ -591,8 +736,13 @@ def run_study(
         all_metrics = []
         extra_labels: dict[str, dict[str, Any]] = {}
         agreement = []
-        for name in names:
-            outcome = _study_set(store, run, name, ks, out=out, n_components=n_components, n_init=n_init,
+        prepared: dict[str, _Reduced] = {}
+        mix_by_name = {m.name: m for m in mixes}
+        for name in names + list(mix_by_name):
+            prepared[name] = (_mix_sets(run, mix_by_name[name], prepared, budget=budget, log=log)
+                              if name in mix_by_name else
+                              _reduce_set(store, run, name, n_components=n_components, budget=budget, log=log))
+            outcome = _study_set(store, run, name, ks, prepared[name], out=out, n_init=n_init,
                                  budget=budget, silhouette_samples=silhouette_samples,
                                  outlier_neighbors=outlier_neighbors, n_top_outliers=n_top_outliers,
                                  random_state=random_state, attributes=attributes, log=log)
@@ -636,10 +786,10 @@ def run_study(
         rec = result.recommended
         columns = {"cluster": labels[rec], **{f"cluster_{n}": a for n, a in labels.items()},
                    "outlier_score": outlier_scores[rec], "is_outlier": outlier_flags[rec]}
-        for n in names:
+        for n in result.sets:
             columns[f"outlier_score_{n}"] = outlier_scores[n]
             columns[f"is_outlier_{n}"] = outlier_flags[n]
-        for n in names:
+        for n in result.sets:
             for alg, arr in extra_labels.get(n, {}).items():
                 columns[f"cluster_{n}_{alg}"] = arr
         _write_results_csv(out / "results.csv", store.ids, columns)
@@ -654,6 +804,8 @@ def run_study(
                    "k_rule": K_RULE,
                    "sets": result.summary_table().to_dict(orient="records"),
                    "algorithms": algs, "best": result.best, "best_rule": BEST_RULE,
+                   "mixtures": {n: r.mixture for n, r in result.sets.items() if r.mixture},
+                   "mix_rule": MIX_RULE,
                    "agreement": agreement_all.to_dict(orient="records")}
         write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
         chosen_rows = metrics_all[metrics_all["chosen"]]

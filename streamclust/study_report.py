@@ -82,10 +82,14 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     outliers = OutlierInfo(res.n_outliers, res.outlier_rule, out_png,
                            top[["rank", "path", "outlier_score", "cluster"]].reset_index(drop=True),
                            score_name="kNN LOF")
-    from .study import K_RULE
+    from .study import K_RULE, MIX_RULE
 
+    notes = []
+    if res.mixture:
+        shares = ", ".join(f"{m} {v:.0%}" for m, v in res.mixture["variance_share"].items())
+        notes.append(f"Balanced mixture ({MIX_RULE}); variance shares: {shares}.")
     return SetReport(name, res.n_features, res.n_components, res.k, res.metrics, metrics_png, overview,
-                     multiples, None, cards, outliers, res.explained_variance, K_RULE)
+                     multiples, None, cards, outliers, res.explained_variance, K_RULE, notes)
 
 
 def build_study_report(result: StudyResult, store: CaseStore, *, images: str | os.PathLike[str] | None = None,

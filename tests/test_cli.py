@@ -56,3 +56,21 @@ def test_bad_k_and_memory_are_named(tmp_path, capsys):
 def test_convert_script_is_a_thin_wrapper(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/convert_to_zarr.py", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "NAME=FILE" in proc.stdout
+
+
+def test_bad_mix_names_the_parameter_and_the_sets(tmp_path, capsys):
+    case = tmp_path / "case"
+    (case / "descriptors").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        np.save(case / "descriptors" / f"{name}.npy", rng.normal(size=(50, 4)).astype("f4"))
+    pd.DataFrame({"paths": [f"{i}.jpg" for i in range(50)]}).to_csv(case / "images_paths.csv", index=False)
+    assert main(["convert", str(case), "-o", str(tmp_path / "s.zarr"), "--quiet"]) == 0
+    study = ["study", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "o"), "--quiet"]
+    assert main([*study, "--mix", "a+c"]) == 2
+    err = capsys.readouterr().err
+    assert "--mix" in err and "'c'" in err and "available sets: a, b" in err
+    assert main([*study, "--mix", "a+b:1"]) == 2
+    assert "--mix" in capsys.readouterr().err
+    assert main([*study, "--mix", "a"]) == 2
+    assert "two or more" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from streamclust.estimators import StreamingKMeans, StreamingPCA, StreamingScaler
+from streamclust.estimators import StreamingKMeans, StreamingPCA, StreamingScaler, VarianceBalancer
 
 #: Checks that cannot pass, per estimator class, each with the reason.  Empty:
 #: every common check passes (tiny arrays, 1 row, n < block size, dtypes,
@@ -26,6 +26,7 @@ def _expected_failed(estimator):
         StreamingKMeans(n_clusters=3, n_init=2, random_state=0),
         StreamingKMeans(n_clusters=3, block_rows=7, batch_rows=5, random_state=0),
         StreamingKMeans(),
+        VarianceBalancer(),
     ],
     expected_failed_checks=_expected_failed,
 )

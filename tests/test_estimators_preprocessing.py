@@ -8,7 +8,7 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler, normalize
 
-from streamclust.estimators import StreamingPCA, StreamingScaler, l2_normalize
+from streamclust.estimators import StreamingPCA, StreamingScaler, VarianceBalancer, l2_normalize
 
 
 def _data(n=6000, d=24, offset=3.0, seed=0, dtype=np.float64):
@@ -201,3 +201,17 @@ def test_scaler_partial_fit_and_dask():
     lazy = StreamingScaler().fit(Xd).transform(Xd)
     assert isinstance(lazy, da.Array)
     np.testing.assert_allclose(lazy.compute(), ref.transform(X), rtol=1e-9, atol=1e-12)
+
+
+def test_variance_balancer_gives_each_group_its_weight_share_numpy_and_dask():
+    rng = np.random.default_rng(0)
+    X = np.hstack([rng.normal(scale=10.0, size=(500, 3)), rng.normal(scale=0.1, size=(500, 40))])
+    bal = VarianceBalancer([3, 40], [3, 1], block_rows=64).fit(da.from_array(X, chunks=(100, -1)))
+    for out in (bal.transform(X), bal.transform(da.from_array(X, chunks=(100, -1))).compute()):
+        var = out.var(axis=0)
+        np.testing.assert_allclose([var[:3].sum(), var[3:].sum()], [0.75, 0.25], rtol=1e-10)
+    np.testing.assert_allclose(bal.total_variance_, [X[:, :3].var(axis=0).sum(), X[:, 3:].var(axis=0).sum()])
+    with pytest.raises(ValueError, match="widths"):
+        VarianceBalancer([3, 3]).fit(X)
+    with pytest.raises(ValueError, match="weights"):
+        VarianceBalancer([3, 40], [1, 0]).fit(X)

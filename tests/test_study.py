@@ -13,7 +13,8 @@ from streamclust.datasets import make_demo_case, load_truth
 from streamclust.ingest import convert_case
 from streamclust.persist import load_model_dir
 from streamclust.store import CaseStore
-from streamclust.study import choose_k, parse_k_range, run_study
+from streamclust.errors import InputError
+from streamclust.study import choose_k, parse_k_range, parse_mix, run_study
 
 N_ROWS = 3000
 K = "4:9"
@@ -138,3 +139,97 @@ def test_choose_k_rule():
 @pytest.mark.parametrize("spec,ks", [("2:5", [2, 3, 4, 5]), ("8", [8]), ("4,8,12", [4, 8, 12]), (6, [6])])
 def test_parse_k_range(spec, ks):
     assert parse_k_range(spec) == ks
+
+
+MIX = "vdc_color+vdc_type"
+
+
+@pytest.fixture(scope="module")
+def mixed(demo):
+    root, _, truth = demo
+    result = run_study(root / "case.zarr", root / "mix", k=K, n_components=32, random_state=0,
+                       descriptors=["vdc_color"], mix=[MIX], metadata=root / "case" / "vehicle_info.txt",
+                       report=False)
+    return root, result, truth
+
+
+def test_mixture_is_studied_like_a_set(mixed):
+    root, result, truth = mixed
+    assert list(result.sets) == ["vdc_color", "vdc_type", MIX]  # the member missing from descriptors too
+    mix = result.sets[MIX]
+    assert (mix.n_features, mix.n_components) == (128 + 512, 64)
+    res = pd.read_csv(root / "mix" / "results.csv")
+    assert {f"cluster_{MIX}", f"outlier_score_{MIX}", f"is_outlier_{MIX}"} <= set(res.columns)
+    assert res[f"cluster_{MIX}"].nunique() == mix.k
+    metrics = pd.read_csv(root / "mix" / "metrics.csv")
+    assert len(metrics[metrics["set"] == MIX]) == len(parse_k_range(K))
+    assert metrics.loc[metrics["set"] == MIX, "chosen"].sum() == 1
+    clusters = pd.read_csv(root / "mix" / "clusters.csv")
+    assert len(clusters[clusters["set"] == MIX]) == mix.k
+    assert clusters.loc[clusters["set"] == MIX, "sentence"].str.len().gt(10).all()
+    comparison = result.comparison
+    assert MIX in comparison.sets and MIX in comparison.ami_table.index
+    ari = adjusted_rand_score(truth["color"].astype(str) + "/" + truth["type"].astype(str), res[f"cluster_{MIX}"])
+    print(f"{MIX}: k={mix.k}, ARI with colour x type {ari:.3f}; recommended set {result.recommended}")
+
+
+def test_mixture_balancing_gives_each_member_its_weight_share(mixed):
+    root, result, _ = mixed
+    run = CaseStore(root / "case.zarr").run(result.run_id)
+    mixed_rows = run.array(f"{MIX}/reduced")[:].astype(np.float64)
+    widths = [result.sets["vdc_color"].n_components, result.sets["vdc_type"].n_components]
+    member_var = [mixed_rows[:, :widths[0]].var(axis=0).sum(), mixed_rows[:, widths[0]:].var(axis=0).sum()]
+    shares = np.array(member_var) / sum(member_var)
+    print(f"{MIX}: variance shares {shares.round(4).tolist()} (weights 1, 1)")
+    np.testing.assert_allclose(shares, [0.5, 0.5], atol=1e-4)
+    np.testing.assert_allclose(sum(member_var), 1.0, rtol=1e-4)
+    for name in ("vdc_color", "vdc_type"):  # the members' own reduced rows were unequal before
+        raw = run.array(f"{name}/reduced")[:].astype(np.float64)
+        np.testing.assert_allclose(result.sets[MIX].mixture["member_total_variance"][name],
+                                   raw.var(axis=0).sum(), rtol=1e-4)
+
+
+def test_mixture_model_labels_new_rows_from_the_member_descriptors(mixed):
+    from streamclust.model import DescriptorSetModel
+
+    root, result, _ = mixed
+    store = CaseStore(root / "case.zarr")
+    model = DescriptorSetModel.load(result.sets[MIX].model_dir)
+    assert model.members == ["vdc_color", "vdc_type"]
+    rows = np.hstack([store.descriptor("vdc_color")[:400], store.descriptor("vdc_type")[:400]])
+    out = model.assign(rows)
+    expected = store.run(result.run_id).array(f"{MIX}/labels")[:400]
+    np.testing.assert_array_equal(out["cluster"], expected)
+
+
+def test_assign_a_mixture_from_a_case_folder(mixed, tmp_path):
+    from streamclust.assign import assign_new
+
+    root, result, _ = mixed
+    assign_new(result.sets[MIX].model_dir, root / "case", tmp_path / "new.csv")
+    res = pd.read_csv(root / "mix" / "results.csv")
+    new = pd.read_csv(tmp_path / "new.csv")
+    assert (new["path"] == res["path"]).all() and (new["cluster"] == res[f"cluster_{MIX}"]).all()
+    np.testing.assert_allclose(new["outlier_score"], res[f"outlier_score_{MIX}"], rtol=1e-5)
+    with pytest.raises(InputError, match="mixes the sets vdc_color, vdc_type"):
+        assign_new(result.sets[MIX].model_dir, root / "case" / "descriptors" / "vdc_color.pickle",
+                   tmp_path / "one.csv")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("vdc_color", "two or more"), ("vdc_color+nope", "unknown descriptor set(s) 'nope'"),
+    ("vdc_color+vdc_type:1", "2 positive numbers"), ("vdc_color+vdc_type:1,-1", "2 positive numbers"),
+    ("vdc_color+vdc_color", "twice"), (["vdc_color+vdc_type", "vdc_color+vdc_type:2,1"], "mixed twice"),
+])
+def test_parse_mix_errors_name_the_parameter_and_the_sets(spec, message):
+    with pytest.raises(InputError, match="--mix") as exc:
+        parse_mix(spec, ["vdc_color", "vdc_type"])
+    assert message in str(exc.value)
+    if "unknown" in message:
+        assert "available sets: vdc_color, vdc_type" in str(exc.value)
+
+
+def test_parse_mix_weights():
+    (mix,) = parse_mix("osnet+vdc_color:2,1", ["osnet", "vdc_color"])
+    assert mix.name == "osnet+vdc_color" and mix.weights == (2.0, 1.0)
+    assert parse_mix(None, []) == []

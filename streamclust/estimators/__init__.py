@@ -13,11 +13,13 @@ from .hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_swee
 from .mixture import StreamingGaussianMixture
 from .density import SampledHDBSCAN
 from .preprocessing import StreamingPCA, StreamingScaler, l2_normalize
+from .mixing import VarianceBalancer
 
 __all__ = [
     "StreamingPCA",
     "StreamingScaler",
     "l2_normalize",
+    "VarianceBalancer",
     "StreamingKMeans",
     "kmeans_sweep",
     "cluster_metrics",
