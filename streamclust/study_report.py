@@ -53,10 +53,7 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
                                        title=f"{name}: all {int(hist.n_rows):,} images, first two components")
     multiples = render_small_multiples(hist, files / f"{name}-clusters.png", title=name)
 
-    from .model import DescriptorSetModel  # the fitted centres live in the saved model
-
-    centers = DescriptorSetModel.load(res.model_dir).kmeans.cluster_centers_
-    picks = pick_montage_rows(reduced, labels, centers, n_nearest=8, n_random=8, n_border=8, memory=memory)
+    picks = pick_montage_rows(reduced, labels, res.centers, n_nearest=8, n_random=8, n_border=8, memory=memory)
     profile = result.profiles.get(name)
     cards = []
     for cluster in range(res.k):
