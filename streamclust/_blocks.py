@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MEMORY",
     "parse_memory",
     "block_rows_for",
+    "block_nbytes",
     "as_dask",
     "iter_blocks",
     "map_blocks_reduce",
@@ -85,6 +86,12 @@ def parse_memory(size: str | int | float | None) -> int:
     return value
 
 
+def block_nbytes(n_features: int, rows: int, *, bytes_per_value: int = 8, copies: int = 8) -> int:
+    """Bytes of memory that blocks of ``rows`` x ``n_features`` take in a pass
+    (``copies`` working copies; see :func:`block_rows_for`)."""
+    return rows * n_features * bytes_per_value * copies
+
+
 def block_rows_for(
     n_features: int,
     memory: str | int | None = None,
@@ -127,7 +134,7 @@ def block_rows_for(
     per_block = budget // copies
     rows = per_block // max(1, n_features * bytes_per_value)
     if rows < min_rows:
-        need = min_rows * n_features * bytes_per_value * copies
+        need = block_nbytes(n_features, min_rows, bytes_per_value=bytes_per_value, copies=copies)
         raise MemoryBudgetError(
             f"memory={budget / 2**20:.0f} MiB cannot hold blocks of {min_rows} rows x "
             f"{n_features} features; give at least memory='{math.ceil(need / 2**20)}MiB'."

@@ -36,6 +36,7 @@ import numpy as np
 
 from ._blocks import parse_memory
 from ._pickle_stream import open_pickled_array
+from ._scheduler import runs_on_scheduler
 from .errors import InputError, StoreError
 from .store import CaseStore, now_iso
 
@@ -482,6 +483,7 @@ def convert_descriptor(
         bar.close()
 
 
+@runs_on_scheduler
 def convert_case(
     case_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -491,6 +493,8 @@ def convert_case(
     memory: str | int | None = None,
     allow_restricted_pickle: bool = False,
     progress: bool = False,
+    scheduler: str | None = None,
+    client: Any = None,
 ) -> CaseStore:
     """Convert a case folder into a store (see :mod:`streamclust.store`).
 
@@ -510,6 +514,15 @@ def convert_case(
         See :func:`open_source`.
     progress : bool
         Progress bars.
+    scheduler : str, optional
+        ``"local:N"`` or a scheduler address (:mod:`streamclust._scheduler`),
+        accepted so one setting serves every step of a pipeline.  Conversion
+        itself runs in this process whatever the scheduler: the raw formats are
+        read as sequential streams (pickle opcodes, CSV lines) and the store is
+        written in row order so that an interrupted conversion resumes; shipping
+        raw blocks to workers would cost more than compressing them here.
+    client : distributed.Client, optional
+        An existing client instead of ``scheduler``.
 
     Returns
     -------
