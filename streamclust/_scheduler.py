@@ -110,11 +110,9 @@ def _import_distributed() -> Any:
 
 
 def _gone(client: Client, exc: BaseException) -> bool:
-    """True when ``exc`` means the cluster went away (not an error of the work itself)."""
-    from distributed.comm import CommClosedError
-
-    return client.status not in ("running", "newly-created") or isinstance(
-        exc, (CancelledError, CommClosedError))
+    """True when ``exc`` means the scheduler went away (a lost worker is not: the
+    scheduler reruns its tasks elsewhere)."""
+    return client.status not in ("running", "newly-created") or "scheduler-connection-lost" in str(exc)
 
 
 @contextlib.contextmanager
@@ -218,12 +216,16 @@ def active_client() -> Client | None:
     configured = dask.config.get("scheduler", None)
     if isinstance(configured, Client):
         return configured
-    if configured is not None:
+    if configured not in (None, "dask.distributed", "distributed"):  # the former: a default Client
         return None
     try:
         return default_client()
     except ValueError:
         return None
+
+
+def _identity(value: T) -> T:
+    return value
 
 
 def _call(func: Callable[[Any], Any], arg: Any) -> Any:
@@ -236,7 +238,7 @@ def map_ordered(func: Callable[[Any], T], items: Iterable[tuple[Any, Any]], *,
 
     For passes that must consume an iterator in order (e.g. blocks read from a
     raw file and written to a CSV in row order).  With a client active,
-    ``func`` (with the object it is bound to) is sent to every worker once and
+    ``func`` (with the object it is bound to) reaches every worker once and
     at most ``window`` values are in flight on the workers at a time; otherwise
     ``func`` runs here, one value at a time.
 
@@ -256,7 +258,11 @@ def map_ordered(func: Callable[[Any], T], items: Iterable[tuple[Any, Any]], *,
         return
     import collections
 
-    remote = client.scatter(func, broadcast=True, hash=False)
+    # one task holds ``func`` and every worker gets a copy up front (so that the blocks are
+    # not all sent to the worker that has it); the scheduler can recompute it if all its
+    # holders die (scattered data could not be)
+    remote = client.submit(_identity, func, pure=False)
+    client.replicate([remote])
     pending: collections.deque = collections.deque()
     for item in items:
         pending.append((item, client.submit(_call, remote, item[1], pure=False)))

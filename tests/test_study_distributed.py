@@ -85,7 +85,7 @@ def test_study_on_a_cluster_equals_the_threaded_study(case, client):
     for task in stream.data:
         by_pass.setdefault(key_split(task["key"]), set()).add(task["worker"])
     ran = " ".join(by_pass)
-    for name in ("_ScatterStat", "_Transform", "_LloydPass", "_Pass1", "_Pass2", "_Predict", "_ScoreBlock",
+    for name in ("ScatterStats", "Transform", "LloydPass", "Pass1", "Pass2", "Predict", "ScoreBlock",
                  "store-map"):
         assert name in ran, (name, sorted(by_pass))
     workers = set().union(*by_pass.values())
@@ -175,3 +175,47 @@ def test_unreachable_scheduler_is_one_clear_line(tmp_path, capsys, monkeypatch):
                    "--scheduler", "tcp://127.0.0.1:9"])
     err = capsys.readouterr().err
     assert status == 2 and "scheduler='tcp://127.0.0.1:9'" in err and "dask scheduler" in err, err
+
+
+class _Counted:
+    """A per-block function that counts, per worker process, how often it is unpickled."""
+
+    def __init__(self) -> None:
+        self.payload = np.ones(1 << 20, np.uint8)
+
+    def __call__(self, block, rows):
+        return int(os.environ.get("STREAMCLUST_TEST_UNPICKLED", "0"))
+
+    def __setstate__(self, state):
+        os.environ["STREAMCLUST_TEST_UNPICKLED"] = str(int(os.environ.get("STREAMCLUST_TEST_UNPICKLED", "0")) + 1)
+        self.__dict__.update(state)
+
+
+def test_block_function_is_sent_once_per_worker(client):
+    import sys
+
+    import cloudpickle
+
+    from streamclust._blocks import map_blocks_reduce
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    try:
+        map_blocks_reduce(_Counted(), np.zeros((4000, 2)), 100)  # 40 tasks
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    counts = client.run(lambda: int(os.environ.get("STREAMCLUST_TEST_UNPICKLED", "0")))
+    assert sorted(counts.values()) == [1, 1], counts
+
+
+def test_assign_on_a_cluster_equals_the_threaded_assign(case, client):
+    from streamclust.assign import assign_new
+
+    root, reference = case
+    model = reference.sets["osnet"].model_dir
+    threaded = assign_new(model, root / "case", root / "assign_threaded.csv", memory="64MB")
+    with distributed.get_task_stream(client) as stream:
+        on_cluster = assign_new(model, root / "case", root / "assign_cluster.csv", memory="64MB", client=client)
+    pd.testing.assert_frame_equal(pd.read_csv(on_cluster.out_csv), pd.read_csv(threaded.out_csv))
+    assert on_cluster.drift.to_text() == threaded.drift.to_text()
+    scored = {task["worker"] for task in stream.data if key_split(task["key"]) == "call"}
+    assert scored == set(client.scheduler_info()["workers"]), stream.data
