@@ -282,18 +282,15 @@ def map_blocks_reduce(
 
     import dask
 
+    from ._scheduler import shared
+
     arr = as_dask(X, block_rows)
     starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
     delayed_blocks = arr.to_delayed().ravel()
-    # ``func`` is ONE node of the graph that every block task depends on: a distributed
-    # worker receives it once, not with every task (a kNN detector with its index is
-    # ~75 MB at 100k reference rows), and unlike scattered data the scheduler can
-    # recompute it if the worker holding it dies.  Explicit keys skip hashing ``func``
-    # and name the pass in task logs.
-    name = f"{type(func).__name__.strip('_')}-{uuid.uuid4().hex}"
-    shared = dask.delayed(func, name=f"{name}-function")
+    func_arg = shared(func)  # on a cluster: sent to each worker once, not with every task
+    name = f"{type(func).__name__.strip('_')}-{uuid.uuid4().hex}"  # the pass, in task logs
     tasks = [
-        dask.delayed(_apply_to_block)(shared, blk, slice(int(starts[i]), int(starts[i + 1])),
+        dask.delayed(_apply_to_block)(func_arg, blk, slice(int(starts[i]), int(starts[i + 1])),
                                       dask_key_name=(name, i))
         for i, blk in enumerate(delayed_blocks)
     ]

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # distributed is an optional extra, imported on first use
     from distributed import Client
 
 __all__ = ["SCHEDULER_HELP", "parse_scheduler", "use_scheduler", "runs_on_scheduler", "active_client",
-           "map_ordered"]
+           "shared", "map_ordered"]
 
 #: Seconds to wait for a scheduler given by address before giving up.
 CONNECT_TIMEOUT = 20
@@ -228,6 +228,29 @@ def _identity(value: T) -> T:
     return value
 
 
+def shared(obj: T, client: Client | None = None) -> Any:
+    """``obj`` as an argument of many tasks: itself on threads; on a cluster, a future
+    held by every worker.
+
+    Each worker receives ``obj`` once, not with every task (a kNN detector with its
+    index is ~75 MB at 100k reference rows), and before the tasks start, so that
+    the scheduler does not send every task to the one worker that has it.  Unlike
+    scattered data, the future is a task the scheduler can recompute if the
+    workers holding it die.
+    """
+    client = client or active_client()
+    if client is None:
+        return obj
+    remote = client.submit(_identity, obj, pure=False)
+    try:
+        client.replicate([remote])
+    except (OSError, ValueError):
+        # a worker died meanwhile (distributed's replicate then fails with either): copying
+        # is only an optimisation, tasks still fetch ``obj`` wherever they run
+        pass
+    return remote
+
+
 def _call(func: Callable[[Any], Any], arg: Any) -> Any:
     return func(arg)
 
@@ -258,11 +281,7 @@ def map_ordered(func: Callable[[Any], T], items: Iterable[tuple[Any, Any]], *,
         return
     import collections
 
-    # one task holds ``func`` and every worker gets a copy up front (so that the blocks are
-    # not all sent to the worker that has it); the scheduler can recompute it if all its
-    # holders die (scattered data could not be)
-    remote = client.submit(_identity, func, pure=False)
-    client.replicate([remote])
+    remote = shared(func, client)
     pending: collections.deque = collections.deque()
     for item in items:
         pending.append((item, client.submit(_call, remote, item[1], pure=False)))
