@@ -128,7 +128,8 @@ def _on_client(client: Client, what: str) -> Iterator[Client]:
             raise
         raise SchedulerError(
             f"{what}: the Dask cluster went away during the run ({type(exc).__name__}: {exc}); "
-            "nothing was marked complete -- restart the scheduler and its workers and run again."
+            "the work was not completed (a study run is marked failed) -- restart the scheduler and "
+            "its workers and run again."
         ) from exc
 
 

@@ -21,8 +21,6 @@ from streamclust.store import CaseStore, RunGroup
 from streamclust.study import run_study
 from streamclust._scheduler import parse_scheduler
 
-pytestmark = pytest.mark.distributed
-
 N_ROWS = 2000
 SETS = ["efficientnet-b7", "osnet", "vdc_color", "vdc_type"]
 STUDY = {"k": "3:5", "n_components": 16, "report": False, "random_state": 0}
@@ -74,6 +72,7 @@ def _assert_same_study(root, reference, run_id, out, sets=SETS):
     pd.testing.assert_frame_equal(metrics, ref_metrics, check_exact=False, rtol=1e-6)
 
 
+@pytest.mark.distributed
 def test_study_on_a_cluster_equals_the_threaded_study(case, client):
     root, reference = case
     with distributed.get_task_stream(client) as stream:
@@ -93,6 +92,7 @@ def test_study_on_a_cluster_equals_the_threaded_study(case, client):
     assert CaseStore(root / "case.zarr").run(result.run_id).status == "complete"
 
 
+@pytest.mark.distributed
 def test_a_killed_worker_does_not_change_the_result(case, client, monkeypatch):
     root, reference = case
     pids = client.run(os.getpid)
@@ -120,6 +120,7 @@ def test_a_killed_worker_does_not_change_the_result(case, client, monkeypatch):
     client.wait_for_workers(2, timeout=60)  # the nanny restarted it
 
 
+@pytest.mark.distributed
 def test_cli_scheduler_local(case, capsys):
     root, reference = case
     out = root / "cli"
@@ -131,6 +132,7 @@ def test_cli_scheduler_local(case, capsys):
     _assert_same_study(root, reference, run_id, out, sets=["vdc_color"])
 
 
+@pytest.mark.distributed
 def test_a_cluster_that_goes_away_fails_the_run_cleanly(case):
     root, reference = case
     store = CaseStore(root / "case.zarr")
@@ -169,6 +171,14 @@ def test_parse_scheduler_refuses_bad_values(bad):
         parse_scheduler(bad)
 
 
+@pytest.mark.parametrize("command", ["convert", "study", "assign", "demo"])
+def test_every_command_teaches_scheduler(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--scheduler ADDRESS" in text and "local:2" in text and "tcp://" in text, text
+
+
 def test_unreachable_scheduler_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("streamclust._scheduler.CONNECT_TIMEOUT", 1)
     status = main(["study", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "o"), "--quiet",
@@ -191,6 +201,7 @@ class _Counted:
         self.__dict__.update(state)
 
 
+@pytest.mark.distributed
 def test_block_function_is_sent_once_per_worker(client):
     import sys
 
@@ -207,6 +218,7 @@ def test_block_function_is_sent_once_per_worker(client):
     assert sorted(counts.values()) == [1, 1], counts
 
 
+@pytest.mark.distributed
 def test_assign_on_a_cluster_equals_the_threaded_assign(case, client):
     from streamclust.assign import assign_new
 
