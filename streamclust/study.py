@@ -210,6 +210,11 @@ def _block_budget(memory: str | int | None, n_features: dict[str, int]) -> int:
     n_features : dict of str -> int
         Columns of every descriptor set studied.
 
+    Returns
+    -------
+    int
+        ``memory`` minus ``LIBRARY_BASELINE``: what the passes size their blocks from.
+
     Raises
     ------
     MemoryBudgetError
