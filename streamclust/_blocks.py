@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MEMORY",
     "parse_memory",
     "block_rows_for",
+    "block_nbytes",
     "as_dask",
     "iter_blocks",
     "map_blocks_reduce",
@@ -116,6 +117,12 @@ def parse_memory(size: str | int | float | None) -> int:
     return value
 
 
+def block_nbytes(n_features: int, rows: int, *, bytes_per_value: int = 8, copies: int = 8) -> int:
+    """Bytes of memory that blocks of ``rows`` x ``n_features`` take in a pass
+    (``copies`` working copies; see :func:`block_rows_for`)."""
+    return rows * n_features * bytes_per_value * copies
+
+
 def block_rows_for(
     n_features: int,
     memory: str | int | None = None,
@@ -158,7 +165,7 @@ def block_rows_for(
     per_block = budget // copies
     rows = per_block // max(1, n_features * bytes_per_value)
     if rows < min_rows:
-        need = min_rows * n_features * bytes_per_value * copies
+        need = block_nbytes(n_features, min_rows, bytes_per_value=bytes_per_value, copies=copies)
         raise MemoryBudgetError(
             f"memory={budget / 2**20:.0f} MiB cannot hold blocks of {min_rows} rows x "
             f"{n_features} features; give at least memory='{math.ceil(need / 2**20)}MiB'."
@@ -276,6 +283,10 @@ def iter_blocks(
     release_memory()
 
 
+def _apply_to_block(func: Callable[[np.ndarray, slice], T], block: np.ndarray, rows: slice) -> T:
+    return func(block, rows)
+
+
 def map_blocks_reduce(
     func: Callable[[np.ndarray, slice], T],
     X: Any,
@@ -286,8 +297,9 @@ def map_blocks_reduce(
     """Apply ``func(block, rows)`` to every row block in parallel and reduce.
 
     Runs on the active Dask scheduler (threads by default; a
-    ``distributed.Client`` when one is the default).  ``func`` should return
-    small results (statistics), not blocks.
+    ``distributed.Client`` when one is active, see :mod:`streamclust._scheduler`;
+    each worker then receives ``func`` once).  ``func`` should return small
+    results (statistics), not blocks.
 
     Parameters
     ----------
@@ -298,13 +310,20 @@ def map_blocks_reduce(
         Associative reduction of the per-block results (in block order).  Without
         it, the list of per-block results is returned in block order.
     """
+    import uuid
+
     import dask
+
+    from ._scheduler import shared
 
     arr = as_dask(X, block_rows)
     starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
     delayed_blocks = arr.to_delayed().ravel()
+    func_arg = shared(func)  # on a cluster: sent to each worker once, not with every task
+    name = f"{type(func).__name__.strip('_')}-{uuid.uuid4().hex}"  # the pass, in task logs
     tasks = [
-        dask.delayed(func)(blk, slice(int(starts[i]), int(starts[i + 1])))
+        dask.delayed(_apply_to_block)(func_arg, blk, slice(int(starts[i]), int(starts[i + 1])),
+                                      dask_key_name=(name, i))
         for i, blk in enumerate(delayed_blocks)
     ]
     results = list(dask.compute(*tasks))

@@ -13,6 +13,7 @@ block by block and replaced atomically; the drift report needs only counters.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ._blocks import block_rows_for, iter_blocks
+from ._scheduler import map_ordered, runs_on_scheduler
 from .errors import InputError
 from .ingest import discover_case, open_source, read_paths_csv
 from .model import DescriptorSetModel, DriftAccumulator, DriftReport
@@ -88,6 +90,17 @@ def _open_input(new_input: Path, model: DescriptorSetModel, paths_csv: Path | No
     return _SourceRows(sources), np.concatenate(list(blocks))
 
 
+def _checked(blocks: Iterator[tuple[slice, np.ndarray]], new_input: Any
+             ) -> Iterator[tuple[slice, np.ndarray]]:
+    """The ``(rows, block)`` pairs as float32, refusing the first row that holds NaN or Inf."""
+    for sl, X in blocks:
+        if not np.isfinite(X).all():
+            bad = sl.start + int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+            raise InputError(f"{new_input}: row {bad} holds NaN or Inf.")
+        yield sl, np.asarray(X, np.float32)
+
+
+@runs_on_scheduler
 def assign_new(
     model_dir: str | os.PathLike[str],
     new_input: str | os.PathLike[str],
@@ -97,8 +110,21 @@ def assign_new(
     memory: str | int | None = None,
     allow_restricted_pickle: bool = False,
     progress: bool = False,
+    scheduler: str | None = None,
+    client: Any = None,
 ) -> AssignResult:
     """Label every row of ``new_input`` with the model in ``model_dir``; see the module docstring.
+
+    Blocks are read in this process, in row order; with ``scheduler``/``client``
+    their labelling and outlier scoring run on the Dask workers (the model is
+    sent to each worker once), a few blocks ahead of the CSV writer.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        ``"local:N"`` or a scheduler address; see :mod:`streamclust._scheduler`.
+    client : distributed.Client, optional
+        An existing client instead of ``scheduler``.
 
     Returns
     -------
@@ -122,11 +148,11 @@ def assign_new(
     t0 = time.perf_counter()
     try:
         with open(tmp, "w", newline="") as f:
-            for sl, X in iter_blocks(rows, block, progress=progress, desc=f"assign {model.name}"):
-                if not np.isfinite(X).all():
-                    bad = sl.start + int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
-                    raise InputError(f"{new_input}: row {bad} holds NaN or Inf.")
-                out = model.assign(np.asarray(X, np.float32))
+            blocks = _checked(iter_blocks(rows, block, progress=progress, desc=f"assign {model.name}"),
+                              new_input)
+            # blocks are read here in row order; labelling and scoring run on the workers
+            # when a client is active
+            for (sl, _), out in map_ordered(model.assign, blocks):
                 path_col = (np.asarray(paths[sl]).astype(object) if paths is not None
                             else np.array([f"row:{i}" for i in range(sl.start, sl.stop)], dtype=object))
                 frame = pd.DataFrame({"path": path_col, "cluster": out["cluster"],

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from ._scheduler import SCHEDULER_HELP, use_scheduler
 from .errors import StreamclustError
 
 __all__ = ["main", "build_parser"]
@@ -24,6 +25,14 @@ typical use:
 
 Every command runs in bounded memory (--memory, default 1GB) and streams the data
 block by block; errors print one line (add --debug for the traceback).
+
+on several processes or machines (--scheduler, every command):
+  streamclust study case.zarr -o study/ --scheduler local:2
+      start 2 worker processes (1 thread each) for this run, stop them after
+  dask scheduler &  dask worker tcp://HOST:8786 --nthreads 1   (on each machine)
+  streamclust study /shared/case.zarr -o study/ --scheduler tcp://HOST:8786
+      use a running cluster; the store path must be readable by every worker
+Without --scheduler, Dask's threads in this process do the work (nothing to start).
 """
 
 
@@ -52,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="memory budget for blocks and caches, e.g. 512MB, 2GiB (default: 1GB)")
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     common.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+    common.add_argument("--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP)
 
     conv = sub.add_parser(
         "convert", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -218,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runners = {"convert": _run_convert, "study": _run_study, "assign": _run_assign, "demo": _run_demo}
     try:
-        status = runners[args.command](args, say) or 0
+        # one scheduler for the whole command (demo: conversion and study share it)
+        with use_scheduler(args.scheduler):
+            status = runners[args.command](args, say) or 0
     except KeyboardInterrupt:
         print("streamclust: interrupted; completed work is kept and the next run resumes it", file=sys.stderr)
         return 130

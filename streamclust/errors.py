@@ -14,6 +14,7 @@ __all__ = [
     "UnsafePickleError",
     "StoreError",
     "MemoryBudgetError",
+    "SchedulerError",
     "StreamclustWarning",
 ]
 
@@ -38,6 +39,11 @@ class StoreError(StreamclustError):
 
 class MemoryBudgetError(StreamclustError, ValueError):
     """A requested job cannot run within the given memory budget."""
+
+
+class SchedulerError(StreamclustError, RuntimeError):
+    """The Dask scheduler given by ``scheduler=`` cannot be reached, or the cluster
+    went away during a run."""
 
 
 class StreamclustWarning(UserWarning):

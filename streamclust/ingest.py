@@ -39,6 +39,7 @@ import numpy as np
 
 from ._blocks import parse_memory
 from ._pickle_stream import open_pickled_array
+from ._scheduler import runs_on_scheduler
 from .errors import InputError, StoreError
 from .persist import write_atomic
 from .store import CaseStore, disk_full_error, now_iso
@@ -705,6 +706,7 @@ def _kept_paths(blocks: Iterator[np.ndarray], dropped: _DroppedRows | None) -> I
         start += len(block)
 
 
+@runs_on_scheduler
 def convert_case(
     case_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -715,6 +717,8 @@ def convert_case(
     allow_restricted_pickle: bool = False,
     progress: bool = False,
     nan_policy: str = "fail",
+    scheduler: str | None = None,
+    client: Any = None,
 ) -> CaseStore:
     """Convert a case folder into a store (see :mod:`streamclust.store`).
 
@@ -744,6 +748,15 @@ def convert_case(
         ``"impute"``: each NaN/Inf becomes its column's mean over the finite values
         (one more pass over a set, only when it has a bad value); the array's
         attributes record the means and the counts.
+    scheduler : str, optional
+        ``"local:N"`` or a scheduler address (:mod:`streamclust._scheduler`),
+        accepted so one setting serves every step of a pipeline.  Conversion
+        itself runs in this process whatever the scheduler: the raw formats are
+        read as sequential streams (pickle opcodes, CSV lines) and the store is
+        written in row order so that an interrupted conversion resumes; shipping
+        raw blocks to workers would cost more than compressing them here.
+    client : distributed.Client, optional
+        An existing client instead of ``scheduler``.
 
     Returns
     -------

@@ -54,6 +54,7 @@ finished.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -66,8 +67,9 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from ._blocks import parse_memory
-from .errors import InputError
+from ._blocks import block_nbytes, parse_memory
+from ._scheduler import runs_on_scheduler
+from .errors import InputError, MemoryBudgetError
 from .estimators import (
     KNNOutlierDetector,
     SampledHDBSCAN,
@@ -274,6 +276,46 @@ def choose_k(metrics: pd.DataFrame) -> int:
     best = metrics["silhouette"].max()
     ties = metrics[metrics["silhouette"] >= best - K_TIE_MARGIN]
     return int(ties.sort_values(["davies_bouldin", "k"]).iloc[0]["k"])
+
+
+def _block_budget(memory: str | int | None, n_features: dict[str, int]) -> int:
+    """Bytes left for blocks, statistics and caches once the libraries are loaded.
+
+    The budget covers the whole process: Python, numpy/scikit-learn/numba/pynndescent
+    and their compiled kernels take ``LIBRARY_BASELINE`` before any block is read.
+    Checked before any work: the widest set's PCA holds ~5 ``d x d`` float64
+    matrices (the accumulated scatter, one block's, the covariance and ``eigh``'s
+    copies) next to blocks of at least 64 rows.
+
+    Parameters
+    ----------
+    memory : str or int or None
+        The ``memory=`` of :func:`run_study`.
+    n_features : dict of str -> int
+        Columns of every descriptor set studied.
+
+    Returns
+    -------
+    int
+        ``memory`` minus ``LIBRARY_BASELINE``: what the passes size their blocks from.
+
+    Raises
+    ------
+    MemoryBudgetError
+        If the budget cannot hold that, naming the set and the smallest budget that does.
+    """
+    total = parse_memory(memory)
+    name = max(n_features, key=n_features.get)
+    d = n_features[name]
+    need = LIBRARY_BASELINE + 5 * 8 * d * d + block_nbytes(d, 64)
+    if total < need:
+        raise MemoryBudgetError(
+            f"memory={total / 2**20:.0f} MiB cannot hold this study: the libraries take "
+            f"~{LIBRARY_BASELINE >> 20} MiB and the PCA of {name!r} ({d} features) needs "
+            f"{(need - LIBRARY_BASELINE) / 2**20:.0f} MiB more; give at least "
+            f"memory='{math.ceil(need / 2**20)}MiB' (--memory), or leave {name!r} out (--descriptors)."
+        )
+    return total - LIBRARY_BASELINE
 
 
 def _store_reduced(pca: StreamingPCA, X: Any, run: RunGroup, name: str) -> Any:
@@ -613,6 +655,7 @@ def _best(metrics: pd.DataFrame) -> dict[str, Any] | None:
             "davies_bouldin": float(row["davies_bouldin"])}
 
 
+@runs_on_scheduler
 def run_study(
     store_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -633,6 +676,8 @@ def run_study(
     log: Callable[[str], None] | None = None,
     algorithms: str | Sequence[str] = ("kmeans",),
     mix: str | Sequence[str] | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
 ) -> StudyResult:
     """Run the study on a store; see the module docstring.
 
@@ -695,14 +740,23 @@ def run_study(
         profiles, a place in the comparison (it can be recommended),
         ``cluster_<mix>`` columns and a saved model.  Members missing from
         ``descriptors`` are studied too.
+    scheduler : str, optional
+        Where the parallel passes run: ``"local:N"`` starts ``N`` worker
+        processes for the call, ``"tcp://host:port"`` uses a running scheduler
+        whose workers can read ``store_path`` (a path or URL they all see);
+        default: Dask's threads (see :mod:`streamclust._scheduler`).  On a
+        cluster the parallel passes (PCA statistics, transform, labelling,
+        metric statistics, outlier scoring, histograms) run on the workers and
+        the sequential ones (k-means ``partial_fit``, the kNN index build) here;
+        results equal the threaded run's.  ``memory`` applies to each process.
+    client : distributed.Client, optional
+        An existing client instead of ``scheduler`` (left open).
 
     Returns
     -------
     StudyResult
     """
     log = log or (lambda line: None)
-    # the budget covers the whole process: blocks get what LIBRARY_BASELINE leaves
-    budget = max(parse_memory(memory) - LIBRARY_BASELINE, parse_memory(memory) // 4)
     ks = parse_k_range(k)
     algs = parse_algorithms(algorithms)
     store = CaseStore(store_path, mode="r+")
@@ -715,6 +769,7 @@ def run_study(
     names = list(dict.fromkeys(names + [m for spec in mixes for m in spec.members]))  # members studied too
     if store.n_rows < max(ks):
         raise InputError(f"n_samples={store.n_rows} should be >= n_clusters={max(ks)}.")
+    budget = _block_budget(memory, {n: int(store.descriptor(n).shape[1]) for n in names})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = {"descriptors": names, "mix": [f"{m.name}:{','.join(map(str, m.weights))}" for m in mixes],
