@@ -32,6 +32,8 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "latest.md"
 README = HERE / "README.md"
 STAGES = ("preprocess", "kmeans", "outliers", "projection")
+#: --quick: the widest and the narrowest of the four shapes.
+QUICK_SETS = ("efficientnet-b7", "vdc_color")
 RATIO_NOTE = ("sc/base time and sc/base rss: streamclust's wall time and peak RSS divided by that "
               "baseline's, from the same run (< 1: streamclust is faster / uses less memory).")
 
@@ -343,10 +345,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows of the demo case (default 416,314)")
     parser.add_argument("--data", type=Path, default=Path(".bench-data"), help="generated data (default .bench-data/)")
     parser.add_argument("--quick", action="store_true",
-                        help="20,000 rows, scale at 1x/2x/4x of 20,000, tables to results/quick.md")
-    parser.add_argument("--k", default="2:15", help="k range of the sweeps (default 2:15)")
+                        help="20,000 rows, k 2:6, stages of 2 sets, scale at 1x/2x/4x of 20,000, "
+                             "tables to results/quick.md")
+    parser.add_argument("--k", default=None, help="k range of the sweeps (default 2:15; --quick 2:6)")
     parser.add_argument("--memory", default="1GB", help="streamclust's memory budget (default 1GB)")
-    parser.add_argument("--sets", default=",".join(SETS), help="descriptor sets of 'stages' (default: all four)")
+    parser.add_argument("--sets", default=None,
+                        help=f"descriptor sets of 'stages' (default: all four; --quick {','.join(QUICK_SETS)})")
     parser.add_argument("--only", default=",".join(STAGES), help=f"stages of 'stages', in order (default {','.join(STAGES)})")
     parser.add_argument("--skip", default="", help="baselines to skip, e.g. daskml,daskml-incremental,umap-full")
     parser.add_argument("--lof-rows", type=int, default=None, help="cap of the exact LOF baselines (default: all rows)")
@@ -356,6 +360,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None, help="results file (default results/latest.md)")
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.quick else 416_314)
+    k = args.k or ("2:6" if args.quick else "2:15")
+    sets = (args.sets or (",".join(QUICK_SETS) if args.quick else ",".join(SETS))).split(",")
     base = args.scale_base or (20_000 if args.quick else 416_314)
     factors = [int(f) for f in (args.scale_factors or ("1,2,4" if args.quick else "1,4,10")).split(",")]
     RESULTS = args.results or HERE / "results" / ("quick.md" if args.quick else "latest.md")
@@ -366,12 +372,12 @@ def main() -> None:
     if "convert" in todo:
         bench_convert(args.data, rows)
     if "study" in todo:
-        bench_study(args.data, rows, args.k, args.memory, args.lof_rows)
+        bench_study(args.data, rows, k, args.memory, args.lof_rows)
     if "stages" in todo:
-        bench_stages(args.data, rows, args.sets.split(","), args.k, args.memory, args.lof_rows, args.umap_rows,
+        bench_stages(args.data, rows, sets, k, args.memory, args.lof_rows, args.umap_rows,
                      args.only.split(","), set(filter(None, args.skip.split(","))))
     if "scale" in todo:
-        bench_scale(args.data, rows, base, factors, args.k, args.memory, args.lof_rows)
+        bench_scale(args.data, rows, base, factors, k, args.memory, args.lof_rows)
     if "assign" in todo:
         bench_assign(args.data, rows)
 
