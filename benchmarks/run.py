@@ -12,8 +12,8 @@
 Every measured method runs in a fresh process; peak RSS is that process's own maximum
 resident set.  Tables (with machine, versions, load and date) are printed and appended
 to benchmarks/results/latest.md (--quick: results/quick.md).  Data goes to --data
-(default .bench-data/, git-ignored).  --quick runs everything at 20,000 rows (scale at
-1x/2x/4x of 20,000) to check the suite end to end in a few minutes.
+(default .bench-data/, git-ignored).  --quick runs everything at 20,000 rows (k 2:6, stages
+of two sets, scale at 1x/2x/4x of 20,000) to check the suite end to end (~20 min on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def _demo(data: Path, rows: int, convert: bool = True) -> tuple[str, str]:
     return str(case), str(store)
 
 
+def _chosen_k(r: dict) -> str:
+    return json.dumps({name: v["k"] for name, v in r["result"].items()})
+
+
 def _cap(n: int | None, rows: int) -> str:
     return "all rows" if n is None or n >= rows else f"first {n:,} rows (capped by the option)"
 
@@ -115,17 +119,16 @@ def bench_study(data: Path, rows: int, k: str, memory: str, lof_rows: int | None
     ours = measure("stages:study_streamclust", store=store, out=str(data / f"demo-{rows}" / "study"),
                    k=k, memory=memory)
     base = measure("stages:study_sklearn_baseline", case=case, k=k, lof_rows=lof_rows)
-    chosen = lambda r: json.dumps({n: v["k"] for n, v in r["result"].items()})  # noqa: E731
     out = [
         {"stage": "convert (4 sets)", "method": "streamclust", "wall_s": conv["wall_s"],
          "peak_rss_mb": conv["peak_rss_mb"]},
         {"stage": f"study k={k} (4 sets)",
          "method": "streamclust run_study (PCA, k sweep, outliers, profiles, CSVs, report.html)",
-         "wall_s": ours["wall_s"], "peak_rss_mb": ours["peak_rss_mb"], "chosen_k": chosen(ours),
+         "wall_s": ours["wall_s"], "peak_rss_mb": ours["peak_rss_mb"], "chosen_k": _chosen_k(ours),
          "time_ratio": ours["wall_s"] / base["wall_s"], "rss_ratio": ours["peak_rss_mb"] / base["peak_rss_mb"]},
         {"stage": f"study k={k} (4 sets)",
          "method": f"in-memory scikit-learn (pickle.load, PCA, MiniBatchKMeans, exact LOF on {_cap(lof_rows, rows)})",
-         "wall_s": base["wall_s"], "peak_rss_mb": base["peak_rss_mb"], "chosen_k": chosen(base)},
+         "wall_s": base["wall_s"], "peak_rss_mb": base["peak_rss_mb"], "chosen_k": _chosen_k(base)},
     ]
     t, m = out[1]["time_ratio"], out[1]["rss_ratio"]
     _report(f"study: demo case, {rows:,} rows, 4 descriptor sets", out,
