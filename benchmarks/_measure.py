@@ -34,14 +34,18 @@ print("@@RESULT@@" + json.dumps({{"wall_s": wall, "peak_rss_mb": peak, "result":
 def measure(spec: str, **kwargs) -> dict:
     """Run ``spec`` (``"module:function"`` in benchmarks/) in a child; return wall_s, peak_rss_mb, result."""
     code = _CHILD.format(bench_dir=str(Path(__file__).parent))
+    shown = ", ".join(f"{k}={Path(v).name if isinstance(v, str) and '/' in v else v}" for k, v in kwargs.items())
+    print(f"  running {spec}({shown}) ...", end="", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, spec, json.dumps(kwargs)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
+        print(" FAILED", flush=True)
         raise RuntimeError(f"benchmark stage {spec} failed:\n{proc.stderr[-4000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")][-1]
     res = json.loads(line[len("@@RESULT@@"):])
     res["process_s"] = time.perf_counter() - t0
+    print(f" {res['wall_s']:.1f} s, {res['peak_rss_mb']:.0f} MB", flush=True)
     return res
 
 
@@ -60,6 +64,7 @@ def machine_facts() -> dict:
         "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
         "dask": dask.__version__, "zarr": zarr.__version__,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", ""),
+        "load avg (1 min)": f"{os.getloadavg()[0]:.1f}",
     }
 
 
