@@ -40,6 +40,7 @@ __all__ = [
     "n_rows_of",
     "read_rows",
     "release_memory",
+    "bound_heaps",
 ]
 
 #: Memory budget used when none is given: 1 GiB.
@@ -65,18 +66,46 @@ _UNITS = {
 T = TypeVar("T")
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None on other C libraries (macOS, Windows, musl)."""
+def _load_glibc() -> Any:
+    """glibc, or None on other C libraries (macOS, Windows, musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both must exist (glibc)
+        return libc
     except (OSError, AttributeError):
         return None
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_GLIBC = _load_glibc()
+
+#: ``mallopt`` parameters (glibc's malloc.h).
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+
+
+def bound_heaps(max_arenas: int = 2, mmap_threshold: int = 4 << 20) -> None:
+    """Make freed block buffers go back to the operating system (glibc only).
+
+    Called by the long-running entry points (convert, study, assign) before their
+    passes.  Two glibc defaults otherwise keep a process at its high-water mark:
+
+    * every thread that allocates (Dask's pool, the read-ahead thread) gets its
+      own heap "arena", up to 8 per core; freed blocks stay in them, fragmented.
+      Measured on a one-set study of the 416,314-row demo case: 747 MiB resident
+      after the study with the default, 524 MiB with ``max_arenas=2`` (peak 868 ->
+      722 MiB);
+    * after a large buffer is freed, glibc raises its mmap threshold (up to 32 MiB),
+      so later blocks come from the heap and are not returned when freed.  A fixed
+      ``mmap_threshold`` keeps every block-sized buffer in its own mapping
+      (peak 722 -> 688 MiB).
+
+    Process-wide and permanent (it only changes where memory comes from); a no-op
+    off glibc.
+    """
+    if _GLIBC is not None:
+        _GLIBC.mallopt(_M_ARENA_MAX, int(max_arenas))
+        _GLIBC.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
 
 
 def release_memory() -> None:
@@ -88,8 +117,8 @@ def release_memory() -> None:
     and every later stage (numba compilation, the kNN index) stacks on top.
     ``dask.distributed`` workers trim the same way.  A no-op off glibc.
     """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    if _GLIBC is not None:
+        _GLIBC.malloc_trim(0)
 
 
 def parse_memory(size: str | int | float | None) -> int:

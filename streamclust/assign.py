@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._blocks import block_rows_for, iter_blocks
+from ._blocks import block_rows_for, bound_heaps, iter_blocks
 from ._scheduler import map_ordered, runs_on_scheduler
 from .errors import InputError
 from .ingest import discover_case, open_source, read_paths_csv
@@ -131,6 +131,7 @@ def assign_new(
     AssignResult
         Output path, row and outlier counts, the drift report and the throughput.
     """
+    bound_heaps()
     import time
 
     model = DescriptorSetModel.load(model_dir)

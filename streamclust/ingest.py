@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._blocks import parse_memory
+from ._blocks import bound_heaps, parse_memory
 from ._pickle_stream import open_pickled_array
 from ._scheduler import runs_on_scheduler
 from .errors import InputError, StoreError
@@ -771,6 +771,7 @@ def convert_case(
     StoreError
         The store holds another case, a set of another width, or the disk is full.
     """
+    bound_heaps()
     _check_policy(nan_policy)
     files = discover_case(case_dir, descriptors, paths_csv)
     sources = {

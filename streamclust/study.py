@@ -67,7 +67,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from ._blocks import block_nbytes, parse_memory
+from ._blocks import block_nbytes, bound_heaps, parse_memory
 from ._scheduler import runs_on_scheduler
 from .errors import InputError, MemoryBudgetError
 from .estimators import (
@@ -757,6 +757,7 @@ def run_study(
     StudyResult
     """
     log = log or (lambda line: None)
+    bound_heaps()
     ks = parse_k_range(k)
     algs = parse_algorithms(algorithms)
     store = CaseStore(store_path, mode="r+")
