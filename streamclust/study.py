@@ -103,9 +103,9 @@ BEST_RULE = ("the (set, algorithm, k) with the highest sampled silhouette among 
 K_TIE_MARGIN = 0.01
 
 #: Resident memory a study holds besides its blocks, subtracted from ``memory`` before sizing them.
-#: Measured on the 416,314-row demo case: 267 MiB after import, ~520 MiB once numba has compiled
-#: the kNN index's kernels, ~800 MiB between descriptor sets (BLAS and per-thread heaps included).
-LIBRARY_BASELINE = 700 << 20
+#: Measured on the 416,314-row demo case (with :func:`~streamclust._blocks.bound_heaps`): 267 MiB
+#: after import, ~530 MiB once numba has compiled the kNN index's kernels and between sets.
+LIBRARY_BASELINE = 600 << 20
 
 #: How a mixture is balanced, as reported in ``summary.json``.
 MIX_RULE = ("each member's reduced rows times sqrt(w_i / T_i), T_i the member's total variance and w the "
