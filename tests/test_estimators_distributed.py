@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import distributed
 import numpy as np
 import pytest
 
 from streamclust.estimators import StreamingPCA, cluster_metrics, kmeans_sweep, sweep_metrics
-
-distributed = pytest.importorskip("distributed")
 
 
 def _pipeline(X):

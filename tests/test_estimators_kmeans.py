@@ -59,7 +59,7 @@ def test_same_seed_same_result_and_block_sizes_close(mixture):
 
 
 def test_numpy_and_dask_inputs_agree(small, tmp_path):
-    zarr = pytest.importorskip("zarr")
+    import zarr
     X, _ = small
     m_np = StreamingKMeans(6, random_state=0, block_rows=700).fit(X)
     z = zarr.open_array(tmp_path / "x.zarr", mode="w", shape=X.shape, chunks=(700, X.shape[1]), dtype=X.dtype)

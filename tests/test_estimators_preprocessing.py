@@ -103,7 +103,7 @@ def test_pca_float_n_components_reaches_target_variance():
 
 
 def test_pca_numpy_dask_zarr_and_block_size_agree(tmp_path):
-    zarr = pytest.importorskip("zarr")
+    import zarr
     X = _data(n=5000, dtype=np.float32)
     base = StreamingPCA(6, block_rows=5000).fit(X)
     z = zarr.open_array(tmp_path / "x.zarr", mode="w", shape=X.shape, chunks=(700, X.shape[1]), dtype=X.dtype)

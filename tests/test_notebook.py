@@ -8,12 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
-
 from test_report import _check_page, _run_chromium  # the Chromium harness of the report tests
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "study.ipynb"
 

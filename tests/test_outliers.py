@@ -303,7 +303,7 @@ def test_warm_up_and_small_reference_warns():
 def demo_scores(tmp_path_factory):
     """AUCs on a small demo case: osnet and efficientnet-b7 descriptors, L2-normalised
     and reduced by PCA(32); ours (LOF-style and mean kNN distance, k=20) and exact LOF."""
-    datasets = pytest.importorskip("streamclust.datasets")
+    from streamclust import datasets
     if not hasattr(datasets, "make_demo_case"):
         pytest.skip("streamclust.datasets.make_demo_case not available")
     from sklearn.decomposition import PCA

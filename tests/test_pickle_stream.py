@@ -539,7 +539,7 @@ def test_fuzz_only_input_errors(fuzz_dir, data, restricted):
 
 
 def test_dataframe_needs_the_restricted_loader(tmp_path):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     values = _array(shape=(6, 3))
     frame = pd.DataFrame(values, columns=["a", "b", "c"])
     path = _write(tmp_path / "frame.pickle", pickle.dumps(frame))
@@ -556,7 +556,7 @@ def test_dataframe_needs_the_restricted_loader(tmp_path):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_restricted_loader_reads_range_indexed_frames(tmp_path, protocol):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     values = _array("float32", shape=(5, 4))
     path = _write(tmp_path / "frame.pickle", pickle.dumps(pd.DataFrame(values), protocol=protocol))
     pa = open_pickled_array(path, allow_restricted=True)

@@ -85,7 +85,7 @@ def test_read_metadata_csv_with_path_column(demo, tmp_path):
 
 
 def test_read_metadata_basename_partial_and_parquet(demo, tmp_path):
-    pytest.importorskip("pyarrow")
+    import pyarrow  # noqa: F401 - the parquet reader needs it
     truth = demo["truth"]
     part = truth.iloc[: int(0.7 * N_ROWS)]
     pd.DataFrame({"file": part["path"].str.rsplit("/", n=1).str[-1],
