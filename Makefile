@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
-	@echo "compiling the numba kernels of the kNN index once (cached on disk for later runs)..."
-	$(BIN)/python -c "from streamclust.estimators import warm_up; warm_up(verbose=True)"
+	@echo "compiling the numba kernels of the kNN index and of UMAP once (cached on disk for later runs)..."
+	$(BIN)/python -c "from streamclust.estimators import warm_up, warm_up_umap; warm_up(verbose=True); warm_up_umap(verbose=True)"
 	touch $(STAMP)
 
 ## demo: build the demo case (DEMO_ROWS rows), convert it to Zarr and run the study into DEMO_OUT/

@@ -20,6 +20,7 @@ typical use:
   streamclust convert CASE_DIR -o case.zarr          raw files -> chunked Zarr store (resumable)
   streamclust study case.zarr -o study/ --k 2:15     preprocess, sweep k, label every image
   streamclust study case.zarr -o study/ --mix vdc_color+vdc_type   ... and a balanced mixture of two sets
+  streamclust study case.zarr -o study/ --umap       ... and a 2-D UMAP of every image (store + report)
   streamclust assign study/models/osnet NEW -o new.csv  label + screen new descriptors, report drift
   streamclust demo --rows 20000 --out demo-out       all of the above on generated demo data
 
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--algorithms", default="kmeans,ward", metavar="NAME[,NAME...]",
                        help="clustering algorithms compared on every set: kmeans, ward, gmm, hdbscan "
                             "(default kmeans,ward; kmeans always runs and defines the saved model)")
+    study.add_argument("--umap", action="store_true",
+                       help="also store every image's position in a 2-D UMAP of each set (runs/<id>/<set>/umap; "
+                            "UMAP of a 20,000-row sample, every row placed by its nearest sampled rows) and "
+                            "show its density overview in report.html")
 
     assign = sub.add_parser(
         "assign", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -186,6 +191,7 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
         progress=not args.quiet, log=say,
         algorithms=getattr(args, "algorithms", "kmeans,ward"),
         mix=getattr(args, "mix", None),
+        umap=getattr(args, "umap", False),
     )
     say("")
     say(result.summary_table().to_string(index=False))

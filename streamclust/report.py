@@ -13,7 +13,8 @@ It reads top to bottom:
    versions, and one summary row per set;
 2. **one section per descriptor set** -- facts (dimensions, PCA components,
    chosen k), the metrics table and metrics-vs-k plot, the density overview and
-   small multiples, a link to the interactive 3-D view, then one *card per
+   small multiples, the density overview in UMAP coordinates beside the PCA
+   one when the set has it, a link to the interactive 3-D view, then one *card per
    cluster* (sentence, montage, profile table) and the set's *outliers* (rule,
    count flagged, montage of the top outliers with their scores).  Sets named
    like ``vdc_color+vdc_type`` are mixtures of the named sets and are flagged
@@ -143,6 +144,9 @@ class SetReport:
         How k was chosen, in words.
     notes : list of str
         Extra remarks shown under the facts.
+    umap_overview : path, optional
+        PNG: the density overview of all rows in UMAP coordinates, shown beside
+        ``density_overview``.
     """
 
     name: str
@@ -159,6 +163,7 @@ class SetReport:
     explained_variance: float | None = None
     k_rule: str | None = None
     notes: list[str] = field(default_factory=list)
+    umap_overview: PathLike | None = None
 
     @property
     def components(self) -> list[str]:
@@ -307,6 +312,7 @@ tr.chosen td { background: #e9f3fb; font-weight: 600; }
 table.facts th { width: 220px; }
 figure { margin: 12px 0 20px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 0 16px; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 16px; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; background: #fff; }
@@ -510,11 +516,16 @@ def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
     out.append(_figure(assets, rep.metrics_plot, f"{slug}-metrics", f"metrics against k for {rep.name}",
                        "Silhouette (sampled), Calinski-Harabasz, Davies-Bouldin and inertia against k; "
                        "the star marks the chosen k."))
-    if rep.density_overview or rep.small_multiples or rep.scatter3d:
+    if rep.density_overview or rep.small_multiples or rep.scatter3d or rep.umap_overview:
         out.append("<h3>Where the clusters lie</h3>")
-    out.append(_figure(assets, rep.density_overview, f"{slug}-density", f"density of all rows of {rep.name}",
-                       "Every row of the case in a 2-D projection, binned: colour = cluster (blended where "
-                       "clusters overlap), darker = denser (log scale); crosses = flagged outliers."))
+    overviews = [_figure(assets, rep.density_overview, f"{slug}-density", f"density of all rows of {rep.name}",
+                         "Every row of the case in a 2-D projection, binned: colour = cluster (blended where "
+                         "clusters overlap), darker = denser (log scale); crosses = flagged outliers."),
+                 _figure(assets, rep.umap_overview, f"{slug}-umap", f"UMAP density of all rows of {rep.name}",
+                         "The same rows in UMAP coordinates (UMAP fitted on a seeded sample, every other row "
+                         "placed at the mean of its nearest sampled rows), binned and coloured the same way.")]
+    overviews = [f for f in overviews if f]
+    out.append(f'<div class="pair">{"".join(overviews)}</div>' if len(overviews) > 1 else "".join(overviews))
     out.append(_figure(assets, rep.small_multiples, f"{slug}-clusters", f"each cluster of {rep.name}",
                        "One panel per cluster over all rows in grey."))
     url3d = assets.url(rep.scatter3d, f"{slug}-3d", embed_ok=False)
@@ -580,7 +591,7 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
     out.mkdir(parents=True, exist_ok=True)
     sources: list[PathLike | None] = []
     for s in data.sets:
-        sources += [s.metrics_plot, s.density_overview, s.small_multiples, s.scatter3d]
+        sources += [s.metrics_plot, s.density_overview, s.umap_overview, s.small_multiples, s.scatter3d]
         sources += [c.montage for c in s.clusters]
         if s.outliers is not None:
             sources.append(s.outliers.montage)

@@ -38,6 +38,14 @@ For each descriptor set, in bounded memory:
    ``streamclust assign`` labels new rows from the members' descriptors).
    Members not listed in ``descriptors`` are studied too.
 
+9. **Projections** (``umap=True``) -- :class:`~streamclust.estimators.SampledUMAP`
+   (UMAP of a seeded sample of the stored reduced rows, every row then placed at
+   the mean of its nearest sampled rows, block by block) writes every row's 2-D
+   position to ``runs/<id>/<set>/umap`` (float32, ``(n, 2)``, chunked like the
+   labels), for every set and mixture.  The linear 2-D / 3-D view needs no copy:
+   it is ``runs/<id>/<set>/reduced[:, :2]`` / ``[:, :3]`` (the reduced rows are
+   PCA scores, largest variance first; :func:`~streamclust.estimators.pca_projection`).
+
 Outputs in ``out_dir``: ``results.csv`` (``path``, ``cluster``, ``cluster_<set>``
 per set, ``outlier_score``, ``is_outlier``, then ``outlier_score_<set>``,
 ``is_outlier_<set>`` per set; one row per image in store order; the unsuffixed
@@ -73,6 +81,7 @@ from .errors import InputError, MemoryBudgetError
 from .estimators import (
     KNNOutlierDetector,
     SampledHDBSCAN,
+    SampledUMAP,
     StreamingGaussianMixture,
     StreamingKMeans,
     StreamingPCA,
@@ -134,6 +143,9 @@ class SetResult:
     outlier_rule: str = ""
     #: For a mixture: ``members``, ``weights`` and the ``variance_share`` of each member.
     mixture: dict[str, Any] | None = None
+    #: With ``umap=True``: ``sample_rows`` (rows UMAP embedded), ``seconds`` and the
+    #: ``params`` of :class:`~streamclust.estimators.SampledUMAP`; its output is ``<set>/umap``.
+    umap: dict[str, Any] | None = None
 
 
 @dataclass
@@ -325,6 +337,32 @@ def _store_reduced(pca: StreamingPCA, X: Any, run: RunGroup, name: str) -> Any:
                               attrs={"descriptor_set": name})
     da.store(reduced.rechunk((target.chunks[0], -1)), target, lock=False)
     return target
+
+
+def _umap_params(projector: SampledUMAP) -> dict[str, Any]:
+    """The parameters of ``projector`` that shape the embedding (not the block sizing)."""
+    return {k: v for k, v in projector.get_params().items() if k not in ("memory", "block_rows")}
+
+
+def _store_umap(projector: SampledUMAP, reduced: Any, run: RunGroup, name: str,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """Step 9 of the module docstring: a fresh clone of ``projector`` fitted on a sample of the
+    reduced rows, every row's position written block by block to ``runs/<id>/<name>/umap``
+    (float32, shape (n, 2), row chunks of the labels)."""
+    from sklearn.base import clone
+
+    t0 = time.perf_counter()
+    est = clone(projector)
+    embedding = est.fit_transform(reduced)
+    info = {"sample_rows": int(len(est.sample_indices_)), "params": _umap_params(est)}
+    target = run.create_array(f"{name}/umap", (reduced.shape[0], int(est.n_components)), "float32",
+                              chunk_rows=reduced.chunks[0],
+                              attrs={"descriptor_set": name, "projection": "umap", **info})
+    da.store(embedding.rechunk((target.chunks[0], -1)), target, lock=False)
+    info["seconds"] = time.perf_counter() - t0
+    log(f"{name}: UMAP of {info['sample_rows']:,} sampled rows, every row placed, "
+        f"in {info['seconds']:.1f} s")
+    return info
 
 
 def _store_labels(model: StreamingKMeans, reduced: Any, run: RunGroup, name: str) -> Any:
@@ -678,6 +716,7 @@ def run_study(
     mix: str | Sequence[str] | None = None,
     scheduler: str | None = None,
     client: Any = None,
+    umap: bool = False,
 ) -> StudyResult:
     """Run the study on a store; see the module docstring.
 
@@ -751,6 +790,17 @@ def run_study(
         results equal the threaded run's.  ``memory`` applies to each process.
     client : distributed.Client, optional
         An existing client instead of ``scheduler`` (left open).
+    umap : bool
+        Also store every row's position in a 2-D UMAP of each set and mixture
+        (``runs/<id>/<set>/umap``, float32 ``(n, 2)``; module docstring, step 9):
+        :class:`~streamclust.estimators.SampledUMAP` with its defaults (UMAP of a
+        20,000-row sample, every row placed at the mean of its 10 nearest sampled
+        rows), seeded with ``random_state``; its parameters go to the run's
+        params and ``summary.json`` (``umap``).  The report then shows a density
+        overview of all rows in UMAP coordinates beside the PCA one, and links a
+        3-D view of 2,000 sampled rows (first three PCA components).  The first
+        UMAP fit on a machine compiles umap-learn's numba kernels once (kept in
+        numba's disk cache; ``streamclust.estimators.warm_up_umap``).
 
     Returns
     -------
@@ -779,6 +829,10 @@ def run_study(
               "silhouette_samples": silhouette_samples,
               "outlier_neighbors": outlier_neighbors, "random_state": random_state,
               "metadata": str(metadata) if metadata else None, "algorithms": algs}
+    projector = None
+    if umap:
+        projector = SampledUMAP(n_components=2, memory=budget, random_state=random_state)
+        params["umap"] = _umap_params(projector)
     attributes = read_metadata(metadata, store.ids[:]) if metadata else None
     if attributes is not None:
         log(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
@@ -805,6 +859,8 @@ def run_study(
                                  outlier_neighbors=outlier_neighbors, n_top_outliers=n_top_outliers,
                                  random_state=random_state, attributes=attributes, log=log)
             result.sets[name] = outcome.result
+            if projector is not None:
+                outcome.result.umap = _store_umap(projector, outcome.reduced, run, name, log)
             result.profiles[name] = outcome.profile
             reduced[name] = outcome.reduced
             labels[name], outlier_scores[name], outlier_flags[name] = outcome.labels, outcome.scores, outcome.flags
@@ -865,6 +921,10 @@ def run_study(
                    "mixtures": {n: r.mixture for n, r in result.sets.items() if r.mixture},
                    "mix_rule": MIX_RULE,
                    "agreement": agreement_all.to_dict(orient="records")}
+        if projector is not None:
+            summary["umap"] = {"params": params["umap"],
+                               "sets": {n: {k: v for k, v in r.umap.items() if k != "params"}
+                                        for n, r in result.sets.items()}}
         write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
         chosen_rows = metrics_all[metrics_all["chosen"]]
         run.complete({"recommended": result.recommended,

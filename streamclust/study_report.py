@@ -2,7 +2,9 @@
 
 Reads the run arrays (reduced rows, labels, outlier scores and flags) block by
 block: density plots are 2-D histograms of the first two principal components
-of EVERY row (:mod:`streamclust.viz`), montages come straight from the image zip
+of EVERY row (:mod:`streamclust.viz`) and, for a study run with ``umap=True``,
+of every row's stored UMAP position (``<set>/umap``), with a 3-D view of a
+sample of rows (first three principal components) beside; montages come straight from the image zip
 or folder (:mod:`streamclust.montage`, paths checked against the root), and the
 text comes from the cluster profiles and the set comparison
 (:mod:`streamclust.profiles`).  Everything is written under
@@ -22,13 +24,23 @@ import pandas as pd
 from .estimators import pca_projection
 from .montage import ImageSource, montage, pick_montage_rows
 from .report import ClusterCard, ComparisonTable, OutlierInfo, ReportData, SetReport, write_report
-from .viz import density_histograms, render_density_overview, render_metrics_vs_k, render_small_multiples
+from .viz import (
+    density_histograms,
+    render_density_overview,
+    render_metrics_vs_k,
+    render_small_multiples,
+    sample_points,
+    write_scatter3d_html,
+)
 
 if TYPE_CHECKING:
     from .store import CaseStore, RunGroup
     from .study import StudyResult
 
 __all__ = ["build_study_report"]
+
+#: Rows drawn for the 3-D view of a set whose study stored a UMAP (``umap=True``).
+SCATTER3D_ROWS = 2000
 
 
 def _montage_png(source: ImageSource | None, paths: list[str], captions: list[str], path: Path,
@@ -52,6 +64,16 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     overview = render_density_overview(hist, files / f"{name}-density.png",
                                        title=f"{name}: all {int(hist.n_rows):,} images, first two components")
     multiples = render_small_multiples(hist, files / f"{name}-clusters.png", title=name)
+    umap_png = scatter = None
+    if res.umap is not None:
+        umap_hist = density_histograms(run.array(f"{name}/umap"), labels, outlier_flags=flags, memory=memory)
+        umap_png = render_density_overview(
+            umap_hist, files / f"{name}-umap.png", axis_labels=("UMAP 1", "UMAP 2"),
+            title=f"{name}: all {int(umap_hist.n_rows):,} images, UMAP fitted on {res.umap['sample_rows']:,} of them")
+        points, point_labels, _ = sample_points(pca_projection(reduced, 3), labels, n=SCATTER3D_ROWS,
+                                                random_state=res.umap["params"]["random_state"], memory=memory)
+        scatter = write_scatter3d_html(points, point_labels, files / f"{name}-3d.html",
+                                       title=f"{name}: {len(points):,} sampled images, first three components")
 
     picks = pick_montage_rows(reduced, labels, res.centers, n_nearest=8, n_random=8, n_border=8, memory=memory)
     profile = result.profiles.get(name)
@@ -86,7 +108,7 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
         shares = ", ".join(f"{m} {v:.0%}" for m, v in res.mixture["variance_share"].items())
         notes.append(f"Balanced mixture ({MIX_RULE}); variance shares: {shares}.")
     return SetReport(name, res.n_features, res.n_components, res.k, res.metrics, metrics_png, overview,
-                     multiples, None, cards, outliers, res.explained_variance, K_RULE, notes)
+                     multiples, scatter, cards, outliers, res.explained_variance, K_RULE, notes, umap_png)
 
 
 def build_study_report(result: StudyResult, store: CaseStore, *, images: str | os.PathLike[str] | None = None,

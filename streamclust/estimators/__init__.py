@@ -8,7 +8,7 @@ Dask arrays otherwise.
 from .kmeans import StreamingKMeans, kmeans_sweep
 from .metrics import cluster_metrics, sampled_silhouette, sweep_metrics
 from .outliers import KNNOutlierDetector, warm_up
-from .projection import SampledUMAP, pca_projection
+from .projection import SampledUMAP, pca_projection, warm_up_umap
 from .hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
 from .mixture import StreamingGaussianMixture
 from .density import SampledHDBSCAN
@@ -29,6 +29,7 @@ __all__ = [
     "warm_up",
     "SampledUMAP",
     "pca_projection",
+    "warm_up_umap",
     "MicroClusterAgglomerative",
     "StreamingBirch",
     "hierarchy_sweep",

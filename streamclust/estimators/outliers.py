@@ -77,6 +77,7 @@ import numbers
 import threading
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -209,18 +210,20 @@ _UNCACHED_BUILD_KERNELS = {
 }
 
 
-def _cache_build_kernels() -> None:
-    """Turn on numba's disk cache for :data:`_UNCACHED_BUILD_KERNELS`.
+def _cache_kernels(kernels: Mapping[str, Sequence[str]]) -> None:
+    """Turn on numba's disk cache for the named njit kernels (``module -> names``).
 
-    Compiling them costs every fresh process ~17 s and ~85 MB of peak RSS (LLVM)
-    on a 100k x 64 build (measured: 41 s / 609 MB -> 24 s / 525 MB); loading them
-    from the cache costs neither.  Kernels a pynndescent version lacks are skipped.
+    Only for kernels whose arguments are plain arrays, scalars and tuples of them
+    (no function arguments, no dynamic globals): numba can then store their machine
+    code on disk and later processes load it instead of compiling.  Modules or
+    kernels a version of the library lacks are skipped; kernels already cached are
+    left alone.
     """
     import importlib
 
     from numba.core.caching import FunctionCache
 
-    for module_name, names in _UNCACHED_BUILD_KERNELS.items():
+    for module_name, names in kernels.items():
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -229,6 +232,16 @@ def _cache_build_kernels() -> None:
             kernel = getattr(module, name, None)
             if hasattr(kernel, "enable_caching") and not isinstance(kernel._cache, FunctionCache):
                 kernel.enable_caching()
+
+
+def _cache_build_kernels() -> None:
+    """Turn on numba's disk cache for :data:`_UNCACHED_BUILD_KERNELS`.
+
+    Compiling them costs every fresh process ~17 s and ~85 MB of peak RSS (LLVM)
+    on a 100k x 64 build (measured: 41 s / 609 MB -> 24 s / 525 MB); loading them
+    from the cache costs neither.
+    """
+    _cache_kernels(_UNCACHED_BUILD_KERNELS)
 
 
 def _build_index(reference: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
