@@ -54,9 +54,11 @@ set with score, rank and flag), ``metrics.csv`` (one row per set x algorithm x
 k, with ``bic`` for gmm and ``noise_fraction`` for hdbscan), ``algorithms.csv``
 (``set, algorithm_a, algorithm_b, ari, ami``), ``cluster_<set>_<algorithm>``
 columns at the end of ``results.csv`` for the algorithms other than k-means, ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.persist`) and
-``summary.json``.  Files are replaced atomically and the run in the store is
-marked complete only at the very end, so a crash never leaves a run that looks
-finished.
+``summary.json``.  They are written into ``out_dir/.partial-<run id>/`` and moved
+into ``out_dir`` (``summary.json`` last) only when everything is written, and the
+run in the store is marked complete after that: a study that fails or is killed
+leaves the previous study's outputs in ``out_dir`` untouched and never a run that
+looks finished (a killed one leaves its ``.partial-*`` folder, safe to delete).
 """
 
 from __future__ import annotations
@@ -400,32 +402,31 @@ def _top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any,
     return frame
 
 
-#: What a study writes into ``out_dir`` (besides ``models/<set>/`` and atomic-write temporaries).
-_OUTPUTS = ("results.csv", "outliers.csv", "clusters.csv", "comparison.csv", "metrics.csv",
-            "algorithms.csv", "summary.json", "report.html", "report_files")
+def _publish(stage: Path, out: Path) -> None:
+    """Move a finished study's outputs from ``stage`` into ``out``, ``summary.json`` last.
 
-
-def _output_state(out: Path) -> dict[Path, int]:
-    """Modification times (ns) of the study outputs in ``out`` and of each ``models/<set>``
-    (``models`` itself counts by its existence only)."""
-    entries = [out / name for name in _OUTPUTS] + [p for p in out.glob(".*.tmp")]
-    state = {}
-    if (out / "models").is_dir():
-        entries += list((out / "models").iterdir())
-        state[out / "models"] = 0
-    return state | {p: p.lstat().st_mtime_ns for p in entries if p.exists() or p.is_symlink()}
-
-
-def _discard_outputs(out: Path, before: dict[Path, int]) -> None:
-    """Remove the outputs a failed study created or changed (compared with ``before``), so nothing
-    half-written looks like a finished result; files it did not touch stay."""
-    for path, mtime in _output_state(out).items():
-        if before.get(path) == mtime:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+    Each output replaces the one of the same name (``models/<set>`` one set at a time);
+    anything else in ``out`` stays.  Until this runs, ``out`` holds only the previous
+    study's outputs, so a study that fails or is killed never touches them.
+    """
+    def replace(src: Path, dst: Path) -> None:
+        if dst.is_dir() and not dst.is_symlink():
+            old = dst.with_name(f".{dst.name}.replaced-{stage.name}")
+            os.replace(dst, old)
+            os.replace(src, dst)
+            shutil.rmtree(old)
         else:
-            path.unlink(missing_ok=True)
+            os.replace(src, dst)
+
+    for src in sorted(stage.iterdir(), key=lambda p: p.name == "summary.json"):
+        if src.name == "models":
+            (out / "models").mkdir(exist_ok=True)
+            for model in src.iterdir():
+                replace(model, out / "models" / model.name)
+            src.rmdir()
+        else:
+            replace(src, out / src.name)
+    stage.rmdir()
 
 
 @dataclass
@@ -838,7 +839,9 @@ def run_study(
         log(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
     run = store.new_run(params)
     result = StudyResult(out_dir=out, run_id=run.run_id)
-    before = _output_state(out)
+    # outputs are written into a hidden folder and moved into `out` once the run is complete
+    stage = out / f".partial-{run.run_id}"
+    stage.mkdir()
     try:
         labels: dict[str, Any] = {}
         outlier_scores: dict[str, Any] = {}
@@ -854,7 +857,7 @@ def run_study(
             prepared[name] = (_mix_sets(run, mix_by_name[name], prepared, budget=budget, log=log)
                               if name in mix_by_name else
                               _reduce_set(store, run, name, n_components=n_components, budget=budget, log=log))
-            outcome = _study_set(store, run, name, ks, prepared[name], out=out, n_init=n_init,
+            outcome = _study_set(store, run, name, ks, prepared[name], out=stage, n_init=n_init,
                                  budget=budget, silhouette_samples=silhouette_samples,
                                  outlier_neighbors=outlier_neighbors, n_top_outliers=n_top_outliers,
                                  random_state=random_state, attributes=attributes, log=log)
@@ -891,12 +894,12 @@ def run_study(
         result.comparison = comparison
         result.recommended = comparison.recommended_set or names[0]
         log(f"recommended set: {result.recommended} ({comparison.reason})")
-        write_atomic(out / "metrics.csv", metrics_all.to_csv(index=False))
-        write_atomic(out / "algorithms.csv", agreement_all.to_csv(index=False))
-        write_atomic(out / "comparison.csv", comparison.recommendation.to_csv())
+        write_atomic(stage / "metrics.csv", metrics_all.to_csv(index=False))
+        write_atomic(stage / "algorithms.csv", agreement_all.to_csv(index=False))
+        write_atomic(stage / "comparison.csv", comparison.recommendation.to_csv())
         clusters = pd.concat([p.clusters.rename_axis("cluster").reset_index().assign(set=n)
                               for n, p in result.profiles.items()], ignore_index=True)
-        write_atomic(out / "clusters.csv", clusters.to_csv(index=False))
+        write_atomic(stage / "clusters.csv", clusters.to_csv(index=False))
         rec = result.recommended
         columns = {"cluster": labels[rec], **{f"cluster_{n}": a for n, a in labels.items()},
                    "outlier_score": outlier_scores[rec], "is_outlier": outlier_flags[rec]}
@@ -906,13 +909,13 @@ def run_study(
         for n in result.sets:
             for alg, arr in extra_labels.get(n, {}).items():
                 columns[f"cluster_{n}_{alg}"] = arr
-        _write_results_csv(out / "results.csv", store.ids, columns)
-        write_atomic(out / "outliers.csv", pd.concat(top_outliers, ignore_index=True).to_csv(index=False))
+        _write_results_csv(stage / "results.csv", store.ids, columns)
+        write_atomic(stage / "outliers.csv", pd.concat(top_outliers, ignore_index=True).to_csv(index=False))
         if report:
             from .study_report import build_study_report
 
-            page = build_study_report(result, store, images=images, memory=budget)
-            log(f"report: {page}")
+            page = build_study_report(result, store, images=images, memory=budget, out_dir=stage)
+            log(f"report: {out / page.name}")
         summary = {"run_id": run.run_id, "store": store.path, "recommended": result.recommended,
                    "recommended_reason": comparison.reason,
                    "k_rule": K_RULE,
@@ -925,7 +928,10 @@ def run_study(
             summary["umap"] = {"params": params["umap"],
                                "sets": {n: {k: v for k, v in r.umap.items() if k != "params"}
                                         for n, r in result.sets.items()}}
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+        write_atomic(stage / "summary.json", json.dumps(summary, indent=2, default=str))
+        _publish(stage, out)
+        for res in result.sets.values():
+            res.model_dir = out / "models" / res.name
         chosen_rows = metrics_all[metrics_all["chosen"]]
         run.complete({"recommended": result.recommended,
                       "chosen_k": {n: r.k for n, r in result.sets.items()},
@@ -933,7 +939,7 @@ def run_study(
                                                 for r in chosen_rows.itertuples()}})
     except BaseException as exc:
         run.fail(f"{type(exc).__name__}: {exc}")
-        _discard_outputs(out, before)
+        shutil.rmtree(stage, ignore_errors=True)
         full = disk_full_error(exc, out, f"writing study run {run.run_id} (its partial outputs were removed)")
         if full is not None:
             raise full from exc

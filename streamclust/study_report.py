@@ -93,7 +93,7 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
         size = int(profile.sizes.get(cluster, 0)) if profile is not None else 0
         sentence = profile.sentences.get(cluster, "") if profile is not None else ""
         cards.append(ClusterCard(cluster, size, sentence, png, table))
-    top = pd.read_csv(result.out_dir / "outliers.csv")
+    top = pd.read_csv(files.parent / "outliers.csv")
     top = top[top["set"] == name].head(24)
     out_png = _montage_png(source, top["path"].astype(str).tolist(),
                            [f"#{r} {s:.2f}" for r, s in zip(top["rank"], top["outlier_score"])],
@@ -112,8 +112,9 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
 
 
 def build_study_report(result: StudyResult, store: CaseStore, *, images: str | os.PathLike[str] | None = None,
-                       memory: Any = None, command: list[str] | None = None) -> Path:
-    """Write ``result.out_dir / "report.html"`` for a finished study.
+                       memory: Any = None, command: list[str] | None = None,
+                       out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``report.html`` (and ``report_files/``) for a finished study.
 
     Parameters
     ----------
@@ -126,13 +127,18 @@ def build_study_report(result: StudyResult, store: CaseStore, *, images: str | o
         Memory budget of the passes over the rows.
     command : list of str, optional
         The command line to show under "how to reproduce".
+    out_dir : path, optional
+        Folder holding the study's ``outliers.csv`` and receiving the report
+        (default ``result.out_dir``; :func:`~streamclust.study.run_study` passes the
+        folder it stages its outputs in).
 
     Returns
     -------
     Path of ``report.html``.
     """
     run = next(r for r in store.runs(include_incomplete=True) if r.run_id == result.run_id)
-    files = result.out_dir / "report_files"
+    folder = Path(out_dir) if out_dir is not None else result.out_dir
+    files = folder / "report_files"
     source = ImageSource.open(images) if images else None
     sets = [_set_report(result, name, store, run, files, source, memory) for name in result.sets]
     comparisons = []
@@ -159,4 +165,4 @@ def build_study_report(result: StudyResult, store: CaseStore, *, images: str | o
                       notes=[f"{len(source.skipped)} images could not be shown: "
                              + "; ".join(f"{p}: {r}" for p, r in source.skipped[:5])]
                       if source is not None and source.skipped else [])
-    return write_report(result.out_dir, data)
+    return write_report(folder, data)

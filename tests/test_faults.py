@@ -330,3 +330,20 @@ def test_two_real_studies_at_once_on_one_store(small_case, tmp_path):
     for i in (0, 1):
         res = pd.read_csv(tmp_path / f"out{i}" / "results.csv")
         assert len(res) == store.n_rows
+
+
+def test_failed_rerun_leaves_the_previous_study_outputs_untouched(small_case, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run_study(small_case / "case.zarr", out, descriptors=["vdc_color"], k="3:4", n_components=8, report=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"metrics.csv", "results.csv", "summary.json"} <= {str(p) for p in before}
+
+    def fail(*args, **kwargs):  # metrics.csv, clusters.csv ... are written by then
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(study_module, "_write_results_csv", fail)
+    with pytest.raises(OSError, match="Input/output error"):
+        run_study(small_case / "case.zarr", out, descriptors=["vdc_color"], k="3:4", n_components=8,
+                  random_state=1, report=False)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # byte for byte, and no .partial-* folder left
