@@ -33,6 +33,7 @@ _EXPORTS = {
     "cluster_metrics": "estimators",
     "sweep_metrics": "estimators",
     "sampled_silhouette": "estimators",
+    "silhouette_sample": "estimators",
     "StreamclustError": "errors",
     "InputError": "errors",
     "UnsafePickleError": "errors",

@@ -92,6 +92,7 @@ from .estimators import (
     hierarchy_sweep,
     kmeans_sweep,
     sampled_silhouette,
+    silhouette_sample,
     sweep_metrics,
 )
 from .model import DescriptorSetModel, MixPreprocessing, distance_quantiles
@@ -515,10 +516,10 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
     models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
     centers = {kk: m.cluster_centers_ for kk, m in models.items()}
     scores = sweep_metrics(reduced, centers, memory=budget)
+    _, sil_rows = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
     rows = []
-    for kk in ks:
-        sil = sampled_silhouette(reduced, centers=centers[kk], n_samples=silhouette_samples,
-                                 random_state=random_state)
+    for kk in ks:  # one sample read for every k
+        sil = sampled_silhouette(sil_rows, centers=centers[kk], n_samples=len(sil_rows))
         rows.append({"set": name, "algorithm": "kmeans", "k": kk, "n_rows": store.n_rows,
                      "n_features": prepared.n_features, "n_components": pca.n_components_,
                      "inertia": scores[kk]["inertia"],

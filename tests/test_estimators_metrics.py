@@ -119,3 +119,15 @@ def test_errors(offset_data):
         cluster_metrics(X, y[:10])
     with pytest.raises(ValueError, match=r"centers has shape \(3, 2\)"):
         cluster_metrics(X, centers=np.zeros((3, 2)))
+
+
+def test_silhouette_sample_read_once_gives_the_same_estimates():
+    from streamclust.estimators import silhouette_sample
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5000, 8)).astype(np.float32)
+    _, rows = silhouette_sample(X, 1000, random_state=7)
+    for k in (2, 4, 6):
+        centers = X[rng.choice(len(X), k, replace=False)]
+        assert sampled_silhouette(rows, centers=centers, n_samples=len(rows)) == sampled_silhouette(
+            X, centers=centers, n_samples=1000, random_state=7)

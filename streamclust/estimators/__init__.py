@@ -6,7 +6,7 @@ Dask arrays otherwise.
 """
 
 from .kmeans import StreamingKMeans, kmeans_sweep
-from .metrics import cluster_metrics, sampled_silhouette, sweep_metrics
+from .metrics import cluster_metrics, sampled_silhouette, silhouette_sample, sweep_metrics
 from .outliers import KNNOutlierDetector, warm_up
 from .projection import SampledUMAP, pca_projection, warm_up_umap
 from .hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
@@ -25,6 +25,7 @@ __all__ = [
     "cluster_metrics",
     "sweep_metrics",
     "sampled_silhouette",
+    "silhouette_sample",
     "KNNOutlierDetector",
     "warm_up",
     "SampledUMAP",

@@ -17,6 +17,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
+from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_array, validate_data
 from threadpoolctl import threadpool_limits
 
@@ -237,6 +238,31 @@ class _TakeRows:
     def __call__(self, block: np.ndarray, rows: slice) -> list[np.ndarray]:
         lo, hi = np.searchsorted(self.index, [rows.start, rows.stop])
         return [np.array(block[self.index[lo:hi] - rows.start])]
+
+
+def rows_outside(sample: np.ndarray, n_rows: int, size: int, random_state: Any) -> np.ndarray:
+    """Up to ``size`` seeded rows of ``range(n_rows)`` that are not in ``sample``, sorted.
+
+    Parameters
+    ----------
+    sample : ndarray of int64, shape (m,)
+        Sorted, distinct row numbers.
+    n_rows : int
+    size : int
+    random_state : RandomState instance
+        Consumed for one draw (none when every row is in ``sample``).
+
+    Returns
+    -------
+    ndarray of int64, shape (min(size, n_rows - m),)
+    """
+    m = len(sample)
+    size = min(int(size), n_rows - m)
+    if size <= 0:
+        return np.empty(0, np.int64)
+    ranks = np.sort(sample_without_replacement(n_rows - m, size, random_state=random_state)).astype(np.int64)
+    # the j-th row not in the sample = j + #(sample rows <= it)
+    return ranks + np.searchsorted(sample - np.arange(m), ranks, side="right")
 
 
 def take_rows(X: Any, index: np.ndarray, block_rows: int, *, memory: Any = None) -> np.ndarray:

@@ -61,7 +61,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from .._blocks import iter_blocks, map_blocks_reduce, parse_memory
-from ._utils import check_finite, check_X, resolve_block_rows, take_rows, to_blockable
+from ._utils import check_finite, check_X, resolve_block_rows, rows_outside, take_rows, to_blockable
 from .outliers import _QUERY_LOCK  # the one process-wide lock for pynndescent queries (see there)
 
 __all__ = ["SampledHDBSCAN", "hdbscan_mst"]
@@ -501,11 +501,7 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
             sample_without_replacement(n, m, random_state=rng)).astype(np.int64)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         # probe rows for the recall of the index: rows NOT in the sample (read in the same pass)
-        n_probe = min(_N_PROBE, n - m)
-        probe_ids = np.empty(0, np.int64)
-        if n_probe:
-            ranks = np.sort(sample_without_replacement(n - m, n_probe, random_state=rng)).astype(np.int64)
-            probe_ids = ranks + np.searchsorted(idx - np.arange(m), ranks, side="right")
+        probe_ids = rows_outside(idx, n, _N_PROBE, rng)
         all_ids = np.union1d(idx, probe_ids)
         rows = np.asarray(take_rows(X, all_ids, br, memory=self.memory), dtype=np.float64)
         check_finite(rows)

@@ -32,7 +32,7 @@ from .._blocks import parse_memory
 from ._utils import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
 from .kmeans import _assign_many, _prep_centers, _shifted, _sub_rows
 
-__all__ = ["cluster_metrics", "sweep_metrics", "sampled_silhouette"]
+__all__ = ["cluster_metrics", "sweep_metrics", "sampled_silhouette", "silhouette_sample"]
 
 
 # --------------------------------------------------------------------------- #
@@ -316,6 +316,45 @@ def sweep_metrics(
     return dict(zip(keys, _run(X, sources, memory, block_rows)))
 
 
+def silhouette_sample(
+    X: Any,
+    n_samples: int = 10_000,
+    *,
+    random_state: Any = None,
+    memory: str | int | None = None,
+    block_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded rows :func:`sampled_silhouette` estimates on, read in one block-wise pass.
+
+    Reading them once and passing them as ``X`` (with ``n_samples=len(rows)``) to several
+    :func:`sampled_silhouette` calls gives the same values as calling it on ``X`` each
+    time, without re-reading the array (e.g. one sample for every k of a sweep).
+
+    Parameters
+    ----------
+    X : array-like, shape (n_samples_total, n_features)
+    n_samples : int, default=10000
+        Sample size (all rows if there are fewer).
+    random_state : int, RandomState instance or None
+    memory, block_rows
+        Block sizing of the pass.
+
+    Returns
+    -------
+    idx : ndarray of int, shape (m,)
+        Sorted row numbers of the sample.
+    rows : ndarray, shape (m, n_features)
+        Those rows, in ``X``'s dtype.
+    """
+    X, _ = check_data(X)
+    n, d = int(X.shape[0]), int(X.shape[1])
+    rng = check_random_state(random_state)
+    m = min(int(n_samples), n)
+    idx = np.arange(n) if m >= n else np.sort(sample_without_replacement(n, m, random_state=rng))
+    br = resolve_block_rows(d, memory, block_rows, X)
+    return idx, np.asarray(take_rows(X, idx, br, memory=memory))
+
+
 def sampled_silhouette(
     X: Any,
     labels: Any = None,
@@ -355,11 +394,8 @@ def sampled_silhouette(
         raise ValueError("Give exactly one of labels= (one per row of X) or centers=.")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
         raise ValueError(f"n_samples={n_samples!r} should be an integer >= 2.")
-    rng = check_random_state(random_state)
-    m = min(int(n_samples), n)
-    idx = np.arange(n) if m >= n else np.sort(sample_without_replacement(n, m, random_state=rng))
-    br = resolve_block_rows(d, memory, block_rows, X)
-    raw = np.asarray(take_rows(X, idx, br, memory=memory))
+    idx, raw = silhouette_sample(X, n_samples, random_state=random_state, memory=memory,
+                                 block_rows=block_rows)
     rows = raw.astype(np.float64)
     if centers is not None:
         src, _ = _source_from(None, centers, n, d)

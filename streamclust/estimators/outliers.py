@@ -89,7 +89,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._blocks import block_rows_for, map_blocks_reduce, parse_memory
 from ..errors import MemoryBudgetError, StreamclustWarning
-from ._utils import check_X, chunk_rows_of, take_rows, to_blockable
+from ._utils import check_X, chunk_rows_of, rows_outside, take_rows, to_blockable
 
 __all__ = ["KNNOutlierDetector", "warm_up", "index_nbytes", "RECALL_TARGET"]
 
@@ -584,12 +584,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
 
         # --- reference sample + out-of-reference probe rows, read in one pass
         ref_ids = np.sort(sample_without_replacement(n, m, random_state=rng)).astype(np.int64)
-        n_out = min(_N_PROBE, n - m)
-        out_ids = np.empty(0, np.int64)
-        if n_out:
-            # j-th row not in the sample = j + #(sample ids <= it)
-            ranks = np.sort(sample_without_replacement(n - m, n_out, random_state=rng)).astype(np.int64)
-            out_ids = ranks + np.searchsorted(ref_ids - np.arange(m), ranks, side="right")
+        out_ids = rows_outside(ref_ids, n, _N_PROBE, rng)
         all_ids = np.union1d(ref_ids, out_ids)
         read_rows = self._block_rows(X, d, k, budget, index_nbytes(m, d, nn))
         rows = np.asarray(take_rows(X, all_ids, read_rows, memory=budget), dtype=np.float32)
