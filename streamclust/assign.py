@@ -26,7 +26,7 @@ from ._scheduler import map_ordered, runs_on_scheduler
 from .errors import InputError
 from .ingest import discover_case, open_source, read_paths_csv
 from .model import DescriptorSetModel, DriftAccumulator, DriftReport
-from .store import CaseStore
+from .store import CaseStore, is_url
 
 __all__ = ["AssignResult", "assign_new"]
 
@@ -56,11 +56,12 @@ class _SourceRows:
         return blocks[0] if len(blocks) == 1 else np.hstack([np.asarray(b, np.float32) for b in blocks])
 
 
-def _open_input(new_input: Path, model: DescriptorSetModel, paths_csv: Path | None,
+def _open_input(new_input: Path | str, model: DescriptorSetModel, paths_csv: Path | None,
                 allow_restricted_pickle: bool) -> tuple[Any, Any]:
-    """``(rows, paths)``: a row-sliceable (n, d) array and an (n,)-sliceable path source."""
+    """``(rows, paths)``: a row-sliceable (n, d) array and an (n,)-sliceable path source
+    (a URL ``new_input`` is a store)."""
     members = model.members
-    if new_input.is_dir() and (new_input / "zarr.json").exists():
+    if is_url(new_input) or (new_input.is_dir() and (new_input / "zarr.json").exists()):
         store = CaseStore(new_input)
         return _SourceRows([store.descriptor(m) for m in members]), store.ids
     if new_input.is_dir():
@@ -135,7 +136,7 @@ def assign_new(
     import time
 
     model = DescriptorSetModel.load(model_dir)
-    rows, paths = _open_input(Path(new_input), model, Path(paths_csv) if paths_csv else None,
+    rows, paths = _open_input(new_input if is_url(new_input) else Path(new_input), model, Path(paths_csv) if paths_csv else None,
                               allow_restricted_pickle)
     d = model.pca.n_features_in_
     if rows.shape[1] != d:

@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "unpickled. An interrupted conversion resumes when run again.",
     )
     conv.add_argument("case_dir", type=Path, help="folder with descriptors/ and images_paths.csv")
-    conv.add_argument("-o", "--out", type=Path, required=True, help="the .zarr store to write")
+    conv.add_argument("-o", "--out", type=_store_arg, required=True,
+                      help="the .zarr store to write: a folder, or an fsspec URL every Dask worker can "
+                           "reach (file:///shared/case.zarr; s3://bucket/case.zarr with s3fs installed)")
     conv.add_argument("--descriptor", action="append", type=_descriptor_arg, metavar="NAME=FILE",
                       help="an explicit descriptor file (repeatable); replaces discovery of descriptors/*")
     conv.add_argument("--paths", type=Path, metavar="CSV",
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "go to the lowest Davies-Bouldin), every image labelled.\n\n"
                     "Writes OUT_DIR/results.csv, metrics.csv, summary.json and models/<set>/.",
     )
-    study.add_argument("store", type=Path, help="a store written by 'streamclust convert'")
+    study.add_argument("store", type=_store_arg,
+                       help="a store written by 'streamclust convert' (folder or fsspec URL)")
     study.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     study.add_argument("--descriptors", metavar="NAME[,NAME...]",
                        help="descriptor sets to study (default: all)")
@@ -133,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "drift report comparing the batch with the training data.",
     )
     assign.add_argument("model", type=Path, help="a model folder, e.g. study/models/osnet")
-    assign.add_argument("new_input", type=Path, help="store, case folder or descriptor file")
+    assign.add_argument("new_input", type=_store_arg,
+                        help="store (folder or fsspec URL), case folder or descriptor file")
     assign.add_argument("-o", "--out", type=Path, required=True, help="the CSV to write")
     assign.add_argument("--paths", type=Path, metavar="CSV",
                         help="image paths for a single descriptor file (default: row:<i>)")
@@ -154,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--no-images", action="store_true", help="skip rendering images.zip")
     return parser
+
+
+def _store_arg(text: str) -> Path | str:
+    """A local path, or an fsspec URL kept as text (``Path`` would fold its ``//``)."""
+    from .store import is_url
+
+    return text if is_url(text) else Path(text)
 
 
 def _components(text: str) -> int | float:

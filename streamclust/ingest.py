@@ -42,7 +42,7 @@ from ._pickle_stream import open_pickled_array
 from ._scheduler import runs_on_scheduler
 from .errors import InputError, StoreError
 from .persist import write_atomic
-from .store import CaseStore, disk_full_error, now_iso
+from .store import CaseStore, disk_full_error, is_url, now_iso
 
 __all__ = [
     "DESCRIPTOR_SUFFIXES",
@@ -660,15 +660,38 @@ def convert_descriptor(
         bar.close()
 
 
-def dropped_rows_report_path(store_path: str | os.PathLike[str]) -> Path:
+def dropped_rows_report_path(store_path: str | os.PathLike[str]) -> Path | str:
     """Where ``nan_policy="drop"`` lists the dropped rows: ``<store stem>.dropped_rows.csv``
-    next to the store (``case.zarr`` -> ``case.dropped_rows.csv``)."""
+    next to the store (``case.zarr`` -> ``case.dropped_rows.csv``); a URL beside it for a URL store."""
+    if is_url(store_path):
+        head, _, tail = str(store_path).rstrip("/").rpartition("/")
+        return f"{head}/{Path(tail).stem}.dropped_rows.csv"
     p = Path(store_path)
     return p.with_name(f"{p.stem}.dropped_rows.csv")
 
 
+def _replace_report(report: Path | str, text: str | None) -> None:
+    """Write ``text`` to ``report`` (atomically when local), or delete ``report`` when ``text`` is None."""
+    if not is_url(report):
+        if text is None:
+            Path(report).unlink(missing_ok=True)
+        else:
+            write_atomic(report, text)
+        return
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(report))
+    if text is None:
+        if fs.exists(path):
+            fs.rm(path)
+        return
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    with fs.open(path, "w") as f:  # object stores publish a whole put; a local file:// is rewritten
+        f.write(text)
+
+
 def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
-                       memory: str | int | None, report: Path) -> _DroppedRows:
+                       memory: str | int | None, report: Path | str) -> _DroppedRows:
     """Scan every set once; rows with NaN/Inf in ANY set are dropped from all of them.
 
     Writes ``report`` (``row, path, set, reason``: one line per bad row and set, rows
@@ -680,7 +703,7 @@ def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
     rows = np.unique(np.concatenate([f.bad_rows for f in found.values()] + [np.empty(0, np.int64)]))
     dropped = _DroppedRows(rows.astype(np.int64), n)
     if not len(rows):
-        report.unlink(missing_ok=True)
+        _replace_report(report, None)
         return dropped
     paths: dict[int, str] = {}
     start = 0
@@ -694,7 +717,7 @@ def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
     entries = sorted((int(r), name, reason) for name, f in found.items()
                      for r, reason in zip(f.bad_rows, f.reasons))
     writer.writerows([r, paths[r], name, reason] for r, name, reason in entries)
-    write_atomic(report, lines.getvalue())
+    _replace_report(report, lines.getvalue())
     return dropped
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "RunGroup",
     "chunk_rows_for",
     "disk_full_error",
+    "is_url",
     "now_iso",
 ]
 
@@ -74,6 +75,19 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike[str], doing: str
     where = exc.filename or path
     return StoreError(f"{where}: no space left on device while {doing}; free some space and run "
                       "the same command again.")
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an fsspec URL (``protocol://...``) rather than a local path."""
+    return "://" in str(path)
+
+
+def _storage_options(path: str) -> dict[str, Any] | None:
+    """fsspec options for a store URL: ``file://`` stores create their folders as zarr writes
+    (``auto_mkdir``); other protocols take their defaults (credentials from the environment)."""
+    if not is_url(path):
+        return None
+    return {"auto_mkdir": True} if path.startswith("file://") else {}
 
 
 def chunk_rows_for(n_features: int, itemsize: int = 4) -> int:
@@ -155,7 +169,9 @@ class CaseStore:
     Parameters
     ----------
     path : str or Path
-        Directory of the store (or any URL zarr accepts).
+        Directory of the store, or an fsspec URL zarr accepts (``file:///shared/case.zarr``,
+        ``s3://bucket/case.zarr`` with s3fs installed, ...): on a Dask cluster, any location
+        every worker can read.
     mode : {"r", "r+", "a"}
         Read only, read/write of an existing store, or read/write (created when missing).
     """
@@ -170,7 +186,8 @@ class CaseStore:
                 "'streamclust convert CASE_DIR -o STORE.zarr'."
             )
         try:
-            self.root = zarr.open_group(self.path, mode=mode, zarr_format=3)
+            self.root = zarr.open_group(self.path, mode=mode, zarr_format=3,
+                                        storage_options=_storage_options(self.path))
         except Exception as exc:  # zarr raises several types for a non-store path
             raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({exc}).") from exc
         version = self.root.attrs.get("schema_version")
@@ -183,9 +200,15 @@ class CaseStore:
             )
 
     def _exists(self) -> bool:
-        if "://" in self.path:
-            return True
-        return (Path(self.path) / "zarr.json").exists()
+        if not is_url(self.path):
+            return (Path(self.path) / "zarr.json").exists()
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(self.path, **(_storage_options(self.path) or {}))
+            return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
+        except Exception as exc:  # an unknown protocol, missing credentials, no network ...
+            raise StoreError(f"{self.path}: cannot reach the store ({type(exc).__name__}: {exc}).") from exc
 
     # ------------------------------------------------------------------ ids
     @property

@@ -93,6 +93,21 @@ def test_study_on_a_cluster_equals_the_threaded_study(case, client):
 
 
 @pytest.mark.distributed
+def test_a_url_store_with_umap_on_a_cluster_equals_the_threaded_study(case, client):
+    """The store named by a ``file://`` URL, which the worker processes open through fsspec, with the
+    UMAP view: the same labels, scores and 2-D positions as the threaded run on the folder."""
+    root, reference = case
+    sets = ["vdc_color"]
+    threaded = run_study(root / "case.zarr", root / "threaded-umap", descriptors=sets, umap=True, **STUDY)
+    result = run_study((root / "case.zarr").as_uri(), root / "cluster-url", client=client, descriptors=sets,
+                       umap=True, **STUDY)
+    _assert_same_study(root, reference, result.run_id, root / "cluster-url", sets=sets)
+    store = CaseStore(root / "case.zarr")
+    np.testing.assert_allclose(store.run(result.run_id).array("vdc_color/umap")[:],
+                               store.run(threaded.run_id).array("vdc_color/umap")[:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.distributed
 def test_a_killed_worker_does_not_change_the_result(case, client, monkeypatch):
     root, reference = case
     pids = client.run(os.getpid)

@@ -1,0 +1,130 @@
+"""A store given as an fsspec URL (what a Dask cluster's workers read) converts, studies and
+assigns exactly like the same store in a local folder; bad URLs fail with one clear line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamclust.assign import assign_new
+from streamclust.cli import _store_arg, main
+from streamclust.datasets import make_demo_case
+from streamclust.errors import StoreError
+from streamclust.ingest import convert_case, dropped_rows_report_path
+from streamclust.store import CaseStore, is_url
+from streamclust.study import run_study
+
+STUDY = {"k": "3:4", "n_components": 8, "algorithms": ["kmeans"], "report": False, "random_state": 0,
+         "descriptors": ["osnet", "vdc_color"]}
+
+
+@pytest.fixture
+def memory_url():
+    """A fresh ``memory://`` folder (fsspec's in-process filesystem), removed afterwards."""
+    root = f"memory://streamclust-test-{uuid.uuid4().hex}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+@pytest.fixture(scope="module")
+def folder_study(tmp_path_factory):
+    """A 1,200-row demo case, its store in a folder and the study of that store (the reference)."""
+    root = tmp_path_factory.mktemp("urls")
+    make_demo_case(root / "case", n_rows=1200, seed=1, images=False)
+    convert_case(root / "case", root / "case.zarr", progress=False)
+    return root, run_study(root / "case.zarr", root / "study", progress=False, **STUDY)
+
+
+def _arrays(store, run_id, name):
+    run = CaseStore(store).run(run_id)
+    return [run.array(f"{name}/{what}")[:] for what in ("labels", "outlier_score", "is_outlier")]
+
+
+def test_a_url_store_converts_studies_and_assigns_like_a_folder(folder_study, memory_url, tmp_path):
+    root, reference = folder_study
+    url = f"{memory_url}/case.zarr"
+    store = convert_case(root / "case", url, progress=False)
+    folder = CaseStore(root / "case.zarr")
+    assert store.path == url and store.descriptor_names() == folder.descriptor_names()
+    for name in folder.descriptor_names():
+        np.testing.assert_array_equal(store.descriptor(name)[:], folder.descriptor(name)[:])
+    np.testing.assert_array_equal(store.ids[:], folder.ids[:])
+
+    result = run_study(url, tmp_path / "study", progress=False, **STUDY)
+    for name in STUDY["descriptors"]:
+        labels, scores, flags = _arrays(url, result.run_id, name)
+        ref_labels, ref_scores, ref_flags = _arrays(root / "case.zarr", reference.run_id, name)
+        np.testing.assert_array_equal(labels, ref_labels, err_msg=name)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(flags, ref_flags, err_msg=name)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "study" / "metrics.csv"),
+                                  pd.read_csv(reference.metrics_csv), check_exact=False, rtol=1e-6)
+
+    assigned = assign_new(tmp_path / "study" / "models" / "osnet", url, tmp_path / "assigned.csv",
+                          progress=False)
+    table = pd.read_csv(tmp_path / "assigned.csv")
+    np.testing.assert_array_equal(table["cluster"], _arrays(url, result.run_id, "osnet")[0])
+    assert assigned is not None
+
+
+def test_dropped_rows_report_of_a_url_store_lies_beside_it(memory_url, tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 5)).astype(np.float32)
+    a[[3, 30], 1] = np.nan
+    (tmp_path / "case" / "descriptors").mkdir(parents=True)
+    np.save(tmp_path / "case" / "descriptors" / "a.npy", a)
+    pd.DataFrame({"paths": [f"img/{i}.jpg" for i in range(40)]}).to_csv(tmp_path / "case" / "images_paths.csv",
+                                                                      index=False)
+    url = f"{memory_url}/sub/case.zarr"
+    store = convert_case(tmp_path / "case", url, nan_policy="drop", progress=False)
+    report = dropped_rows_report_path(url)
+    assert report == f"{memory_url}/sub/case.dropped_rows.csv"
+    assert store.n_rows == 38 and store.ids.attrs["dropped_rows_report"] == report
+    with fsspec.open(report, "r") as f:
+        rows = list(csv.reader(io.StringIO(f.read())))
+    assert rows == [["row", "path", "set", "reason"], ["3", "img/3.jpg", "a", "NaN"], ["30", "img/30.jpg", "a", "NaN"]]
+
+    a[[3, 30], 1] = 0.0  # converted again without bad rows: the stale report goes
+    np.save(tmp_path / "case" / "descriptors" / "a.npy", a)
+    fsspec.filesystem("memory").rm(url, recursive=True)
+    assert convert_case(tmp_path / "case", url, nan_policy="drop", progress=False).n_rows == 40
+    assert not fsspec.filesystem("memory").exists(report)
+
+
+def test_a_file_url_store_is_written_in_the_folder_it_names(folder_study, tmp_path):
+    root, _ = folder_study
+    url = (tmp_path / "new" / "deeper" / "case.zarr").as_uri()
+    assert url.startswith("file:///")
+    convert_case(root / "case", url, progress=False)
+    assert (tmp_path / "new" / "deeper" / "case.zarr" / "zarr.json").exists()
+    assert CaseStore(tmp_path / "new" / "deeper" / "case.zarr").descriptor_names() == \
+        CaseStore(url).descriptor_names()
+
+
+@pytest.mark.parametrize("url,message", [
+    ("nosuchprotocol://bucket/case.zarr", r"nosuchprotocol://bucket/case\.zarr: cannot reach the store"),
+    ("file:///nowhere/at/all/case.zarr", r"file:///nowhere/at/all/case\.zarr: no streamclust store here"),
+])
+def test_a_bad_url_is_one_line_naming_it(url, message):
+    with pytest.raises(StoreError, match=message) as info:
+        CaseStore(url)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_keeps_urls_as_text_and_paths_as_paths(tmp_path, capsys):
+    assert _store_arg("s3://bucket/case.zarr") == "s3://bucket/case.zarr"
+    assert _store_arg("file:///data/case.zarr") == "file:///data/case.zarr"
+    assert _store_arg("data/case.zarr") == Path("data/case.zarr")
+    assert is_url("memory://x") and not is_url(Path("/tmp/x.zarr"))
+    assert main(["study", "nosuchprotocol://b/case.zarr", "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuchprotocol://b/case.zarr: cannot reach the store" in err[0]
