@@ -3,7 +3,7 @@
 
     python benchmarks/run.py all      [--quick]          # convert, study, stages, scale, assign
     python benchmarks/run.py convert  [--rows 416314]    # pickle -> Zarr, 2560-d float32 and float64
-    python benchmarks/run.py study    [--rows 416314]    # demo case, 4 sets: run_study vs in-memory sklearn
+    python benchmarks/run.py study    [--rows 416314]    # demo case, 4 sets: run_study (with UMAP views) vs in-memory sklearn
     python benchmarks/run.py stages   [--rows 416314]    # preprocess, k sweep, outliers, projection per set
     python benchmarks/run.py scale    [--scale-base 416314]   # peak RSS of the pipeline at 1x, 4x, 10x rows
     python benchmarks/run.py assign   [--rows 416314]    # saved model on new rows vs the study's labelling pass
@@ -111,19 +111,21 @@ def bench_convert(data: Path, rows: int, d: int = 2560) -> None:
 
 
 # ------------------------------------------------------------------ study
-def bench_study(data: Path, rows: int, k: str, memory: str, lof_rows: int | None) -> None:
-    """Convert + the whole study (report=True) vs the issue's in-memory scikit-learn baseline."""
+def bench_study(data: Path, rows: int, k: str, memory: str, lof_rows: int | None, umap: bool = False) -> None:
+    """Convert + the whole study (report=True; ``umap``: with UMAP views of every row) vs the issue's
+    in-memory scikit-learn baseline."""
     case, store = _demo(data, rows, convert=False)
     shutil.rmtree(store, ignore_errors=True)  # measure a real conversion, not a resumed one
     conv = measure("stages:convert_case_streamclust", case=case, store=store)
     ours = measure("stages:study_streamclust", store=store, out=str(data / f"demo-{rows}" / "study"),
-                   k=k, memory=memory)
+                   k=k, memory=memory, umap=umap)
     base = measure("stages:study_sklearn_baseline", case=case, k=k, lof_rows=lof_rows)
     out = [
         {"stage": "convert (4 sets)", "method": "streamclust", "wall_s": conv["wall_s"],
          "peak_rss_mb": conv["peak_rss_mb"]},
         {"stage": f"study k={k} (4 sets)",
-         "method": "streamclust run_study (PCA, k sweep, outliers, profiles, CSVs, report.html)",
+         "method": "streamclust run_study (PCA, k sweep, outliers, profiles, "
+                   + ("UMAP of every row, " if umap else "") + f"CSVs, report.html; --memory {memory})",
          "wall_s": ours["wall_s"], "peak_rss_mb": ours["peak_rss_mb"], "chosen_k": _chosen_k(ours),
          "time_ratio": ours["wall_s"] / base["wall_s"], "rss_ratio": ours["peak_rss_mb"] / base["peak_rss_mb"]},
         {"stage": f"study k={k} (4 sets)",
@@ -358,6 +360,8 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="baselines to skip, e.g. daskml,daskml-incremental,umap-full")
     parser.add_argument("--lof-rows", type=int, default=None, help="cap of the exact LOF baselines (default: all rows)")
     parser.add_argument("--umap-rows", type=int, default=None, help="cap of the UMAP-of-all-rows baseline (default: all)")
+    parser.add_argument("--no-umap", action="store_true",
+                        help="'study' without the UMAP view of every row (its report keeps the PCA density views)")
     parser.add_argument("--scale-base", type=int, default=None, help="1x rows of 'scale' (default 416,314)")
     parser.add_argument("--scale-factors", default=None, help="row multiples of 'scale' (default 1,4,10)")
     parser.add_argument("--results", type=Path, default=None, help="results file (default results/latest.md)")
@@ -375,7 +379,7 @@ def main() -> None:
     if "convert" in todo:
         bench_convert(args.data, rows)
     if "study" in todo:
-        bench_study(args.data, rows, k, args.memory, args.lof_rows)
+        bench_study(args.data, rows, k, args.memory, args.lof_rows, umap=not args.no_umap)
     if "stages" in todo:
         bench_stages(args.data, rows, sets, k, args.memory, args.lof_rows, args.umap_rows,
                      args.only.split(","), set(filter(None, args.skip.split(","))))
