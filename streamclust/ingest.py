@@ -521,6 +521,7 @@ class _DroppedRows:
 
     rows: np.ndarray  # (n_dropped,) int64, sorted, unique
     n_source: int
+    listing: str | None = None  # the report's CSV text (``row, path, set, reason``); None when none dropped
 
     @property
     def n_kept(self) -> int:
@@ -691,11 +692,12 @@ def _replace_report(report: Path | str, text: str | None) -> None:
 
 
 def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
-                       memory: str | int | None, report: Path | str) -> _DroppedRows:
+                       memory: str | int | None) -> _DroppedRows:
     """Scan every set once; rows with NaN/Inf in ANY set are dropped from all of them.
 
-    Writes ``report`` (``row, path, set, reason``: one line per bad row and set, rows
-    numbered as in the source files) when rows are dropped, removes a stale one otherwise.
+    The returned ``listing`` is the CSV text of the report (``row, path, set, reason``: one
+    line per bad row and set, rows numbered as in the source files), None when no row is
+    dropped; :func:`convert_case` writes it (or removes a stale one) once the store accepts the rows.
     """
     import csv as csv_module
 
@@ -703,7 +705,6 @@ def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
     rows = np.unique(np.concatenate([f.bad_rows for f in found.values()] + [np.empty(0, np.int64)]))
     dropped = _DroppedRows(rows.astype(np.int64), n)
     if not len(rows):
-        _replace_report(report, None)
         return dropped
     paths: dict[int, str] = {}
     start = 0
@@ -717,7 +718,7 @@ def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
     entries = sorted((int(r), name, reason) for name, f in found.items()
                      for r, reason in zip(f.bad_rows, f.reasons))
     writer.writerows([r, paths[r], name, reason] for r, name, reason in entries)
-    _replace_report(report, lines.getvalue())
+    dropped.listing = lines.getvalue()
     return dropped
 
 
@@ -809,9 +810,10 @@ def convert_case(
                 "row i of every descriptor file must be image i of the paths CSV."
             )
     report = dropped_rows_report_path(out)
-    dropped = _find_dropped_rows(sources, files.paths_csv, n, memory, report) if nan_policy == "drop" else None
+    dropped = _find_dropped_rows(sources, files.paths_csv, n, memory) if nan_policy == "drop" else None
     n_kept = dropped.n_kept if dropped is not None else n
     if n_kept == 0:
+        _replace_report(report, dropped.listing)
         raise InputError(f"{files.paths_csv}: every one of its {n} rows holds NaN or Inf in some set "
                          f"(listed in {report}); nothing is left to convert.")
     row_policy = dropped.key if dropped is not None else "all"
@@ -819,15 +821,17 @@ def convert_case(
     ids_ok = "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" and \
         store.root["ids"].attrs.get("source_fingerprint") == _fingerprint(files.paths_csv) and \
         store.root["ids"].attrs.get("row_policy", "all") == row_policy
+    if not ids_ok and "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" \
+            and store.root["ids"].shape[0] != n_kept and store.descriptor_names():
+        raise StoreError(
+            f"{store.path}: already holds {store.root['ids'].shape[0]} images, "
+            f"{files.paths_csv} lists {n_kept}"
+            + (f" after dropping {n - n_kept} rows with NaN/Inf" if n_kept != n else "")
+            + "; convert into a new store."
+        )
+    if dropped is not None:  # only once the store accepts these rows: a refused run keeps its report
+        _replace_report(report, dropped.listing)
     if not ids_ok:
-        if "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" \
-                and store.root["ids"].shape[0] != n_kept and store.descriptor_names():
-            raise StoreError(
-                f"{store.path}: already holds {store.root['ids'].shape[0]} images, "
-                f"{files.paths_csv} lists {n_kept}"
-                + (f" after dropping {n - n_kept} rows with NaN/Inf" if n_kept != n else "")
-                + "; convert into a new store."
-            )
         try:
             store.write_ids(_kept_paths(blocks, dropped), n_kept, {
                 "source": str(files.paths_csv),

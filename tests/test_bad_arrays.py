@@ -156,6 +156,14 @@ def test_drop_never_mixes_with_an_earlier_row_selection(tmp_path):
     with pytest.raises(StoreError, match="already holds 297 images, .* lists 300; convert into a new store"):
         convert_case(tmp_path / "case", tmp_path / "s.zarr", nan_policy="impute")  # other rows: refused
     assert CaseStore(tmp_path / "s.zarr").n_rows == 297  # the dropped store is intact
+    report = dropped_rows_report_path(tmp_path / "s.zarr")
+    listed = report.read_text()
+    a[5, 2] = 0.0  # the source changes: dropping would now keep 298 rows
+    np.save(tmp_path / "case" / "descriptors" / "a.npy", a)
+    with pytest.raises(StoreError, match="already holds 297 images, .* lists 298 after dropping 2 rows"):
+        convert_case(tmp_path / "case", tmp_path / "s.zarr", nan_policy="drop")
+    assert report.read_text() == listed  # the report still describes the store's rows
+    assert CaseStore(tmp_path / "s.zarr").n_rows == 297
 
 
 def test_drop_of_every_row_is_refused(tmp_path):
