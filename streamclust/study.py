@@ -597,11 +597,16 @@ def _store_algorithm_labels(labels: Any, reduced: Any, run: RunGroup, name: str,
     return target
 
 
-def _score_labels(reduced: Any, labels: Any, *, budget: int, silhouette_samples: int,
-                  random_state: int) -> dict[str, Any]:
+def _score_labels(reduced: Any, labels: Any, sample: tuple[np.ndarray, np.ndarray], *,
+                  budget: int) -> dict[str, Any]:
     """Exact all-row CH / DB / inertia and the sampled silhouette of one labelling (noise -1 counts
-    as a cluster, as in scikit-learn); NaN when there are fewer than 2 clusters."""
+    as a cluster, as in scikit-learn); NaN when there are fewer than 2 clusters.
+
+    ``labels`` (lazy Dask or ``(n,)`` ints) are computed once and serve both; ``sample`` is the set's
+    ``(idx (m,), rows (m, d))`` from :func:`silhouette_sample`, read once for every algorithm and k.
+    """
     nan = float("nan")
+    labels = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
     try:
         m = cluster_metrics(reduced, labels=labels, memory=budget)
     except ValueError:
@@ -609,9 +614,9 @@ def _score_labels(reduced: Any, labels: Any, *, budget: int, silhouette_samples:
                 "smallest_cluster": 0, "noise_fraction": nan}
     values, sizes = np.asarray(m["labels"]), np.asarray(m["sizes"])
     kept = sizes[values >= 0]
+    idx, rows = sample
     try:
-        sil = sampled_silhouette(reduced, labels=labels, n_samples=silhouette_samples,
-                                 random_state=random_state, memory=budget)
+        sil = sampled_silhouette(rows, labels=labels[idx], n_samples=len(rows), memory=budget)
     except ValueError:  # a sample with a single label
         sil = nan
     return {"inertia": float(m["inertia"]), "calinski_harabasz": float(m["calinski_harabasz"]),
@@ -629,6 +634,7 @@ def _study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], alg
     per algorithm) and the chosen labels per algorithm (zarr arrays in the run).
     """
     lazy_reduced = da.from_zarr(reduced)
+    sample = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
     frames, labels = [], {}
     for alg in algorithms:
         if alg == "kmeans":
@@ -651,8 +657,7 @@ def _study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], alg
             raise InputError(f"unknown clustering algorithm {alg!r}; valid ones are {', '.join(ALGORITHMS)}.")
         rows = []
         for kk, model in models.items():
-            scores = _score_labels(reduced, model.predict(lazy_reduced), budget=budget,
-                                   silhouette_samples=silhouette_samples, random_state=random_state)
+            scores = _score_labels(reduced, model.predict(lazy_reduced), sample, budget=budget)
             if alg != "hdbscan":
                 scores["noise_fraction"] = float("nan")
             rows.append({**base, "algorithm": alg, "k": kk, **scores, "bic": float("nan"), **extra.get(kk, {})})
