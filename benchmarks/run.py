@@ -4,7 +4,7 @@
     python benchmarks/run.py all      [--quick]          # convert, study, stages, scale, assign
     python benchmarks/run.py convert  [--rows 416314]    # pickle -> Zarr, 2560-d float32 and float64
     python benchmarks/run.py study    [--rows 416314]    # demo case, 4 sets: run_study (with UMAP views) vs in-memory sklearn
-    python benchmarks/run.py stages   [--rows 416314]    # preprocess, k sweep, outliers, projection per set
+    python benchmarks/run.py stages   [--rows 416314]    # convert, preprocess, k sweep, outliers, projection per set
     python benchmarks/run.py scale    [--scale-base 416314]   # peak RSS of the pipeline at 1x, 4x, 10x rows
     python benchmarks/run.py assign   [--rows 416314]    # saved model on new rows vs the study's labelling pass
     python benchmarks/run.py readme                      # "Latest results" of benchmarks/README.md from the tables
@@ -31,7 +31,7 @@ from stages import SETS
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "latest.md"
 README = HERE / "README.md"
-STAGES = ("preprocess", "kmeans", "outliers", "projection")
+STAGES = ("convert", "preprocess", "kmeans", "outliers", "projection")
 #: --quick: the widest and the narrowest of the four shapes.
 QUICK_SETS = ("efficientnet-b7", "vdc_color")
 RATIO_NOTE = ("sc/base time and sc/base rss: streamclust's wall time and peak RSS divided by that "
@@ -146,6 +146,16 @@ def _stage_plan(stage: str, name: str, *, case: str, store: str, work: str, k: s
     """Groups of methods ``(key, label, spec, kwargs)`` of one stage for one set (in each group the
     first is streamclust, the others its baselines) and the quality comparison ``(spec, kwargs)``."""
     w = {"work": work, "name": name}
+    if stage == "convert":
+        pickle = str(Path(case) / "descriptors" / f"{name}.pickle")
+        ours, theirs = str(Path(work) / "convert" / f"{name}.zarr"), str(Path(work) / "convert" / f"{name}-base.zarr")
+        group = [("streamclust", "streamclust convert (streamed pickle -> Zarr, checks, provenance)",
+                  "stages:convert_streamclust", {"path": pickle, "store": ours, "memory": memory, "name": name,
+                                                 "paths_csv": str(Path(case) / "images_paths.csv")}),
+                 ("numpy", "pickle.load + zarr.save", "stages:convert_numpy_baseline",
+                  {"path": pickle, "store": theirs})]
+        return [group], ("stages:convert_quality", {"path": pickle, "store": ours, "baseline_store": theirs,
+                                                    "name": name})
     if stage == "preprocess":
         group = [("streamclust", "streamclust StreamingPCA(64, l2) from Zarr + reduced rows to Zarr",
                   "stages:pca_streamclust", {**w, "store": store, "memory": memory}),
@@ -185,6 +195,11 @@ def _stage_plan(stage: str, name: str, *, case: str, store: str, work: str, k: s
 
 
 STAGE_TABLES = {
+    "convert": ("convert: one pickled descriptor set -> Zarr",
+                ["set", "method", "rows", "wall_s", "peak_rss_mb", "rows/s", "sc/base time", "sc/base rss",
+                 "bit_for_bit"],
+                "bit_for_bit: every value streamclust stored equals the pickle's after the float32 cast.  Each "
+                "method writes a new store (an old one is deleted first: streamclust would resume it)."),
     "preprocess": ("preprocess: L2 + PCA to 64 of every row",
                    ["set", "method", "rows", "wall_s", "peak_rss_mb", "rows/s", "sc/base time", "sc/base rss",
                     "evr_reported", "evr_true", "variance_kept", "cos2", "note"],
@@ -245,6 +260,8 @@ def bench_stages(data: Path, rows: int, sets: list[str], k: str, memory: str, lo
                 for key, label, spec, kw in group:
                     if key in skip and done:  # streamclust (first) always runs: later stages read its output
                         continue
+                    if stage == "convert":  # a fresh conversion, not a resumed one
+                        shutil.rmtree(kw["store"], ignore_errors=True)
                     r = measure(spec, **kw)
                     res = r["result"]
                     note = "; ".join(res.get("warnings", [])) or (f"solver {res['solver']}" if "solver" in res else "")

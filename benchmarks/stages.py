@@ -167,13 +167,15 @@ def make_pickle(path: str, n_rows: int, n_features: int, dtype: str, seed: int =
     return {"bytes": Path(path).stat().st_size}
 
 
-def convert_streamclust(path: str, store: str, memory: str = "1GB") -> dict:
-    """streamclust's conversion of one pickle (with its images_paths.csv) into a store."""
+def convert_streamclust(path: str, store: str, memory: str = "1GB", paths_csv: str | None = None,
+                        name: str = "x") -> dict:
+    """streamclust's conversion of one pickle (with ``paths_csv``, default its sibling
+    images_paths.csv) into a store, as descriptor set ``name``."""
     from streamclust.ingest import convert_case
 
     src = Path(path)
-    s = convert_case(src.parent, store, descriptors={"x": str(src)},
-                     paths_csv=src.with_name("images_paths.csv"), memory=memory)
+    s = convert_case(src.parent, store, descriptors={name: str(src)},
+                     paths_csv=paths_csv or src.with_name("images_paths.csv"), memory=memory)
     return {"rows": s.n_rows, "bytes": src.stat().st_size}
 
 
@@ -186,13 +188,13 @@ def convert_numpy_baseline(path: str, store: str) -> dict:
     return {"rows": int(arr.shape[0])}
 
 
-def verify_bit_for_bit(path: str, store: str) -> dict:
+def verify_bit_for_bit(path: str, store: str, name: str = "x") -> dict:
     """Compare every stored value with the source after the float32 cast, block by block."""
     from streamclust._pickle_stream import open_pickled_array
     from streamclust.store import CaseStore
 
     src = open_pickled_array(path)
-    arr = CaseStore(store).descriptor("x")
+    arr = CaseStore(store).descriptor(name)
     step = arr.chunks[0] * 4
     for start in range(0, src.shape[0], step):
         stop = min(src.shape[0], start + step)
@@ -202,6 +204,17 @@ def verify_bit_for_bit(path: str, store: str) -> dict:
             bad = start + int(np.flatnonzero((a.view(np.uint32) != b.view(np.uint32)).any(axis=1))[0])
             return {"equal": False, "first_bad_row": bad}
     return {"equal": True}
+
+
+def convert_quality(path: str, store: str, baseline_store: str, name: str) -> dict:
+    """The 'convert' stage's check: streamclust's store holds the pickle bit for bit; then both
+    scratch stores are deleted (a 416k x 2560 store is ~4 GB)."""
+    import shutil
+
+    equal = verify_bit_for_bit(path, store, name)
+    for folder in (store, baseline_store):
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"streamclust": {"bit_for_bit": equal["equal"]}}
 
 
 def make_demo(out: str, n_rows: int, seed: int = 0) -> dict:
