@@ -111,7 +111,7 @@ def bench_convert(data: Path, rows: int, d: int = 2560) -> None:
 
 
 # ------------------------------------------------------------------ study
-def bench_study(data: Path, rows: int, k: str, memory: str, lof_rows: int | None, umap: bool = False) -> None:
+def bench_study(data: Path, rows: int, k: str, memory: str, lof_rows: int | None, umap: bool = True) -> None:
     """Convert + the whole study (report=True; ``umap``: with UMAP views of every row) vs the issue's
     in-memory scikit-learn baseline."""
     case, store = _demo(data, rows, convert=False)

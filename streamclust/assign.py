@@ -1,6 +1,7 @@
 """Label and screen NEW descriptors with a saved model, streamed, and report drift.
 
-``NEW_INPUT`` may be a store (``.zarr``, the set named like the model), a case
+``NEW_INPUT`` may be a store (``.zarr`` folder, or an fsspec URL, which is always
+read as a store; the set named like the model), a case
 folder (``descriptors/<set>.*`` + ``images_paths.csv``), or one descriptor file
 in any format :func:`streamclust.ingest.open_source` reads (paths from
 ``--paths CSV``, else ``row:<i>``).  A mixture's model (``vdc_color+vdc_type``)
@@ -26,7 +27,8 @@ from ._scheduler import map_ordered, runs_on_scheduler
 from .errors import InputError
 from .ingest import discover_case, open_source, read_paths_csv
 from .model import DescriptorSetModel, DriftAccumulator, DriftReport
-from .store import CaseStore, is_url
+from ._urls import is_url
+from .store import CaseStore
 
 __all__ = ["AssignResult", "assign_new"]
 
@@ -136,8 +138,8 @@ def assign_new(
     import time
 
     model = DescriptorSetModel.load(model_dir)
-    rows, paths = _open_input(new_input if is_url(new_input) else Path(new_input), model, Path(paths_csv) if paths_csv else None,
-                              allow_restricted_pickle)
+    source = new_input if is_url(new_input) else Path(new_input)
+    rows, paths = _open_input(source, model, Path(paths_csv) if paths_csv else None, allow_restricted_pickle)
     d = model.pca.n_features_in_
     if rows.shape[1] != d:
         raise InputError(f"{new_input}: rows have {rows.shape[1]} values; model {model.name!r} "

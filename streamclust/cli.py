@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from ._scheduler import SCHEDULER_HELP, use_scheduler
+from ._urls import is_url
 from .errors import StreamclustError
 
 __all__ = ["main", "build_parser"]
@@ -162,8 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _store_arg(text: str) -> Path | str:
     """A local path, or an fsspec URL kept as text (``Path`` would fold its ``//``)."""
-    from .store import is_url
-
     return text if is_url(text) else Path(text)
 
 

@@ -42,7 +42,8 @@ from ._pickle_stream import open_pickled_array
 from ._scheduler import runs_on_scheduler
 from .errors import InputError, StoreError
 from .persist import write_atomic
-from .store import CaseStore, disk_full_error, is_url, now_iso
+from ._urls import is_url
+from .store import CaseStore, disk_full_error, now_iso
 
 __all__ = [
     "DESCRIPTOR_SUFFIXES",
@@ -665,8 +666,12 @@ def dropped_rows_report_path(store_path: str | os.PathLike[str]) -> Path | str:
     """Where ``nan_policy="drop"`` lists the dropped rows: ``<store stem>.dropped_rows.csv``
     next to the store (``case.zarr`` -> ``case.dropped_rows.csv``); a URL beside it for a URL store."""
     if is_url(store_path):
-        head, _, tail = str(store_path).rstrip("/").rpartition("/")
-        return f"{head}/{Path(tail).stem}.dropped_rows.csv"
+        scheme, _, rest = str(store_path).partition("://")
+        head, _, tail = rest.rstrip("/").rpartition("/")
+        if not head or not tail:
+            raise InputError(f"{store_path}: a store at the root of a bucket has no folder for its "
+                             f"dropped-rows report; put it in one ({scheme}://BUCKET/case.zarr).")
+        return f"{scheme}://{head}/{Path(tail).stem}.dropped_rows.csv"
     p = Path(store_path)
     return p.with_name(f"{p.stem}.dropped_rows.csv")
 
@@ -681,14 +686,19 @@ def _replace_report(report: Path | str, text: str | None) -> None:
         return
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(str(report))
-    if text is None:
-        if fs.exists(path):
-            fs.rm(path)
-        return
-    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
-    with fs.open(path, "w") as f:  # object stores publish a whole put; a local file:// is rewritten
-        f.write(text)
+    try:
+        fs, path = fsspec.core.url_to_fs(str(report))
+        if text is None:
+            if fs.exists(path):
+                fs.rm(path)
+            return
+        if "file" in fs.protocol:  # object stores have no folders to create
+            fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+        with fs.open(path, "w") as f:  # object stores publish a whole put; a local file:// is rewritten
+            f.write(text)
+    except Exception as exc:  # an unknown protocol, missing credentials, no network ...
+        reason = " ".join(str(exc).split())
+        raise StoreError(f"{report}: cannot write the dropped-rows report ({type(exc).__name__}: {reason}).") from exc
 
 
 def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
@@ -750,8 +760,9 @@ def convert_case(
     ----------
     case_dir : path
         Folder with ``descriptors/*`` and ``images_paths.csv``.
-    out : path
-        The ``.zarr`` store to create or resume.
+    out : path or str
+        The ``.zarr`` store to create or resume: a folder, or an fsspec URL
+        (``file:///shared/case.zarr``, ``s3://bucket/case.zarr``) a Dask cluster's workers read.
     descriptors : dict of name -> file, optional
         Explicit descriptor files instead of discovery.
     paths_csv : path, optional
@@ -809,13 +820,15 @@ def convert_case(
                 f"{src.path}: has {src.shape[0]} rows but {files.paths_csv} lists {n} images; "
                 "row i of every descriptor file must be image i of the paths CSV."
             )
-    report = dropped_rows_report_path(out)
+    report = dropped_rows_report_path(out) if nan_policy == "drop" else None
     dropped = _find_dropped_rows(sources, files.paths_csv, n, memory) if nan_policy == "drop" else None
     n_kept = dropped.n_kept if dropped is not None else n
-    if n_kept == 0:
-        _replace_report(report, dropped.listing)
+    if n_kept == 0:  # no report written: it would replace the report of a store already at ``out``
+        import csv
+
+        row, _, name, reason = list(csv.reader(io.StringIO(dropped.listing)))[1]
         raise InputError(f"{files.paths_csv}: every one of its {n} rows holds NaN or Inf in some set "
-                         f"(listed in {report}); nothing is left to convert.")
+                         f"(row {row}: {reason} in {name}); nothing is left to convert.")
     row_policy = dropped.key if dropped is not None else "all"
     store = CaseStore(out, mode="a")
     ids_ok = "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" and \

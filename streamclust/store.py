@@ -32,6 +32,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from . import __version__
+from ._scheduler import active_client
+from ._urls import is_url
 from .errors import StoreError
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "RunGroup",
     "chunk_rows_for",
     "disk_full_error",
-    "is_url",
     "now_iso",
 ]
 
@@ -77,9 +78,9 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike[str], doing: str
                       "the same command again.")
 
 
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an fsspec URL (``protocol://...``) rather than a local path."""
-    return "://" in str(path)
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (fsspec and zarr errors may span several)."""
+    return " ".join(str(exc).split())
 
 
 def _storage_options(path: str) -> dict[str, Any] | None:
@@ -185,11 +186,14 @@ class CaseStore:
                 f"{self.path}: no streamclust store here; create one with "
                 "'streamclust convert CASE_DIR -o STORE.zarr'."
             )
+        if self.path.startswith("memory://") and active_client() is not None:
+            raise StoreError(f"{self.path}: a memory:// store lives in this process only; the Dask "
+                             "cluster's workers cannot see it. Use a folder or URL they all read.")
         try:
             self.root = zarr.open_group(self.path, mode=mode, zarr_format=3,
                                         storage_options=_storage_options(self.path))
         except Exception as exc:  # zarr raises several types for a non-store path
-            raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({exc}).") from exc
+            raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({_one_line(exc)}).") from exc
         version = self.root.attrs.get("schema_version")
         if version is None and mode == "a":
             self.root.attrs.update({**_base_attrs(), "kind": "streamclust-case"})
@@ -208,7 +212,7 @@ class CaseStore:
             fs, root = fsspec.core.url_to_fs(self.path, **(_storage_options(self.path) or {}))
             return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
         except Exception as exc:  # an unknown protocol, missing credentials, no network ...
-            raise StoreError(f"{self.path}: cannot reach the store ({type(exc).__name__}: {exc}).") from exc
+            raise StoreError(f"{self.path}: cannot open the URL ({type(exc).__name__}: {_one_line(exc)}).") from exc
 
     # ------------------------------------------------------------------ ids
     @property

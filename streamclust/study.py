@@ -729,8 +729,8 @@ def run_study(
 
     Parameters
     ----------
-    store_path : path
-        A store written by :func:`streamclust.ingest.convert_case`.
+    store_path : path or str
+        A store written by :func:`streamclust.ingest.convert_case`: its folder or fsspec URL.
     out_dir : path
         Folder for ``results.csv``, ``metrics.csv``, ``models/``, ``summary.json``.
     descriptors : list of str, optional

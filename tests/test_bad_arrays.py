@@ -6,6 +6,7 @@ Every test here fails if the protection it names is removed (see tests/README.md
 from __future__ import annotations
 
 import csv
+import shutil
 import warnings
 
 import numpy as np
@@ -167,9 +168,15 @@ def test_drop_never_mixes_with_an_earlier_row_selection(tmp_path):
 
 
 def test_drop_of_every_row_is_refused(tmp_path):
+    a, b = _two_sets()
+    _case(tmp_path / "case", {"a": a, "b": b})
+    convert_case(tmp_path / "case", tmp_path / "s.zarr", nan_policy="drop")
+    listed = dropped_rows_report_path(tmp_path / "s.zarr").read_text()
+    shutil.rmtree(tmp_path / "case")
     _case(tmp_path / "case", {"a": np.full((4, 2), np.nan, np.float32)})
-    with pytest.raises(InputError, match="every one of its 4 rows holds NaN or Inf"):
+    with pytest.raises(InputError, match=r"every one of its 4 rows holds NaN or Inf in some set \(row 0: NaN in a\)"):
         convert_case(tmp_path / "case", tmp_path / "s.zarr", nan_policy="drop")
+    assert dropped_rows_report_path(tmp_path / "s.zarr").read_text() == listed  # the store's report stays
 
 
 # -- nan_policy="impute" ---------------------------------------------------------------

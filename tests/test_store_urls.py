@@ -16,9 +16,10 @@ import pytest
 from streamclust.assign import assign_new
 from streamclust.cli import _store_arg, main
 from streamclust.datasets import make_demo_case
-from streamclust.errors import StoreError
+from streamclust.errors import InputError, StoreError
 from streamclust.ingest import convert_case, dropped_rows_report_path
-from streamclust.store import CaseStore, is_url
+from streamclust._urls import is_url
+from streamclust.store import CaseStore
 from streamclust.study import run_study
 
 STUDY = {"k": "3:4", "n_components": 8, "algorithms": ["kmeans"], "report": False, "random_state": 0,
@@ -53,6 +54,7 @@ def test_a_url_store_converts_studies_and_assigns_like_a_folder(folder_study, me
     root, reference = folder_study
     url = f"{memory_url}/case.zarr"
     store = convert_case(root / "case", url, progress=False)
+    assert type(store.root.store).__name__ == "FsspecStore"
     folder = CaseStore(root / "case.zarr")
     assert store.path == url and store.descriptor_names() == folder.descriptor_names()
     for name in folder.descriptor_names():
@@ -73,7 +75,7 @@ def test_a_url_store_converts_studies_and_assigns_like_a_folder(folder_study, me
                           progress=False)
     table = pd.read_csv(tmp_path / "assigned.csv")
     np.testing.assert_array_equal(table["cluster"], _arrays(url, result.run_id, "osnet")[0])
-    assert assigned is not None
+    assert assigned.n_rows == 1200
 
 
 def test_dropped_rows_report_of_a_url_store_lies_beside_it(memory_url, tmp_path):
@@ -111,7 +113,7 @@ def test_a_file_url_store_is_written_in_the_folder_it_names(folder_study, tmp_pa
 
 
 @pytest.mark.parametrize("url,message", [
-    ("nosuchprotocol://bucket/case.zarr", r"nosuchprotocol://bucket/case\.zarr: cannot reach the store"),
+    ("nosuchprotocol://bucket/case.zarr", r"nosuchprotocol://bucket/case\.zarr: cannot open the URL"),
     ("file:///nowhere/at/all/case.zarr", r"file:///nowhere/at/all/case\.zarr: no streamclust store here"),
 ])
 def test_a_bad_url_is_one_line_naming_it(url, message):
@@ -124,7 +126,38 @@ def test_cli_keeps_urls_as_text_and_paths_as_paths(tmp_path, capsys):
     assert _store_arg("s3://bucket/case.zarr") == "s3://bucket/case.zarr"
     assert _store_arg("file:///data/case.zarr") == "file:///data/case.zarr"
     assert _store_arg("data/case.zarr") == Path("data/case.zarr")
-    assert is_url("memory://x") and not is_url(Path("/tmp/x.zarr"))
+    assert _store_arg("C://data/case.zarr") == Path("C://data/case.zarr")
     assert main(["study", "nosuchprotocol://b/case.zarr", "-o", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nosuchprotocol://b/case.zarr: cannot reach the store" in err[0]
+    assert len(err) == 1 and "nosuchprotocol://b/case.zarr: cannot open the URL" in err[0]
+
+
+@pytest.mark.parametrize("text,url", [
+    ("s3://bucket/case.zarr", True), ("file:///data/case.zarr", True), ("memory://x", True),
+    ("simplecache::s3://bucket/case.zarr", True), ("gcs://b/c.zarr", True),
+    ("/data/case.zarr", False), ("out/run://x/case.zarr", False), ("C://data/case.zarr", False),
+    ("case.zarr", False), (Path("/tmp/x.zarr"), False),
+])
+def test_is_url_tells_urls_from_local_paths(text, url):
+    assert is_url(text) is url
+
+
+def test_cli_converts_into_a_url_store(folder_study, memory_url, capsys):
+    root, _ = folder_study
+    url = f"{memory_url}/cli.zarr"
+    assert main(["convert", str(root / "case"), "-o", url, "--quiet"]) == 0, capsys.readouterr().err
+    assert CaseStore(url).descriptor_names() == CaseStore(root / "case.zarr").descriptor_names()
+
+
+def test_a_store_at_the_root_of_a_bucket_has_no_place_for_a_report():
+    with pytest.raises(InputError, match=r"s3://bucket: a store at the root of a bucket .* \(s3://BUCKET/case\.zarr\)"):
+        dropped_rows_report_path("s3://bucket")
+    assert dropped_rows_report_path("s3://bucket/case.zarr/") == "s3://bucket/case.dropped_rows.csv"
+
+
+def test_a_memory_store_is_refused_on_a_cluster(monkeypatch, memory_url):
+    from streamclust import store as store_module
+
+    monkeypatch.setattr(store_module, "active_client", lambda: object())
+    with pytest.raises(StoreError, match="memory:// store lives in this process only"):
+        CaseStore(f"{memory_url}/case.zarr", mode="a")

@@ -99,8 +99,9 @@ def test_a_url_store_with_umap_on_a_cluster_equals_the_threaded_study(case, clie
     root, reference = case
     sets = ["vdc_color"]
     threaded = run_study(root / "case.zarr", root / "threaded-umap", descriptors=sets, umap=True, **STUDY)
-    result = run_study((root / "case.zarr").as_uri(), root / "cluster-url", client=client, descriptors=sets,
-                       umap=True, **STUDY)
+    url = (root / "case.zarr").as_uri()
+    assert type(CaseStore(url).root.store).__name__ == "FsspecStore"  # read through fsspec, not as a folder
+    result = run_study(url, root / "cluster-url", client=client, descriptors=sets, umap=True, **STUDY)
     _assert_same_study(root, reference, result.run_id, root / "cluster-url", sets=sets)
     store = CaseStore(root / "case.zarr")
     np.testing.assert_allclose(store.run(result.run_id).array("vdc_color/umap")[:],
