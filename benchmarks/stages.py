@@ -499,15 +499,23 @@ def outliers_faiss(work: str, name: str) -> dict:
     return {"rows": n, "threads": faiss.omp_get_max_threads()}
 
 
-def outliers_quality(work: str, name: str, methods: list[str]) -> dict:
-    """Not measured.  Agreement of each method's scores with the exact LOF (scikit-learn's, or faiss'
-    when that baseline was skipped) over the rows both scored: Spearman rank correlation and the
-    overlap of their top 1%."""
+def outliers_quality(work: str, name: str, methods: list[str], case: str | None = None) -> dict:
+    """Not measured.  ``auc_planted``: ROC AUC of each method's scores against the outliers planted
+    in the demo ``case`` (its truth.csv), over the rows it scored.  Agreement with the exact LOF of the most rows --
+    scikit-learn's when it scored as many rows as faiss, else faiss' (exact kNN of all rows with
+    scikit-learn's LOF formula; a capped LOF computes its densities within its first rows only,
+    so it is not the all-row reference) -- over the rows both scored: Spearman rank correlation and
+    the overlap of their top 1%."""
     from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
 
-    ref = _load(work, name, "outliers-lof") or _load(work, name, "outliers-faiss")
-    if ref is None:
+    from streamclust.datasets import load_truth
+
+    planted = load_truth(case)["is_outlier"].to_numpy(bool) if case else None
+    exact = [(m, r) for m in ("lof", "faiss") if (r := _load(work, name, f"outliers-{m}")) is not None]
+    if not exact:
         return {}
+    ref_name, ref = max(exact, key=lambda item: len(item[1]["scores"]))  # the first of equals: scikit-learn's
     ref = ref["scores"]
     top = max(1, len(ref) // 100)
     ref_top = set(np.argsort(-ref)[:top].tolist())
@@ -517,8 +525,14 @@ def outliers_quality(work: str, name: str, methods: list[str]) -> dict:
         if saved is None:
             continue
         s = saved["scores"][:len(ref)]
-        out[m] = {"spearman_vs_exact": float(spearmanr(s, ref).statistic),
-                  "top1%_overlap": len(ref_top & set(np.argsort(-s)[:top].tolist())) / top}
+        r = ref[:len(s)]
+        r_top = ref_top if len(s) == len(ref) else set(np.argsort(-r)[:max(1, len(r) // 100)].tolist())
+        out[m] = {"spearman_vs_exact": float(spearmanr(s, r).statistic),
+                  "top1%_overlap": len(r_top & set(np.argsort(-s)[:len(r_top)].tolist())) / len(r_top),
+                  "exact_reference": {"lof": "scikit-learn LOF", "faiss": "faiss exact kNN + LOF formula"}[ref_name]
+                  + f", {len(r):,} rows"}
+        if planted is not None:
+            out[m]["auc_planted"] = float(roc_auc_score(planted[:len(saved["scores"])], saved["scores"]))
     return out
 
 
