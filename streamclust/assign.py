@@ -24,10 +24,10 @@ import pandas as pd
 
 from ._blocks import block_rows_for, bound_heaps, iter_blocks
 from ._scheduler import map_ordered, runs_on_scheduler
+from ._urls import is_url
 from .errors import InputError
 from .ingest import discover_case, open_source, read_paths_csv
 from .model import DescriptorSetModel, DriftAccumulator, DriftReport
-from ._urls import is_url
 from .store import CaseStore
 
 __all__ = ["AssignResult", "assign_new"]

@@ -40,9 +40,9 @@ import numpy as np
 from ._blocks import bound_heaps, parse_memory
 from ._pickle_stream import open_pickled_array
 from ._scheduler import runs_on_scheduler
+from ._urls import is_url
 from .errors import InputError, StoreError
 from .persist import write_atomic
-from ._urls import is_url
 from .store import CaseStore, disk_full_error, now_iso
 
 __all__ = [

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streamclust._urls import is_url
 from streamclust.assign import assign_new
 from streamclust.cli import _store_arg, main
 from streamclust.datasets import make_demo_case
 from streamclust.errors import InputError, StoreError
 from streamclust.ingest import convert_case, dropped_rows_report_path
-from streamclust._urls import is_url
 from streamclust.store import CaseStore
 from streamclust.study import run_study
 
