@@ -439,6 +439,8 @@ class _SetOutcome:
     reduced: Any
     profile: ClusterProfiles
     top_outliers: pd.DataFrame
+    #: ``(idx (m,), rows (m, d))``: the seeded rows every silhouette of the set is estimated on.
+    silhouette_rows: tuple[np.ndarray, np.ndarray]
 
 
 def _sample_rows(n: int, size: int, random_state: int) -> np.ndarray:
@@ -516,7 +518,8 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
     models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
     centers = {kk: m.cluster_centers_ for kk, m in models.items()}
     scores = sweep_metrics(reduced, centers, memory=budget)
-    _, sil_rows = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
+    sil_sample = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
+    sil_rows = sil_sample[1]
     rows = []
     for kk in ks:  # one sample read for every k
         sil = sampled_silhouette(sil_rows, centers=centers[kk], n_samples=len(sil_rows))
@@ -567,7 +570,7 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
     result = SetResult(name, prepared.n_features, int(pca.n_components_), prepared.explained_variance,
                        chosen, metrics, seconds, model_dir, kmeans.cluster_centers_, n_flagged,
                        detector.threshold_rule_, prepared.mixture)
-    return _SetOutcome(result, labels, score_arr, flag_arr, reduced, profile, top)
+    return _SetOutcome(result, labels, score_arr, flag_arr, reduced, profile, top, sil_sample)
 
 
 def parse_algorithms(spec: str | Sequence[str]) -> list[str]:
@@ -626,15 +629,15 @@ def _score_labels(reduced: Any, labels: Any, sample: tuple[np.ndarray, np.ndarra
 
 
 def _study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algorithms: Sequence[str], *,
-                      base: dict[str, Any], budget: int, silhouette_samples: int, random_state: int,
-                      log: Callable[[str], None]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The extra algorithms (all but k-means) on the stored reduced rows of one set.
+                      base: dict[str, Any], budget: int, sample: tuple[np.ndarray, np.ndarray],
+                      random_state: int, log: Callable[[str], None]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The extra algorithms (all but k-means) on the stored reduced rows of one set; their
+    silhouettes are estimated on ``sample``, the k-means sweep's (:class:`_SetOutcome`).
 
     Returns the metrics rows (one per algorithm x k, ``chosen`` by :func:`choose_k`
     per algorithm) and the chosen labels per algorithm (zarr arrays in the run).
     """
     lazy_reduced = da.from_zarr(reduced)
-    sample = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
     frames, labels = [], {}
     for alg in algorithms:
         if alg == "kmeans":
@@ -880,7 +883,7 @@ def run_study(
                 base = {c: first[c] for c in ("set", "n_rows", "n_features", "n_components")}
                 extra, extra_labels[name] = _study_algorithms(
                     run, name, outcome.reduced, ks, algs, base=base, budget=budget,
-                    silhouette_samples=silhouette_samples, random_state=random_state, log=log)
+                    sample=outcome.silhouette_rows, random_state=random_state, log=log)
                 all_metrics.append(extra)
                 agreement.append(_agreement(name, {"kmeans": outcome.labels, **extra_labels[name]}))
         metrics_all = pd.concat(all_metrics, ignore_index=True)
