@@ -39,6 +39,7 @@ __all__ = [
     "map_blocks_reduce",
     "n_rows_of",
     "read_rows",
+    "rows_not_in",
     "release_memory",
     "bound_heaps",
 ]
@@ -245,6 +246,26 @@ def as_dask(X: Any, block_rows: int | None = None) -> "da.Array":
 
 def _row_slices(n_rows: int, block_rows: int) -> list[slice]:
     return [slice(s, min(s + block_rows, n_rows)) for s in range(0, n_rows, block_rows)]
+
+
+def rows_not_in(excluded: np.ndarray, ranks: Any) -> Any:
+    """Row numbers of the ``ranks``-th rows (0-based) of ``0, 1, 2, ...`` that are not in ``excluded``.
+
+    Parameters
+    ----------
+    excluded : ndarray of int, shape (m,)
+        Sorted, distinct row numbers left out.
+    ranks : int or ndarray of int, shape (r,)
+        Positions among the rows that are not excluded.
+
+    Returns
+    -------
+    int64 or ndarray of int64, shape (r,)
+        ``rank + #(excluded rows <= the answer)``: e.g. a store row's source row when
+        ``excluded`` rows were dropped, or sampled rows outside a reference sample.
+    """
+    shifted = np.asarray(excluded, np.int64) - np.arange(len(excluded))
+    return ranks + np.searchsorted(shifted, ranks, side="right")
 
 
 def read_rows(X: Any, rows: slice) -> np.ndarray:

@@ -16,6 +16,7 @@ __all__ = [
     "MemoryBudgetError",
     "SchedulerError",
     "StreamclustWarning",
+    "one_line",
 ]
 
 
@@ -48,3 +49,9 @@ class SchedulerError(StreamclustError, RuntimeError):
 
 class StreamclustWarning(UserWarning):
     """Base class of the warnings streamclust emits (errors in the test suite)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The text of a library's error on one line (fsspec and zarr errors may span several),
+    for quoting inside streamclust's one-line messages."""
+    return " ".join(str(exc).split())

@@ -37,11 +37,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._blocks import bound_heaps, parse_memory
+from ._blocks import bound_heaps, parse_memory, rows_not_in
 from ._pickle_stream import open_pickled_array
 from ._scheduler import runs_on_scheduler
 from ._urls import is_url
-from .errors import InputError, StoreError
+from .errors import InputError, StoreError, one_line
 from .persist import write_atomic
 from .store import CaseStore, disk_full_error, now_iso
 
@@ -535,8 +535,7 @@ class _DroppedRows:
 
     def source_row(self, store_row: int) -> int:
         """The source row that becomes ``store_row``."""
-        shifted = self.rows - np.arange(len(self.rows))
-        return store_row + int(np.searchsorted(shifted, store_row, side="right"))
+        return int(rows_not_in(self.rows, store_row))
 
     def keep(self, start: int, stop: int) -> np.ndarray:
         """``(stop - start,)`` bool: which source rows of ``start:stop`` are kept."""
@@ -697,8 +696,8 @@ def _replace_report(report: Path | str, text: str | None) -> None:
         with fs.open(path, "w") as f:  # object stores publish a whole put; a local file:// is rewritten
             f.write(text)
     except Exception as exc:  # an unknown protocol, missing credentials, no network ...
-        reason = " ".join(str(exc).split())
-        raise StoreError(f"{report}: cannot write the dropped-rows report ({type(exc).__name__}: {reason}).") from exc
+        raise StoreError(f"{report}: cannot write the dropped-rows report "
+                         f"({type(exc).__name__}: {one_line(exc)}).") from exc
 
 
 def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,

@@ -34,7 +34,7 @@ from zarr.codecs import BloscCodec
 from . import __version__
 from ._scheduler import active_client
 from ._urls import is_url
-from .errors import StoreError
+from .errors import StoreError, one_line
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -76,11 +76,6 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike[str], doing: str
     where = exc.filename or path
     return StoreError(f"{where}: no space left on device while {doing}; free some space and run "
                       "the same command again.")
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error's text on one line (fsspec and zarr errors may span several)."""
-    return " ".join(str(exc).split())
 
 
 def _storage_options(path: str) -> dict[str, Any] | None:
@@ -193,7 +188,7 @@ class CaseStore:
             self.root = zarr.open_group(self.path, mode=mode, zarr_format=3,
                                         storage_options=_storage_options(self.path))
         except Exception as exc:  # zarr raises several types for a non-store path
-            raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({_one_line(exc)}).") from exc
+            raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({one_line(exc)}).") from exc
         version = self.root.attrs.get("schema_version")
         if version is None and mode == "a":
             self.root.attrs.update({**_base_attrs(), "kind": "streamclust-case"})
@@ -212,7 +207,7 @@ class CaseStore:
             fs, root = fsspec.core.url_to_fs(self.path, **(_storage_options(self.path) or {}))
             return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
         except Exception as exc:  # an unknown protocol, missing credentials, no network ...
-            raise StoreError(f"{self.path}: cannot open the URL ({type(exc).__name__}: {_one_line(exc)}).") from exc
+            raise StoreError(f"{self.path}: cannot open the URL ({type(exc).__name__}: {one_line(exc)}).") from exc
 
     # ------------------------------------------------------------------ ids
     @property

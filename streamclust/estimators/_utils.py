@@ -21,7 +21,14 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_array, validate_data
 from threadpoolctl import threadpool_limits
 
-from .._blocks import as_dask, block_rows_for, iter_blocks, map_blocks_reduce, parse_memory
+from .._blocks import (
+    as_dask,
+    block_rows_for,
+    iter_blocks,
+    map_blocks_reduce,
+    parse_memory,
+    rows_not_in,
+)
 
 __all__: list[str] = []
 
@@ -261,8 +268,7 @@ def rows_outside(sample: np.ndarray, n_rows: int, size: int, random_state: Any) 
     if size <= 0:
         return np.empty(0, np.int64)
     ranks = np.sort(sample_without_replacement(n_rows - m, size, random_state=random_state)).astype(np.int64)
-    # the j-th row not in the sample = j + #(sample rows <= it)
-    return ranks + np.searchsorted(sample - np.arange(m), ranks, side="right")
+    return rows_not_in(sample, ranks)
 
 
 def take_rows(X: Any, index: np.ndarray, block_rows: int, *, memory: Any = None) -> np.ndarray:
