@@ -8,6 +8,7 @@ Dask arrays otherwise.
 from .kmeans import StreamingKMeans, kmeans_sweep
 from .metrics import cluster_metrics, sampled_silhouette, silhouette_sample, sweep_metrics
 from .outliers import KNNOutlierDetector, warm_up
+from .screening import RobustZScreen
 from .projection import SampledUMAP, pca_projection, warm_up_umap
 from .hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
 from .mixture import StreamingGaussianMixture
@@ -28,6 +29,7 @@ __all__ = [
     "silhouette_sample",
     "KNNOutlierDetector",
     "warm_up",
+    "RobustZScreen",
     "SampledUMAP",
     "pca_projection",
     "warm_up_umap",

@@ -315,18 +315,37 @@ def _flip_signs(components: np.ndarray) -> np.ndarray:
 
 
 class _Transform:
-    """Picklable per-block PCA transform: ``((l2(x) - mean) @ W)`` in the block dtype."""
+    """Picklable per-block PCA transform: ``((l2(x) - mean) / scale) @ C.T`` (then
+    whitened) in the block dtype; with ``row_stats`` two more columns: the raw row
+    norm and the residual (see :meth:`StreamingPCA.transform_with_row_stats`)."""
 
-    def __init__(self, l2: bool, mean: np.ndarray, W: np.ndarray) -> None:
+    def __init__(self, l2: bool, mean: np.ndarray, scale: np.ndarray | None,
+                 components: np.ndarray, out_scale: np.ndarray | None, row_stats: bool = False) -> None:
         self.l2 = l2
         self.mean = mean
-        self.W = W
+        self.scale = scale
+        self.components_t = components.T
+        self.out_scale = out_scale
+        self.row_stats = row_stats
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        x = l2_normalize(block) if self.l2 else np.array(block, dtype=float_dtype(block.dtype))
+        raw = np.asarray(block)
+        x = l2_normalize(raw) if self.l2 else np.array(raw, dtype=float_dtype(raw.dtype))
         x = x.astype(float_dtype(x.dtype), copy=False)
         x -= self.mean.astype(x.dtype)
-        return np.asarray(x @ self.W.astype(x.dtype), dtype=np.float32)
+        if self.scale is not None:
+            x /= self.scale.astype(x.dtype)
+        proj = x @ self.components_t.astype(x.dtype)
+        out = proj if self.out_scale is None else proj / self.out_scale.astype(x.dtype)
+        out = np.asarray(out, dtype=np.float32)
+        if not self.row_stats:
+            return out
+        # |x|^2 - |x C^T|^2 (C orthonormal rows), accumulated in float64
+        total = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+        kept = np.einsum("ij,ij->i", proj, proj, dtype=np.float64)
+        residual = np.sqrt(np.maximum(total - kept, 0.0))
+        norm = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64))
+        return np.column_stack([out, norm.astype(np.float32), residual.astype(np.float32)])
 
 
 class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -643,13 +662,9 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         floor = np.finfo(np.float32).eps * max(float(var.max(initial=0.0)), 0.0)
         return np.where(var > floor, np.sqrt(var), 1.0)
 
-    def _projection(self) -> np.ndarray:
-        W = self.components_.T.copy()
-        if self.scale_ is not None:
-            W /= self.scale_[:, None]
-        if self.whiten:
-            W /= self._whitening_scale()[None, :]
-        return W
+    def _transformer(self, row_stats: bool = False) -> _Transform:
+        return _Transform(bool(self.l2_normalize), self.mean_, self.scale_, self.components_,
+                          self._whitening_scale() if self.whiten else None, row_stats)
 
     def transform(self, X: Any) -> Any:
         """Project ``X`` on the principal axes (after the same preprocessing).
@@ -666,9 +681,39 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         check_is_fitted(self, "components_")
         X, lazy = check_X(self, X, reset=False)
-        f = _Transform(bool(self.l2_normalize), self.mean_, self._projection())
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
-        return map_rows(f, X, lazy, br, dtype=np.float32, n_cols=self.n_components_)
+        return map_rows(self._transformer(), X, lazy, br, dtype=np.float32, n_cols=self.n_components_)
+
+    def transform_with_row_stats(self, X: Any) -> tuple[Any, Any]:
+        """:meth:`transform`, plus two per-row statistics from the same pass.
+
+        * ``norm``: the Euclidean norm of the raw row (before L2 normalisation).  On
+          CNN features it carries how strongly the network responded -- dark, empty
+          or washed-out images give atypical norms -- which the L2 normalisation
+          removes from the reduced rows;
+        * ``residual``: the distance of the preprocessed row (L2-normalised, centred,
+          standardised if asked) to the principal subspace, ``sqrt(|x|^2 - |x C^T|^2)``
+          -- what the kept components cannot explain (PCA reconstruction error).
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        reduced : ndarray or dask.array.Array of float32, shape (n_samples, n_components_)
+            Equal to :meth:`transform`.
+        stats : ndarray or dask.array.Array of float32, shape (n_samples, 2)
+            ``norm`` and ``residual``.  For Zarr/Dask input both are lazy slices of one
+            mapped pass: computing them together (``dask.compute``, ``da.store``) reads
+            ``X`` once.
+        """
+        check_is_fitted(self, "components_")
+        X, lazy = check_X(self, X, reset=False)
+        br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
+        c = int(self.n_components_)
+        packed = map_rows(self._transformer(row_stats=True), X, lazy, br, dtype=np.float32, n_cols=c + 2)
+        return packed[:, :c], packed[:, c:]
 
     def inverse_transform(self, X: Any) -> Any:
         """Map projections back to the (L2-normalised) feature space.
