@@ -28,11 +28,13 @@ Case layout (all written by :func:`make_demo_case`)
 ``truth.csv``
     The planted truth, one row per image in CSV row order: ``path`` (forward
     slashes), ``vehicle_id``, ``color``, ``type``, ``view``, ``model``,
-    ``camera``, ``outlier_kind`` (empty for normal images) and ``is_outlier``.
-    The attributes of an outlier are those of the vehicle its record belongs
-    to, even where the picture hides it (``dark``) or lacks it
-    (``no_vehicle``).  Demo cases only: a real case has no such file.  Read
-    it with :func:`load_truth`.
+    ``camera``, ``outlier_kind`` (empty for normal images), ``is_outlier``
+    and ``outlier_group`` (the group of similar outlier pictures the row
+    belongs to, numbered from 0; -1 for normal images and isolated
+    outliers).  The attributes of an outlier are those of the vehicle its
+    record belongs to, even where the picture hides it (``dark``) or lacks
+    it (``no_vehicle``).  Demo cases only: a real case has no such file.
+    Read it with :func:`load_truth`.
 
 Planted truth
 -------------
@@ -45,11 +47,24 @@ body's length and height slightly).  Each image comes from one of 174 cameras
 dusk) and from a view (:data:`VIEWS`: front, rear or side, facing left or
 right), with jitter in position, scale, colour, lighting and sensor noise.
 
-About ``outlier_fraction`` of the images are outliers of one of the
-:data:`OUTLIER_KINDS`, in equal shares: ``glare`` (a large saturated white
-blob, sometimes with a streak, on a washed-out picture), ``dark`` (5-15 % of
-normal brightness, noisy), ``no_vehicle`` (road only, with one to three lane
-markings, poles or passers-by) and ``blur`` (strong defocus or motion blur).
+Exactly ``round(outlier_fraction * n_rows)`` of the images are outliers of
+one of the :data:`OUTLIER_KINDS`, in equal shares (within one):
+``glare`` (a large saturated white blob, sometimes with a streak, on a
+washed-out picture), ``dark`` (5-15 % of normal brightness, noisy),
+``no_vehicle`` (road only, with one to three lane markings, poles or
+passers-by) and ``blur`` (strong defocus or motion blur).  As on real
+images, bad pictures come in groups that look alike (a camera dazzled or
+at night for a while, the same empty road shot again and again): two
+thirds of the glare, dark and no_vehicle outliers (half of all outliers)
+are in groups, ``max(1, round(0.3 sqrt(m)))`` groups for the ``m``
+grouped rows of a kind, of at least 3 rows and log-normally varied sizes
+(at 1 % outliers: one group of 10 per kind at 6,000 rows, 4 to 29 rows at
+20,000, 25 to 200 at 416,314).  A group is one scene: one camera and view,
+the same road texture, vehicle position and scale (jittered by 15 %), the
+same glare blob, darkness or clutter (jittered slightly), and it is drawn
+as runs of 1 to 10 consecutive shots of one vehicle, as VeRi-Wild has
+about ten shots a vehicle.  The other outliers (all the blurred ones) are
+isolated rows drawn at random, each with its own parameters.
 
 How the descriptors are made, and how each set sees the truth
 -------------------------------------------------------------
@@ -79,26 +94,38 @@ They are standardised with the statistics of a fixed calibration set of
 4096 normal images and squashed with ``6 tanh(z / 6)``; 32 "quality
 detectors" ``clip(+-z - 2.5, 0, 8)`` of the image statistics are added (zero
 on normal pictures).  Pictures far from the calibration set (RMS Mahalanobis
-distance above 2.5; normal pictures are at about 0.6, 99 % below 2.2; glare,
-dark and empty pictures at 3 to 270; blurred ones at 1 to 6, mostly below
-the threshold) get their colour, type and view evidence replaced by that of
-a calibration picture picked by the signs of random projections of their own
-pixels, as networks give confident but arbitrary answers on
-out-of-distribution input.  So outliers are scattered over the
-normal clusters, slightly off them, rather than piled up in one place, and
-a density-based score finds them.
+distance above 2.5; normal pictures are at about 0.6, 99 % below 2.0; glare,
+dark and empty pictures at 3 to 270; blurred ones at 1 to 15, mostly below
+the threshold) get their colour, type and view evidence replaced by a
+hallucinated one, as networks give confident but arbitrary answers on
+out-of-distribution input: a soft choice (softmax at temperature 0.3)
+among the calibration pictures by the match of fixed random keys with 32
+"pixel codes", random projections of the 12 x 16 grey picture whose
+contrast is normalised down to a floor.  The answer is arbitrary but a
+smooth function of the picture: varied bad pictures get varied answers and
+scatter over the normal clusters, slightly off them, while the pictures of
+a group get nearly the same answer and stay together; faint pictures (dark
+ones) have faint codes, hence a blend of many answers, so dark pictures
+resemble each other even when isolated.
 
 Each descriptor set is a fixed, seeded random projection of these 324
 standardised features with set-specific weights per feature group, plus
 noise, through a ReLU (non-negative, about 58 % zeros, like pooled CNN
-features).  On a 20,000-row case (KMeans on PCA(32) of the L2-normalised
-descriptors; LocalOutlierFactor(20) on PCA(64)), typically:
+features), times a per-picture activation gain: ``contrast^0.12 *
+brightness^0.08 * ((min(foreground, 1.5) + 0.1) / 1.1)^0.05`` (each
+relative to the calibration mean; logarithm clipped to [-0.8, 0.4]), about
+1 (0.92 to 1.10) on normal pictures, 0.6 to 0.75 on dark ones, about 0.8
+on empty roads, about 1.09 on glare.  The gain changes only the row norm
+(which L2 normalisation removes), as real CNN activations are weaker on
+faint or empty pictures and stronger on bright ones.
+
+On a 20,000-row case (seed 0, 1 % outliers: 200, 50 of each kind, 99 of
+them in 6 groups of 4 to 29 rows), KMeans on PCA(32) of the L2-normalised
+descriptors finds, typically:
 
 ``vdc_color`` (128-d)
-    mostly colour: 8 clusters recover the colour (ARI about 0.9) and nothing
-    of type or view (ARI < 0.02); it sees glare, darkness and empty roads
-    but hardly blur (outlier ROC-AUC 0.85 to 0.9 overall, 0.55 to 0.7 on
-    blur).
+    mostly colour: 8 clusters recover the colour (ARI about 0.95) and
+    nothing of type or view (ARI < 0.01).
 ``vdc_type`` (512-d)
     mostly body type, then view and silhouette: 6 clusters recover the type
     (ARI about 0.7), not the colour (ARI < 0.01); 18 clusters recover type
@@ -107,17 +134,55 @@ descriptors; LocalOutlierFactor(20) on PCA(64)), typically:
 ``efficientnet-b7`` (2560-d)
     a mix of colour, type, view, image quality and nuisance (camera,
     lighting, position): clusters follow colour and type at once (ARI
-    about 0.3 to 0.4 with each); outlier ROC-AUC about 0.99.
+    about 0.2 to 0.4 with each).
 ``osnet`` (512-d)
     the same mix, weighted towards colour as re-identification features
-    are (colour ARI about 0.8); outlier ROC-AUC about 0.99.
+    are (colour ARI about 0.85).
+
+Outlier ROC-AUC on that case (each kind and each of grouped / isolated
+against the normal rows) of LocalOutlierFactor(20), IsolationForest
+(``random_state=0``) and the distance to the 20th neighbour (kdist), all
+on PCA(64) of the L2-normalised descriptors, and of the raw row norm
+(``|log norm - median log norm|``):
+
+=================  =======  =====  =====  =====  ==========  =====  =======  ========
+set                score    all    glare  dark   no_vehicle  blur   grouped  isolated
+=================  =======  =====  =====  =====  ==========  =====  =======  ========
+efficientnet-b7    LOF      0.66   0.56   0.45   0.65        0.99   0.47     0.86
+efficientnet-b7    IForest  0.93   0.99   1.00   0.83        0.88   0.94     0.91
+efficientnet-b7    kdist    0.95   0.99   0.82   0.98        1.00   0.93     0.96
+efficientnet-b7    norm     0.83   0.76   0.96   0.87        0.75   0.89     0.77
+osnet              LOF      0.68   0.63   0.45   0.65        0.99   0.48     0.88
+osnet              IForest  0.94   0.96   1.00   0.95        0.86   0.97     0.92
+osnet              kdist    0.97   0.99   0.92   0.98        0.98   0.97     0.97
+osnet              norm     0.84   0.77   0.93   0.85        0.82   0.89     0.80
+vdc_color          LOF      0.68   0.73   0.26   0.97        0.76   0.61     0.75
+vdc_color          IForest  0.87   0.96   1.00   0.94        0.58   0.97     0.77
+vdc_color          kdist    0.90   0.96   1.00   0.96        0.67   0.98     0.81
+vdc_color          norm     0.83   0.64   0.99   0.87        0.84   0.86     0.80
+vdc_type           LOF      0.62   0.55   0.39   0.59        0.95   0.41     0.82
+vdc_type           IForest  0.97   0.99   1.00   0.99        0.91   1.00     0.95
+vdc_type           kdist    0.96   0.93   0.99   0.99        0.91   0.96     0.95
+vdc_type           norm     0.75   0.71   0.88   0.74        0.67   0.81     0.69
+=================  =======  =====  =====  =====  ==========  =====  =======  ========
+
+As on real images, a ratio of local densities (LOF) hides the groups (and
+the dark pictures, which all look alike), while the distance to the k-th
+neighbour and IsolationForest still find them; the row norm is a signal
+on its own (mean norm relative to normal rows: dark 0.44 to 0.60,
+no_vehicle 0.61 to 0.66, glare 1.21 to 1.32, blur 0.9 to 1.5).  Within a
+group, descriptors are about half as far apart (median L2 distance of the
+normalised rows 0.42 to 0.85) as from normal rows (1.0 to 1.2).  The old
+demo, with every outlier isolated and answering at random, gave LOF 0.87
+to 0.99 overall.
 
 Implementation and memory
 -------------------------
-Rows are rendered in chunks of 512, each seeded by ``(seed, chunk index)``,
-on a pool of two threads; the standardised features (324 float32, 1.3 KB a
-row) are cached in a temporary file in `out_dir` (deleted at the end).  The
-four pickles are then written one after the other by
+Rows are rendered in chunks of 512, each seeded by ``(seed, chunk index)``
+(the scene of an outlier group by ``(seed, group)``), on a pool of two
+threads; the standardised features and the activation gain (325 float32,
+1.3 KB a row) are cached in a temporary file in `out_dir` (deleted at the
+end).  The four pickles are then written one after the other by
 :func:`streamclust._pickle_stream.write_pickled_array` from row blocks
 projected from that cache (noise seeded per chunk), so each picture is
 rendered once and at most one block of one set, plus a few chunks of
@@ -350,10 +415,12 @@ class _Plan:
     camera: np.ndarray  # 0-based; written as c001..c174
     time: np.ndarray  # seconds since 2018-03-01 00:00:00
     outlier: np.ndarray  # index into OUTLIER_KINDS, -1 for normal rows
+    group: np.ndarray  # outlier group id, -1 for normal rows and isolated outliers
     cam_tone: np.ndarray  # (n_cameras,) road grey level
     cam_tint: np.ndarray  # (n_cameras, 3) colour cast
     cam_light: np.ndarray  # (n_cameras,) brightness factor
     cam_haze: np.ndarray  # (n_cameras,) top/bottom brightness ratio of the road
+    seed: int = 0  # seed of the case (the scenes of the outlier groups derive from it)
 
     @property
     def n_rows(self) -> int:
@@ -380,11 +447,8 @@ def _make_plan(n_rows: int, seed: int, outlier_fraction: float) -> _Plan:
     time = (v_day[idx] * 86400 + hours * 3600).astype(np.int64)
     camera = rng.integers(0, _N_CAMERAS, n_rows)
     view = rng.choice(len(VIEWS), n_rows, p=_VIEW_FREQ)
-    outlier = np.full(n_rows, -1, np.int8)
-    n_out = int(round(outlier_fraction * n_rows))
-    if n_out:
-        where = rng.choice(n_rows, n_out, replace=False)
-        outlier[where] = rng.permutation(np.arange(n_out) % len(OUTLIER_KINDS))
+    outlier, group = _place_outliers(vehicle, camera, view, int(round(outlier_fraction * n_rows)),
+                                     np.random.default_rng([seed, 2]))
     crng = np.random.default_rng([seed, 1])
     return _Plan(
         vehicle=vehicle,
@@ -396,11 +460,84 @@ def _make_plan(n_rows: int, seed: int, outlier_fraction: float) -> _Plan:
         camera=camera.astype(np.int16),
         time=time,
         outlier=outlier,
+        group=group,
         cam_tone=crng.uniform(90, 100, _N_CAMERAS).astype(np.float32),
         cam_tint=crng.uniform(0.97, 1.03, (_N_CAMERAS, 3)).astype(np.float32),
         cam_light=crng.uniform(0.9, 1.1, _N_CAMERAS).astype(np.float32),
         cam_haze=crng.uniform(1.04, 1.3, _N_CAMERAS).astype(np.float32),
+        seed=seed,
     )
+
+
+#: Kinds of outliers that come in groups (similar bad pictures: a camera
+#: dazzled or at night for a while, the same empty road shot again and
+#: again), the share of their rows in groups, the smallest group and how the
+#: number of groups grows with the grouped rows of a kind.
+_GROUPED_KINDS = (0, 1, 2)  # glare, dark, no_vehicle
+_GROUPED_SHARE = 2 / 3
+_MIN_GROUP = 3
+_GROUPS_PER_SQRT = 0.3
+_MAX_SHOTS = 10  # longest run of consecutive shots of one vehicle in a group
+
+
+def _place_outliers(vehicle: np.ndarray, camera: np.ndarray, view: np.ndarray, n_out: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Outlier kind (-1 for normal rows) and group (-1 if none) of every row.
+
+    The kinds get equal shares of `n_out` (one more for some).  Of the glare,
+    dark and no_vehicle rows, :data:`_GROUPED_SHARE` form groups of similar
+    pictures: ``max(1, round(0.3 * sqrt(m)))`` groups for `m` grouped rows of
+    a kind, of sizes :data:`_MIN_GROUP` plus a log-normally weighted share of
+    the rest.  A group is taken as runs of 1 to 10 consecutive shots of one
+    vehicle, all seen by the group's camera from the group's view (`camera`
+    and `view` are changed in place for its rows).  The other outliers are
+    rows drawn at random.
+    """
+    n_rows = len(vehicle)
+    outlier = np.full(n_rows, -1, np.int8)
+    group = np.full(n_rows, -1, np.int32)
+    if not n_out:
+        return outlier, group
+    n_kinds = len(OUTLIER_KINDS)
+    counts = np.full(n_kinds, n_out // n_kinds)
+    counts[rng.permutation(n_kinds)[:n_out % n_kinds]] += 1
+    # first and last row of the vehicle of every row (rows are sorted by vehicle)
+    starts = np.flatnonzero(np.r_[True, vehicle[1:] != vehicle[:-1]])
+    veh_end = np.r_[starts[1:], n_rows]  # one past the last row, per vehicle
+    veh_of_row = np.cumsum(np.r_[True, vehicle[1:] != vehicle[:-1]]) - 1
+    taken = np.zeros(n_rows, bool)
+    g = 0
+    for kind in _GROUPED_KINDS:
+        m = int(math.floor(_GROUPED_SHARE * counts[kind]))
+        if m < _MIN_GROUP:
+            continue
+        n_groups = min(max(1, int(round(_GROUPS_PER_SQRT * math.sqrt(m)))), m // _MIN_GROUP)
+        weights = rng.lognormal(0.0, 0.8, n_groups)
+        sizes = _MIN_GROUP + rng.multinomial(m - _MIN_GROUP * n_groups, weights / weights.sum())
+        for size in sizes.tolist():
+            cam = int(rng.integers(0, _N_CAMERAS))
+            vw = int(rng.choice(len(VIEWS), p=_VIEW_FREQ))
+            left = size
+            while left:
+                run = min(int(rng.geometric(0.3)), _MAX_SHOTS, left)
+                start = int(rng.integers(0, n_rows))
+                while taken[start]:
+                    start = int(rng.integers(0, n_rows))
+                stop = min(start + run, int(veh_end[veh_of_row[start]]))
+                rows = np.arange(start, stop)
+                rows = rows[: np.argmax(np.r_[taken[rows], True])]  # up to the next taken row
+                taken[rows] = True
+                outlier[rows] = kind
+                group[rows] = g
+                camera[rows] = cam
+                view[rows] = vw
+                left -= len(rows)
+            g += 1
+        counts[kind] -= m
+    rest = np.flatnonzero(~taken)
+    where = rest[rng.choice(len(rest), int(counts.sum()), replace=False)]
+    outlier[where] = rng.permutation(np.repeat(np.arange(n_kinds, dtype=np.int8), counts))
+    return outlier, group
 
 
 # --------------------------------------------------------------------------
@@ -537,6 +674,20 @@ def _render(plan: _Plan, lo: int, hi: int, rng: np.random.Generator) -> np.ndarr
     light_jit = rng.uniform(0.95, 1.05, n).astype(np.float32)
     noise_sd = rng.uniform(2.5, 5.5, n).astype(np.float32)
     texture = rng.uniform(0.0, 4.0, n).astype(np.float32)
+    coarse = rng.standard_normal((n, _H // 4 + 1, _W // 4 + 1), dtype=np.float32)
+    # rows of an outlier group: the group's scene, varied a little per row
+    group = plan.group[sl]
+    scenes = {}
+    for g in np.unique(group[group >= 0]).tolist():
+        sc = scenes[g] = _group_scene(plan.seed, g, int(outlier[np.argmax(group == g)]))
+        rows = group == g
+        jitter[rows] = sc.jitter + 0.15 * jitter[rows]
+        scale[rows] = sc.scale + 0.1 * (scale[rows] - 0.98)
+        direction[rows] = sc.direction
+        light_jit[rows] = sc.light + 0.1 * (light_jit[rows] - 1.0)
+        noise_sd[rows] = sc.noise_sd + 0.1 * (noise_sd[rows] - 4.0)
+        texture[rows] = sc.texture
+        coarse[rows] = sc.road + 0.25 * coarse[rows]
 
     direction = np.where(view == 2, direction, 1.0).astype(np.float32)
     cx = 32.0 + 3.0 * jitter[:, 0]
@@ -550,7 +701,6 @@ def _render(plan: _Plan, lo: int, hi: int, rng: np.random.Generator) -> np.ndarr
     haze = plan.cam_haze[camera]
     rows = np.arange(_H, dtype=np.float32) / (_H - 1)
     grad = haze[:, None] + (1.0 - haze[:, None]) * rows[None, :]  # (N, H)
-    coarse = rng.standard_normal((n, _H // 4 + 1, _W // 4 + 1), dtype=np.float32)
     coarse *= texture[:, None, None]
     road = _upsample4(coarse) + (tone[:, None] * grad)[:, :, None]  # (N, H, W)
     img = np.empty((3, n, _H, _W), np.float32)
@@ -579,7 +729,12 @@ def _render(plan: _Plan, lo: int, hi: int, rng: np.random.Generator) -> np.ndarr
 
     # outliers
     for i in np.flatnonzero(outlier >= 0):
-        _OUTLIER_TRANSFORMS[outlier[i]](out[i], rng)
+        kind = int(outlier[i])
+        if group[i] >= 0:
+            params = _vary(kind, scenes[int(group[i])].params, rng)
+        else:
+            params = _OUTLIER_PARAMS[kind](rng)
+        _OUTLIER_TRANSFORMS[kind](out[i], params)
     # sensor noise
     out += _noise(rng, out.shape, noise_sd[:, None, None, None])
     np.clip(out, 0.0, 255.0, out=out)
@@ -595,67 +750,150 @@ def _upsample4(a: np.ndarray) -> np.ndarray:
     return out.reshape(len(a), _H, _W)
 
 
-def _glare(im: np.ndarray, rng: np.random.Generator) -> None:
+def _glare_params(rng: np.random.Generator) -> dict:
+    return dict(cy=rng.uniform(4, 34), cx=rng.uniform(8, 56), sigma=rng.uniform(7, 16),
+                amp=rng.uniform(1.0, 2.0), streak=bool(rng.random() < 0.5),
+                angle=rng.uniform(0, np.pi), wash=rng.uniform(0.3, 0.6))
+
+
+def _glare(im: np.ndarray, p: dict) -> None:
+    """A large saturated blob, sometimes with a lens streak, on a washed-out picture."""
     ys, xs = np.mgrid[0:_H, 0:_W].astype(np.float32)
-    cy, cx = rng.uniform(4, 34), rng.uniform(8, 56)
-    sigma = rng.uniform(7, 16)
-    blob = np.clip(rng.uniform(1.0, 2.0) * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2)), 0, 1)
-    if rng.random() < 0.5:  # a lens streak through the blob
-        angle = rng.uniform(0, np.pi)
-        dist = np.abs((xs - cx) * np.sin(angle) - (ys - cy) * np.cos(angle))
+    cy, cx = p["cy"], p["cx"]
+    blob = np.clip(p["amp"] * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * p["sigma"] ** 2)), 0, 1)
+    if p["streak"]:
+        dist = np.abs((xs - cx) * np.sin(p["angle"]) - (ys - cy) * np.cos(p["angle"]))
         blob = np.maximum(blob, np.clip(1.5 - dist / 1.5, 0, 1) * 0.8)
-    wash = rng.uniform(0.3, 0.6)
-    im *= 1.0 - wash
-    im += 250.0 * wash
+    im *= 1.0 - p["wash"]
+    im += 250.0 * p["wash"]
     im += (265.0 - im) * blob[..., None]
 
 
-def _dark(im: np.ndarray, rng: np.random.Generator) -> None:
-    im *= rng.uniform(0.05, 0.15)
-    im += rng.uniform(0.0, 4.0)
+def _dark_params(rng: np.random.Generator) -> dict:
+    return dict(factor=rng.uniform(0.05, 0.15), offset=rng.uniform(0.0, 4.0))
 
 
-def _no_vehicle(im: np.ndarray, rng: np.random.Generator) -> None:
+def _dark(im: np.ndarray, p: dict) -> None:
+    """5-15 % of the normal brightness (the sensor noise comes on top)."""
+    im *= p["factor"]
+    im += p["offset"]
+
+
+def _no_vehicle_params(rng: np.random.Generator) -> dict:
+    items = []
+    for _ in range(rng.integers(1, 4)):
+        kind = int(rng.integers(0, 3))
+        if kind == 0:  # lane marking: a slanted white dash
+            items.append((0, dict(x=rng.uniform(5, 59), y=rng.uniform(26, 46), slope=rng.uniform(-1.5, 1.5),
+                                  half=rng.uniform(3, 8))))
+        elif kind == 1:  # a pole
+            items.append((1, dict(x=rng.uniform(3, 61), width=rng.uniform(0.8, 2.0), top=rng.uniform(38, 46),
+                                  grey=rng.uniform(60, 150))))
+        else:  # a passer-by: dark body and head
+            items.append((2, dict(x=rng.uniform(8, 56), y=rng.uniform(30, 42), rgb=rng.uniform(20, 90, 3))))
+    return dict(items=items)
+
+
+def _no_vehicle(im: np.ndarray, p: dict) -> None:
     """Add some clutter to an empty road (the vehicle was not drawn)."""
     ys, xs = np.mgrid[0:_H, 0:_W].astype(np.float32)
-    for _ in range(rng.integers(1, 4)):
-        kind = rng.integers(0, 3)
-        if kind == 0:  # lane marking: a slanted white dash
-            x0, y0 = rng.uniform(5, 59), rng.uniform(26, 46)
-            slope = rng.uniform(-1.5, 1.5)
-            inside = (np.abs(xs - x0 - slope * (ys - y0)) < 1.5) & (np.abs(ys - y0) < rng.uniform(3, 8))
+    for kind, q in p["items"]:
+        if kind == 0:
+            inside = (np.abs(xs - q["x"] - q["slope"] * (ys - q["y"])) < 1.5) & (np.abs(ys - q["y"]) < q["half"])
             im[inside] = im[inside] * 0.2 + 0.8 * 215.0
-        elif kind == 1:  # a pole
-            x0 = rng.uniform(3, 61)
-            inside = (np.abs(xs - x0) < rng.uniform(0.8, 2.0)) & (ys < rng.uniform(38, 46))
-            im[inside] = rng.uniform(60, 150)
-        else:  # a passer-by: dark body and head
-            x0, y0 = rng.uniform(8, 56), rng.uniform(30, 42)
-            body = ((xs - x0) / 2.5) ** 2 + ((ys - (y0 - 7)) / 7.0) ** 2 < 1
-            head = (xs - x0) ** 2 + (ys - (y0 - 16)) ** 2 < 4
-            im[body | head] = rng.uniform(20, 90, 3)
+        elif kind == 1:
+            inside = (np.abs(xs - q["x"]) < q["width"]) & (ys < q["top"])
+            im[inside] = q["grey"]
+        else:
+            body = ((xs - q["x"]) / 2.5) ** 2 + ((ys - (q["y"] - 7)) / 7.0) ** 2 < 1
+            head = (xs - q["x"]) ** 2 + (ys - (q["y"] - 16)) ** 2 < 4
+            im[body | head] = q["rgb"]
 
 
-def _blur(im: np.ndarray, rng: np.random.Generator) -> None:
+def _blur_params(rng: np.random.Generator) -> dict:
+    if rng.random() < 0.5:  # defocus
+        return dict(sigma=rng.uniform(3.0, 4.5))
+    return dict(size=int(rng.integers(13, 22)), angle=rng.uniform(-25, 25))  # motion
+
+
+def _blur(im: np.ndarray, p: dict) -> None:
+    """Strong defocus or motion blur."""
     from scipy import ndimage
 
-    if rng.random() < 0.5:  # defocus
-        sigma = rng.uniform(3.0, 4.5)
+    if "sigma" in p:
         for c in range(3):
-            im[..., c] = ndimage.gaussian_filter(im[..., c], sigma, mode="nearest")
-    else:  # motion along a random direction
-        size = int(rng.integers(13, 22))
-        angle = rng.uniform(-25, 25)
+            im[..., c] = ndimage.gaussian_filter(im[..., c], p["sigma"], mode="nearest")
+    else:
+        size = p["size"]
         kernel = np.zeros((size, size), np.float32)
         kernel[size // 2, :] = 1.0
-        kernel = ndimage.rotate(kernel, angle, reshape=False, order=1)
+        kernel = ndimage.rotate(kernel, p["angle"], reshape=False, order=1)
         kernel /= kernel.sum()
         for c in range(3):
             im[..., c] = ndimage.convolve(im[..., c], kernel, mode="nearest")
 
 
-_OUTLIER_TRANSFORMS: tuple[Callable[[np.ndarray, np.random.Generator], None], ...] = (
+_OUTLIER_PARAMS: tuple[Callable[[np.random.Generator], dict], ...] = (
+    _glare_params, _dark_params, _no_vehicle_params, _blur_params)
+_OUTLIER_TRANSFORMS: tuple[Callable[[np.ndarray, dict], None], ...] = (
     _glare, _dark, _no_vehicle, _blur)
+
+
+def _vary(kind: int, p: dict, rng: np.random.Generator) -> dict:
+    """The outlier parameters `p` of a group's scene, varied a little for one of its pictures."""
+    if kind == 0:
+        return dict(p, cy=p["cy"] + rng.normal(0, 1.0), cx=p["cx"] + rng.normal(0, 1.0),
+                    sigma=p["sigma"] * (1 + rng.normal(0, 0.05)), amp=p["amp"] * (1 + rng.normal(0, 0.05)),
+                    angle=p["angle"] + rng.normal(0, 0.05),
+                    wash=float(np.clip(p["wash"] + rng.normal(0, 0.03), 0.2, 0.7)))
+    if kind == 1:
+        return dict(factor=p["factor"] * math.exp(rng.normal(0, 0.1)),
+                    offset=max(0.0, p["offset"] + rng.normal(0, 0.3)))
+    if kind == 2:
+        items = []
+        for k, q in p["items"]:
+            q = dict(q, x=q["x"] + rng.normal(0, 0.5))
+            if "y" in q:
+                q["y"] += rng.normal(0, 0.5)
+            if "grey" in q:
+                q["grey"] *= 1 + rng.normal(0, 0.03)
+            if "rgb" in q:
+                q["rgb"] = q["rgb"] * (1 + rng.normal(0, 0.03))
+            items.append((k, q))
+        return dict(items=items)
+    if "sigma" in p:
+        return dict(sigma=p["sigma"] * (1 + rng.normal(0, 0.05)))
+    return dict(p, angle=p["angle"] + rng.normal(0, 2.0))
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """What the pictures of one outlier group share (besides camera and view)."""
+
+    jitter: np.ndarray  # (2,) vehicle position
+    scale: float
+    direction: float
+    light: float
+    noise_sd: float
+    texture: float
+    road: np.ndarray  # (H / 4 + 1, W / 4 + 1) road texture
+    params: dict  # parameters of the outlier transform
+
+
+@functools.lru_cache(maxsize=512)
+def _group_scene(seed: int, g: int, kind: int) -> _Scene:
+    """The scene of outlier group `g` (of `kind`), seeded by ``(seed, g)`` alone."""
+    rng = np.random.default_rng([seed, 3, g])
+    return _Scene(
+        jitter=rng.uniform(-1.0, 1.0, 2).astype(np.float32),
+        scale=float(rng.uniform(0.9, 1.06)),
+        direction=-1.0 if rng.random() < 0.5 else 1.0,
+        light=float(rng.uniform(0.95, 1.05)),
+        noise_sd=float(rng.uniform(2.5, 5.5)),
+        texture=float(rng.uniform(0.0, 4.0)),
+        road=rng.standard_normal((_H // 4 + 1, _W // 4 + 1), dtype=np.float32),
+        params=_OUTLIER_PARAMS[kind](rng),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -841,11 +1079,13 @@ def _raw_features(images: np.ndarray) -> np.ndarray:
         m[:, 12:44, 12:52].sum(axis=(1, 2)) / (m.sum(axis=(1, 2)) + 1.0),
         top_mag / (top_coarse + 3.0),  # edge sharpness, independent of contrast
     ], axis=1)
-    # unspecific responses: a fixed random projection of the contrast-normalised
-    # picture (only images far from normal ones express them, see _standard_features)
-    detail = g2 - g2.mean(axis=2, keepdims=True)  # without the road's vertical gradient
+    # unspecific responses: a fixed random projection of the coarse picture,
+    # contrast-normalised down to a floor (so that sensor noise hardly moves
+    # them and a faint picture gives faint codes; only images far from normal
+    # ones express them, see _standard_features)
+    detail = g4 - g4.mean(axis=2, keepdims=True)  # without the road's vertical gradient
     flat = detail.reshape(n, -1)
-    flat = flat / (flat.std(axis=1, keepdims=True) + 1.0)
+    flat = flat / (flat.std(axis=1, keepdims=True) + _CODE_FLOOR)
     codes = flat @ _pixel_projection()
     groups = [hist, color_stats, np.concatenate([type_soft, type_raw * 5], axis=1), view,
               mask_grid, edges, image, codes]  # _GROUPS, then the pixel codes
@@ -873,15 +1113,30 @@ def _group_slices() -> dict[str, slice]:
 
 _SLICES = _group_slices()
 _N_SEMANTIC = _SLICES["image"].stop  # semantic features, all groups but "quality"
-_N_FEATURES = _SLICES["quality"].stop  # features stored per row
+_N_FEATURES = _SLICES["quality"].stop  # features fed to the projections
+_N_STORED = _N_FEATURES + 1  # values cached per row: the features, then the activation gain
+_N_BANK = 4096  # calibration pictures
 _N_SCRAMBLED = _SLICES[_SCRAMBLED[-1]].stop
+
+
+#: Contrast (standard deviation of the 12 x 16 grey picture, normal pictures
+#: 12 to 29) below which the pixel codes fade.
+_CODE_FLOOR = 3.0
 
 
 @functools.cache
 def _pixel_projection() -> np.ndarray:
-    """Fixed random projection (24 * 32, _N_PIXEL_CODES) of a 24 x 32 picture."""
+    """Fixed random projection (12 * 16, _N_PIXEL_CODES) of a 12 x 16 picture."""
     rng = np.random.default_rng(0x5EED)
-    return (rng.standard_normal(((_H // 2) * (_W // 2), _N_PIXEL_CODES)) / 24.0).astype(np.float32)
+    size = (_H // 4) * (_W // 4)
+    return (rng.standard_normal((size, _N_PIXEL_CODES)) / math.sqrt(size)).astype(np.float32)
+
+
+@functools.cache
+def _hallucination_keys() -> np.ndarray:
+    """Fixed random keys (_N_PIXEL_CODES, len(bank)) matched against the pixel codes."""
+    rng = np.random.default_rng(0x4A11)
+    return (rng.standard_normal((_N_PIXEL_CODES, _N_BANK)) / math.sqrt(_N_PIXEL_CODES)).astype(np.float32)
 
 
 @functools.cache
@@ -911,7 +1166,7 @@ def _calibration() -> _Calibration:
 
 
 def _calibrate() -> _Calibration:
-    n = 4096
+    n = _N_BANK
     plan = _make_plan(n, 0xCA11B, 0.0)
     feats = []
     for c in range(n // _CHUNK):
@@ -940,11 +1195,13 @@ _ATYPICAL_FROM = 2.5
 _MAX_LEVEL = 2.5
 _HALLUCINATE_FULL = 0.75
 _SCRAMBLE_GAIN = 0.25
+_HALLUCINATE_TEMP = 0.3
 _QUALITY_FROM = 2.5
 
 
 def _standard_features(images: np.ndarray) -> np.ndarray:
-    """Standardised features (N, _N_FEATURES) float32 of uint8 images (N, H, W, 3).
+    """Standardised features and activation gain (N, _N_STORED) float32 of uint8
+    images (N, H, W, 3).
 
     * Semantic features (all groups but ``quality``) are standardised with
       the calibration statistics and squashed to about +-6 (``6 tanh(z/6)``).
@@ -953,15 +1210,19 @@ def _standard_features(images: np.ndarray) -> np.ndarray:
       semantic features to the calibration set (about 0.6 for normal
       pictures, 1 to 300 for the planted outliers) and its confusion level
       ``clip(log2(d / 2.5), 0, 2.5)``.  Its colour/type/view features are
-      mixed, in proportion ``min(level / 0.75, 1)``, with those of the
-      calibration picture whose index the signs of 12 of its pixel codes
-      spell (random projections of the contrast-normalised picture), and
-      jittered by ``0.25 * level`` times a fixed linear map of its pixel
-      codes, as networks give confident but arbitrary answers on
-      out-of-distribution input.
+      mixed, in proportion ``min(level / 0.75, 1)``, with a softmax-weighted
+      (temperature 0.3) blend of those of the calibration pictures, weighted
+      by the match of their fixed random keys with its 32 standardised pixel
+      codes (random projections of the coarse picture, contrast-normalised
+      down to a floor), and jittered by ``0.25 * level`` times a fixed
+      linear map of its pixel codes, as networks give confident but
+      arbitrary answers on out-of-distribution input.  Similar pictures get
+      similar answers; faint pictures, whose codes are faint, get a blend of
+      many.
     * ``quality`` holds 32 detectors ``clip(+-z - 2.5, 0, 8)`` of the 16
       image statistics: zero on normal pictures, firing on glare, darkness,
       blur and empty roads.
+    * The last column holds the activation gain (:func:`_activation_gain`).
     """
     cal = _calibration()
     raw = _raw_features(images)
@@ -969,20 +1230,50 @@ def _standard_features(images: np.ndarray) -> np.ndarray:
     sem = z[:, :_N_SEMANTIC]
     dist = np.sqrt((((sem - cal.centre) @ cal.whiten) ** 2).sum(axis=1))
     level = np.clip(np.log2(np.maximum(dist, 1e-6) / _ATYPICAL_FROM), 0.0, _MAX_LEVEL)
-    out = np.empty((len(images), _N_FEATURES), np.float32)
+    out = np.empty((len(images), _N_STORED), np.float32)
     out[:, :_N_SEMANTIC] = 6.0 * np.tanh(sem / 6.0)
     codes = z[:, _N_SEMANTIC:]
-    # hallucinated colour/type/view evidence: that of the calibration image
-    # whose index is spelled by the signs of 12 pixel codes
-    pick = ((codes[:, :12] > 0) * (1 << np.arange(12))).sum(axis=1)
-    mix = np.clip(level / _HALLUCINATE_FULL, 0.0, 1.0)[:, None]
-    out[:, :_N_SCRAMBLED] *= 1.0 - mix
-    out[:, :_N_SCRAMBLED] += mix * cal.bank[pick]
-    out[:, :_N_SCRAMBLED] += (_SCRAMBLE_GAIN * level)[:, None] * (codes @ _scramble_matrix())
+    # hallucinated colour/type/view evidence: a soft choice among the
+    # calibration pictures, by the match of their keys with the pixel codes
+    atypical = np.flatnonzero(level > 0)
+    if len(atypical):
+        mix = np.clip(level[atypical] / _HALLUCINATE_FULL, 0.0, 1.0)[:, None]
+        match = codes[atypical] @ _hallucination_keys()
+        match *= 1.0 / _HALLUCINATE_TEMP
+        match -= match.max(axis=1, keepdims=True)
+        weight = np.exp(match, out=match)
+        weight /= weight.sum(axis=1, keepdims=True)
+        sc = out[atypical, :_N_SCRAMBLED]
+        sc *= 1.0 - mix
+        sc += mix * (weight @ cal.bank)
+        sc += (_SCRAMBLE_GAIN * level[atypical])[:, None] * (codes[atypical] @ _scramble_matrix())
+        out[atypical, :_N_SCRAMBLED] = sc
     stats = z[:, _SLICES["image"]]
     out[:, _SLICES["quality"]] = np.concatenate(
         [np.clip(stats - _QUALITY_FROM, 0.0, 8.0), np.clip(-stats - _QUALITY_FROM, 0.0, 8.0)], axis=1)
+    out[:, _N_FEATURES] = _activation_gain(raw, cal)
     return out
+
+
+#: Exponents of the activation gain in the picture's contrast, brightness
+#: and foreground share (each relative to the calibration mean), and the
+#: range of its logarithm.
+_GAIN_CONTRAST = 0.12
+_GAIN_BRIGHT = 0.08
+_GAIN_FOREGROUND = 0.05
+_GAIN_LOG_RANGE = (-0.8, 0.4)
+
+
+def _activation_gain(raw: np.ndarray, cal: _Calibration) -> np.ndarray:
+    """Per-picture factor (N,) of the activations: low on faint, flat or empty
+    pictures, high on bright ones, about 1 (+-7 %) on normal ones."""
+    sl = _SLICES["image"]
+    stats, ref = raw[:, sl], cal.mean[sl]
+    rel = stats[:, [0, 1, 13]] / ref[[0, 1, 13]]  # brightness, contrast, foreground share
+    log_gain = (_GAIN_CONTRAST * np.log(np.maximum(rel[:, 1], 0.05))
+                + _GAIN_BRIGHT * np.log(np.maximum(rel[:, 0], 0.05))
+                + _GAIN_FOREGROUND * np.log((np.minimum(rel[:, 2], 1.5) + 0.1) / 1.1))
+    return np.exp(np.clip(log_gain, *_GAIN_LOG_RANGE))
 
 
 # --------------------------------------------------------------------------
@@ -1022,12 +1313,14 @@ def _projection(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _project(name: str, z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Descriptors (N, d) float32 of set `name` from standardised features (N, F)."""
+    """Descriptors (N, d) float32 of set `name` from cached rows (N, _N_STORED):
+    standardised features, then the activation gain."""
     w, b = _projection(name)
-    y = z @ w
+    y = z[:, :_N_FEATURES] @ w
     y += b
     y += _noise(rng, y.shape, np.float32(_NETS[name]["noise"]))
     np.maximum(y, 0.0, out=y)
+    y *= z[:, _N_FEATURES:]
     return y
 
 
@@ -1080,16 +1373,16 @@ def _write_text_files(plan: _Plan, out: pathlib.Path, step: int = 65536) -> None
     models = np.array(_MODEL_NAMES, dtype=object)
     kinds = np.array(OUTLIER_KINDS + ("",), dtype=object)  # index -1 -> ""
     with open(out / "truth.csv", "w", encoding="utf-8", newline="\n") as f:
-        f.write("path,vehicle_id,color,type,view,model,camera,outlier_kind,is_outlier\n")
+        f.write("path,vehicle_id,color,type,view,model,camera,outlier_kind,is_outlier,outlier_group\n")
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             sl = slice(lo, hi)
             cols = zip(_rel_paths(plan, lo, hi, "/"), plan.vehicle[sl].tolist(),
                        colors[plan.color[sl]], types[plan.type[sl]], views[plan.view[sl]],
                        models[plan.model[sl]], (plan.camera[sl] + 1).tolist(),
-                       kinds[plan.outlier[sl]], (plan.outlier[sl] >= 0).tolist())
-            f.write("".join(f"{p},{v},{c},{t},{w},{m},c{k:03d},{o},{b}\n"
-                            for p, v, c, t, w, m, k, o, b in cols))
+                       kinds[plan.outlier[sl]], (plan.outlier[sl] >= 0).tolist(), plan.group[sl].tolist())
+            f.write("".join(f"{p},{v},{c},{t},{w},{m},c{k:03d},{o},{b},{g}\n"
+                            for p, v, c, t, w, m, k, o, b, g in cols))
     order = np.lexsort((plan.image, plan.time, plan.camera))
     with open(out / "vehicle_info.txt", "w", encoding="utf-8", newline="\n") as f:
         f.write("id/image;Camera ID;Time;Model;Type;Color\n")
@@ -1140,8 +1433,10 @@ def make_demo_case(
         each), stored uncompressed, named like the CSV paths with forward
         slashes.
     outlier_fraction : float, default 0.01
-        Fraction of outlier images, in ``[0, 0.5]``: ``round(outlier_fraction
-        * n_rows)`` rows drawn at random, the four kinds in equal shares.
+        Fraction of outlier images, in ``[0, 0.5]``: exactly
+        ``round(outlier_fraction * n_rows)`` rows, the four kinds in equal
+        shares, about half of them in groups of similar pictures (see the
+        module docstring).
     block_rows : int, default 8192
         Rows per block handed to the pickle writer, rounded up to a multiple
         of 512.  Bounds the memory (the largest block holds ``block_rows x
@@ -1215,7 +1510,7 @@ def _write_case(out: pathlib.Path, n_rows: int, seed: int, images: bool,
     feature_path = out / f".demo-features-{os.getpid()}.tmp"
     zip_path = out / "images.zip"
     partial_zip = out / "images.zip.partial"
-    row_bytes = _N_FEATURES * 4
+    row_bytes = _N_STORED * 4
     try:
         with open(feature_path, "wb") as cache:
             zf = zipfile.ZipFile(partial_zip, "w", zipfile.ZIP_STORED) if images else None
@@ -1249,7 +1544,7 @@ def _write_case(out: pathlib.Path, n_rows: int, seed: int, images: bool,
                         for c0 in range(lo, hi, _CHUNK):
                             c1 = min(c0 + _CHUNK, hi)
                             cache.seek(c0 * row_bytes)
-                            z = np.fromfile(cache, np.float32, (c1 - c0) * _N_FEATURES)
+                            z = np.fromfile(cache, np.float32, (c1 - c0) * _N_STORED)
                             rng = _chunk_rng(seed, 10 + k, c0 // _CHUNK)
                             block[c0 - lo:c1 - lo] = _project(name, z.reshape(c1 - c0, -1), rng)
                         if bar is not None:
@@ -1279,9 +1574,13 @@ def load_truth(case_dir: str | os.PathLike[str]) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per image, in the row order of ``images_paths.csv`` (shape
-        ``(n_rows, 9)``): ``path`` (forward slashes), ``vehicle_id`` (int),
+        ``(n_rows, 10)``): ``path`` (forward slashes), ``vehicle_id`` (int),
         ``color``, ``type``, ``view``, ``model``, ``camera``, ``outlier_kind``
-        (``""`` for normal images) and ``is_outlier`` (bool).
+        (``""`` for normal images), ``is_outlier`` (bool) and
+        ``outlier_group`` (int: the group of similar outlier pictures the row
+        belongs to, -1 for normal images and isolated outliers; -1 throughout
+        for a ``truth.csv`` written before groups existed, which lacks the
+        column).
 
     Raises
     ------
@@ -1300,11 +1599,14 @@ def load_truth(case_dir: str | os.PathLike[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(f"{path}: missing columns {missing}.")
-    df = df[columns].copy()
-    try:
-        df["vehicle_id"] = df["vehicle_id"].astype(np.int64)
-    except ValueError as exc:
-        raise InputError(f"{path}: vehicle_id must be integers ({exc}).") from exc
+    df = df[columns + (["outlier_group"] if "outlier_group" in df.columns else [])].copy()
+    if "outlier_group" not in df.columns:  # a case written before outlier groups
+        df["outlier_group"] = "-1"
+    for col in ("vehicle_id", "outlier_group"):
+        try:
+            df[col] = df[col].astype(np.int64)
+        except ValueError as exc:
+            raise InputError(f"{path}: {col} must be integers ({exc}).") from exc
     flags = df["is_outlier"].str.lower()
     if not flags.isin(["true", "false"]).all():
         raise InputError(f"{path}: is_outlier must be True or False.")
