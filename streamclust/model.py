@@ -36,7 +36,7 @@ import dask.array as da
 import numpy as np
 
 from .errors import StoreError
-from .estimators import KNNOutlierDetector, StreamingKMeans, StreamingPCA, VarianceBalancer
+from .estimators import KNNOutlierDetector, RobustZScreen, StreamingKMeans, StreamingPCA, VarianceBalancer
 from .estimators.outliers import _build_index
 from .persist import load_model_dir, save_model_dir
 
@@ -99,6 +99,25 @@ class MixPreprocessing:
         reduced = np.hstack([p.transform(X[:, a:b]) for p, a, b in zip(self.pcas, bounds[:-1], bounds[1:])])
         return self.balancer.transform(reduced)
 
+    def transform_with_row_stats(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`transform`, plus every member's raw row norm and residual off its principal
+        subspace (:meth:`StreamingPCA.transform_with_row_stats`).
+
+        Parameters
+        ----------
+        X : ndarray, shape (n, n_features_in_)
+
+        Returns
+        -------
+        reduced : ndarray of float32, shape (n, n_components_)
+        stats : ndarray of float32, shape (n, 2 * len(members))
+            ``norm``, ``residual`` of the first member, then of the next, ...
+        """
+        bounds = np.cumsum([0] + [int(p.n_features_in_) for p in self.pcas])
+        parts = [p.transform_with_row_stats(X[:, a:b]) for p, a, b in zip(self.pcas, bounds[:-1], bounds[1:])]
+        return (self.balancer.transform(np.hstack([r for r, _ in parts])),
+                np.hstack([st for _, st in parts]))
+
 
 def _pca_state(pca: StreamingPCA, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays (named ``<prefix><attr>``) and JSON parameters of a fitted PCA."""
@@ -130,6 +149,10 @@ class DescriptorSetModel:
     detector : KNNOutlierDetector
     index_seed : int
         Seed the detector's index was built with (rebuilt identically on load).
+    screen : RobustZScreen or None
+        The combined outlier score (the study's default): the largest robust z-score of
+        the detector's k-distance and the preprocessing's row norm(s) and residual(s);
+        None when the detector's own score was used.
     sentences : dict of int -> str
         One sentence per cluster.
     training : dict
@@ -147,6 +170,12 @@ class DescriptorSetModel:
     sentences: dict[int, str] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    screen: RobustZScreen | None = None
+
+    @property
+    def threshold(self) -> float:
+        """Rows with ``outlier_score`` above this are outliers."""
+        return float(self.screen.threshold_ if self.screen is not None else self.detector.threshold_)
 
     @property
     def members(self) -> list[str]:
@@ -161,15 +190,21 @@ class DescriptorSetModel:
     # --------------------------------------------------------------- labelling
     def _assign_block(self, block: np.ndarray) -> np.ndarray:
         """Labels, outlier scores and distances of one block: ``(rows, 3)`` float64."""
-        reduced = self.pca.transform(np.asarray(block))
+        if self.screen is None:
+            reduced, stats = self.pca.transform(np.asarray(block)), None
+        else:
+            reduced, stats = self.pca.transform_with_row_stats(np.asarray(block))
         labels = self.kmeans.predict(reduced)
         dist = self.kmeans.transform(reduced)[np.arange(len(labels)), labels]
-        scores = self._outlier_scores(reduced)
+        scores = self._outlier_scores(reduced, stats)
         return np.column_stack([labels, scores, dist]).astype(np.float64)
 
-    def _outlier_scores(self, reduced: np.ndarray) -> np.ndarray:
+    def _outlier_scores(self, reduced: np.ndarray, stats: np.ndarray | None) -> np.ndarray:
         ind, dist = self.detector._kneighbors_block(reduced, None, identical_is_self=True)  # noqa: SLF001
-        return self.detector._score_from(ind, dist)  # noqa: SLF001 - same scoring as the study
+        kdist = self.detector._score_from(ind, dist)  # noqa: SLF001 - same scoring as the study
+        if self.screen is None:
+            return kdist
+        return self.screen.score(np.column_stack([kdist, stats]))
 
     def assign(self, X: Any) -> dict[str, Any]:
         """Label and screen rows of this descriptor set.
@@ -200,7 +235,7 @@ class DescriptorSetModel:
                                     chunks=(arr.chunks[0], (3,)), meta=np.empty((0, 0)))
         scores = packed[:, 1].astype(np.float32)
         return {"cluster": packed[:, 0].astype(np.int32), "outlier_score": scores,
-                "is_outlier": scores > self.detector.threshold_,
+                "is_outlier": scores > self.threshold,
                 "distance": packed[:, 2].astype(np.float32)}
 
     def sentence(self, labels: np.ndarray) -> np.ndarray:
@@ -227,6 +262,11 @@ class DescriptorSetModel:
         arrays["kmeans_cluster_centers"] = self.kmeans.cluster_centers_
         arrays["kmeans_shift"] = self.kmeans._shift  # noqa: SLF001 - needed for exact labels
         arrays.update({f"det_{a.rstrip('_')}": getattr(self.detector, a) for a in _DET_ARRAYS})
+        if self.screen is not None:
+            arrays["screen_location"] = self.screen.location_
+            arrays["screen_scale"] = self.screen.scale_
+            params["screen"] = {**self.screen.get_params(), "sides": list(self.screen.sides),
+                                "names": list(self.screen.names), "n_samples_fit": self.screen.n_samples_fit_}
         arrays["train_cluster_shares"] = np.asarray(self.training["cluster_shares"], np.float64)
         arrays["train_distance_quantiles"] = np.asarray(self.training["distance_quantiles"], np.float64)
         params.update({
@@ -272,13 +312,25 @@ class DescriptorSetModel:
                 setattr(det, a, det_params[a])
             seed = int(params["index_seed"])
             det.index_ = _build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed)
+            screen = None
+            if "screen" in params:
+                screen_params = dict(params["screen"])
+                n_fit = int(screen_params.pop("n_samples_fit"))
+                screen = RobustZScreen(**screen_params)
+                screen.location_, screen.scale_ = arrays["screen_location"], arrays["screen_scale"]
+                screen.threshold_, screen.n_samples_fit_ = float(screen.threshold), n_fit
+                screen.n_features_in_ = len(screen.location_)
+                if screen.location_.shape != (len(screen.sides),) or screen.scale_.shape != screen.location_.shape:
+                    raise ValueError(f"screen arrays of shapes {screen.location_.shape} and "
+                                     f"{screen.scale_.shape} for {len(screen.sides)} evidence columns")
+                screen.threshold_rule_ = screen.describe()
             sentences = {int(c): s for c, s in info.get("sentences", {}).items()}
             training = {"cluster_shares": arrays["train_cluster_shares"],
                         "distance_quantiles": arrays["train_distance_quantiles"],
                         **info["training"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{directory}: model.json is incomplete or of another layout ({exc!r}).") from exc
-        return cls(info["descriptor_set"], pca, kmeans, det, seed, sentences, training, info)
+        return cls(info["descriptor_set"], pca, kmeans, det, seed, sentences, training, info, screen)
 
 
 def _plain(value: Any) -> Any:
