@@ -179,7 +179,7 @@ def _stage_plan(stage: str, name: str, *, case: str, store: str, work: str, k: s
                  ("faiss", "faiss Kmeans in memory (nredo=3, all rows)", "stages:kmeans_faiss", kw)]
         return [group], ("stages:kmeans_quality", {**w, "methods": [g[0] for g in group]})
     if stage == "outliers":
-        group = [("streamclust", "streamclust KNNOutlierDetector (fit + score all rows)",
+        group = [("streamclust", "streamclust combined score: kNN k-distance + row norm + residual (fit + score all rows)",
                   "stages:outliers_streamclust", {**w, "memory": memory}),
                  ("lof", f"scikit-learn LocalOutlierFactor exact, {_cap(lof_rows, rows)}", "stages:outliers_lof",
                   {**w, "rows": lof_rows}),
@@ -216,11 +216,12 @@ STAGE_TABLES = {
                "inertia/best: full-data inertia of the method's centres (recomputed the same way for all, "
                "float64) over the lowest any method reached at that k; mean and worst over the k range, and "
                "at the k streamclust's rule chose.  dask-ml and faiss fit only (no CH/DB/silhouette)."),
-    "outliers": ("outliers: kNN density score of every row (64-d reduced rows)",
+    "outliers": ("outliers: the study's outlier score of every row (64-d reduced rows, stored norms and residuals)",
                  ["set", "method", "rows", "wall_s", "peak_rss_mb", "rows/s", "sc/base time", "sc/base rss",
                   "recall", "auc_planted", "spearman_vs_exact", "top1%_overlap", "exact_reference", "note"],
-                 "recall: streamclust's recall@20 against exact neighbours in its reference sample (measured at "
-                 "fit); auc_planted: ROC AUC of the scores against the demo case's planted outliers (glare, "
+                 "streamclust: the study's default (largest robust z-score of the k-distance in the reduced rows, "
+                 "the raw row norm and the residual off the principal subspace); recall: its recall@20 against "
+                 "exact neighbours in its reference sample (measured at fit); auc_planted: ROC AUC of the scores against the demo case's planted outliers (glare, "
                  "blur, no vehicle, ...), over the rows scored; spearman_vs_exact / top1%_overlap: agreement of the scores with the exact LOF (k=20) of "
                  "the most rows (exact_reference: scikit-learn's LOF, or faiss' exact kNN of all rows with "
                  "the same LOF formula when the LOF baseline is capped), over the rows both scored."),

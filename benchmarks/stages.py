@@ -452,16 +452,21 @@ def kmeans_quality(work: str, name: str, methods: list[str]) -> dict:
 
 # ------------------------------------------------------------------ stages: outliers
 def outliers_streamclust(work: str, name: str, memory: str = "1GB") -> dict:
-    """run_study's step 6: ``KNNOutlierDetector(n_neighbors=20).fit`` on the stored reduced rows
-    (bounded reference sample, pynndescent index incl. its numba compilation in this fresh process,
-    recall-tuned search, LOF-style score of every row, automatic threshold); scores and flags written to Zarr."""
+    """run_study's step 6 with its default score: ``KNNOutlierDetector(n_neighbors=20, score="kdist").fit``
+    on the stored reduced rows (bounded reference sample, pynndescent index incl. its numba compilation
+    in this fresh process, recall-tuned search, k-distance of every row), then the combined score
+    (``screen_scores``: largest robust z-score of the k-distance and the row norm and residual the
+    preprocess stage stored) and its threshold; scores and flags written to Zarr."""
     from streamclust.estimators import KNNOutlierDetector
+    from streamclust.estimators.screening import screen_scores
 
     run = _run_group(work)
     reduced = run.array(f"{name}/reduced")
-    det = KNNOutlierDetector(n_neighbors=N_NEIGHBORS, memory=_budget(memory), random_state=SEED).fit(reduced)
-    scores = det.outlier_scores_
-    flags = scores > det.threshold_
+    det = KNNOutlierDetector(n_neighbors=N_NEIGHBORS, score="kdist", memory=_budget(memory),
+                             random_state=SEED).fit(reduced)
+    evidence = {"norm": run.array(f"{name}/row_norm"), "residual": run.array(f"{name}/residual")}
+    screen, scores = screen_scores(det.outlier_scores_, evidence, det.reference_indices_, memory=_budget(memory))
+    flags = scores > screen.threshold_
     run.create_array(f"{name}/outlier_score", scores.shape, "float32")[:] = scores
     run.create_array(f"{name}/is_outlier", flags.shape, "bool")[:] = flags
     _save(work, name, "outliers-streamclust", scores=scores)

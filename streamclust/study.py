@@ -90,7 +90,6 @@ from ._scheduler import runs_on_scheduler
 from .errors import InputError, MemoryBudgetError
 from .estimators import (
     KNNOutlierDetector,
-    RobustZScreen,
     SampledHDBSCAN,
     SampledUMAP,
     StreamingGaussianMixture,
@@ -104,6 +103,7 @@ from .estimators import (
     silhouette_sample,
     sweep_metrics,
 )
+from .estimators.screening import evidence_rows, screen_scores
 from .model import DescriptorSetModel, MixPreprocessing, distance_quantiles
 from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
 from .persist import write_atomic
@@ -534,35 +534,6 @@ def _mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, _Reduced], *, budget
                     {"members": {m: p.info for m, p in zip(mix.members, members)}}, evidence, mixture)
 
 
-def _evidence_rows(kdist: np.ndarray, evidence: dict[str, Any], rows: np.ndarray | slice) -> np.ndarray:
-    """``(len(rows), 1 + len(evidence))`` float64: each row's k-distance, then its evidence
-    arrays' values, in :func:`_screen`'s column order."""
-    sel = (lambda arr: arr[rows]) if isinstance(rows, slice) else (lambda arr: arr.get_orthogonal_selection(rows))
-    return np.column_stack([kdist[rows]] + [np.asarray(sel(arr)) for arr in evidence.values()]).astype(np.float64)
-
-
-def _screen(detector: KNNOutlierDetector, evidence: dict[str, Any], budget: int
-            ) -> tuple[RobustZScreen, np.ndarray]:
-    """The combined outlier score of every row (module docstring, step 6).
-
-    The screen is fitted on the evidence of the detector's reference rows (their
-    k-distance computed without themselves, as for every other row), then every row
-    is scored block by block from its k-distance (``detector.outlier_scores_``) and its
-    stored evidence arrays.  Returns the screen and the scores, float32 (n,).
-    """
-    names = ["neighbours", *evidence]
-    sides = ["upper"] + ["both" if key.startswith("norm") else "upper" for key in evidence]
-    screen = RobustZScreen(sides, names).fit(
-        _evidence_rows(detector.outlier_scores_, evidence, detector.reference_indices_))
-    n = len(detector.outlier_scores_)
-    step = max(1, budget // (64 * len(names)))
-    scores = np.empty(n, np.float32)
-    for start in range(0, n, step):
-        rows = slice(start, min(n, start + step))
-        scores[rows] = screen.score(_evidence_rows(detector.outlier_scores_, evidence, rows))
-    return screen, scores
-
-
 def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepared: _Reduced, *, out: Path,
                n_init: int, budget: int, silhouette_samples: int,
                outlier_neighbors: int, outlier_score: str, n_top_outliers: int, random_state: int,
@@ -594,11 +565,12 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
                                   score="kdist" if outlier_score == "combined" else outlier_score).fit(reduced)
     screen, reasons = None, None
     if outlier_score == "combined":
-        screen, outlier_scores = _screen(detector, prepared.evidence, budget)
+        screen, outlier_scores = screen_scores(detector.outlier_scores_, prepared.evidence,
+                                               detector.reference_indices_, memory=budget)
         threshold, rule = screen.threshold_, screen.threshold_rule_
 
         def reasons(rows: np.ndarray) -> np.ndarray:
-            return screen.reasons(_evidence_rows(detector.outlier_scores_, prepared.evidence, rows))
+            return screen.reasons(evidence_rows(detector.outlier_scores_, prepared.evidence, rows))
     else:
         outlier_scores = detector.outlier_scores_
         threshold, rule = detector.threshold_, detector.threshold_rule_

@@ -126,3 +126,20 @@ def test_row_stats_are_lazy_and_read_the_input_once_on_dask():
     ref_r, ref_s = pca.transform_with_row_stats(X)
     np.testing.assert_allclose(r, ref_r, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s, ref_s, rtol=1e-5)
+
+
+def test_screen_scores_fits_on_the_reference_rows_and_scores_every_row_in_blocks():
+    from streamclust.estimators.screening import screen_scores
+
+    rng = np.random.default_rng(2)
+    n = 5000
+    kdist, norm, residual = np.exp(rng.normal(size=(3, n)))
+    ref = np.sort(rng.choice(n, 800, replace=False))
+    evidence = {"norm": norm.astype(np.float32), "residual": residual.astype(np.float32)}
+    screen, scores = screen_scores(kdist, evidence, ref)
+    assert screen.names == ["neighbours", "norm", "residual"] and screen.sides == ["upper", "both", "upper"]
+    E = np.column_stack([kdist, evidence["norm"], evidence["residual"]])
+    expected = RobustZScreen(["upper", "both", "upper"]).fit(E[ref]).score(E)
+    np.testing.assert_array_equal(scores, expected)
+    _, small_blocks = screen_scores(kdist, evidence, ref, memory=20_000)   # ~10 rows a block
+    np.testing.assert_array_equal(small_blocks, scores)

@@ -40,14 +40,16 @@ the number of rows.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["RobustZScreen", "DEFAULT_Z_THRESHOLD", "LOG_FLOOR"]
+from .._blocks import parse_memory
+
+__all__ = ["RobustZScreen", "screen_scores", "evidence_rows", "DEFAULT_Z_THRESHOLD", "LOG_FLOOR"]
 
 #: Default flagging threshold on the score (robust standard deviations).  Judged on the
 #: real-image benchmark (``benchmarks/bench_real_outliers.py``): see its table of the
@@ -235,3 +237,67 @@ class RobustZScreen(BaseEstimator):
         ndarray of int64, shape (n_samples,)
         """
         return np.where(self.score(E) > self.threshold_, -1, 1).astype(np.int64)
+
+
+def evidence_rows(kdist: np.ndarray, evidence: Mapping[str, Any], rows: np.ndarray | slice) -> np.ndarray:
+    """The evidence matrix of some rows: their k-distance, then each evidence array's value.
+
+    Parameters
+    ----------
+    kdist : ndarray, shape (n,)
+        k-distance of every row (e.g. ``KNNOutlierDetector(score="kdist").outlier_scores_``).
+    evidence : mapping of str -> array-like of shape (n,)
+        Further evidence per row, e.g. zarr arrays ``{"norm": ..., "residual": ...}``.
+    rows : slice or sorted ndarray of int
+        Rows to take.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_rows, 1 + len(evidence))
+    """
+    def take(arr: Any) -> np.ndarray:
+        if isinstance(rows, slice) or not hasattr(arr, "get_orthogonal_selection"):
+            return np.asarray(arr[rows])
+        return np.asarray(arr.get_orthogonal_selection(rows))
+
+    return np.column_stack([np.asarray(kdist)[rows]] + [take(a) for a in evidence.values()]).astype(np.float64)
+
+
+def screen_scores(kdist: np.ndarray, evidence: Mapping[str, Any], reference_rows: np.ndarray, *,
+                  threshold: float = DEFAULT_Z_THRESHOLD, memory: Any = None) -> tuple[RobustZScreen, np.ndarray]:
+    """Fit a :class:`RobustZScreen` on the reference rows' evidence and score every row.
+
+    The columns are ``neighbours`` (the k-distance, ``"upper"``), then the ``evidence``
+    arrays in their order; an evidence name starting with ``norm`` is two-sided, the others
+    ``"upper"``.  Rows are scored block by block (at most ``memory / 8`` bytes of evidence
+    at once), so the memory is the ``(n,)`` result plus one block.
+
+    Parameters
+    ----------
+    kdist : ndarray, shape (n,)
+        k-distance of every row, the reference rows' computed without themselves.
+    evidence : mapping of str -> array-like of shape (n,)
+        Further evidence per row (numpy or zarr arrays).
+    reference_rows : sorted ndarray of int, shape (n_reference,)
+        Rows whose evidence fixes the location and scale (e.g. the kNN detector's
+        ``reference_indices_``).
+    threshold : float
+    memory : str, int or None
+        Memory budget (None: 1 GiB).
+
+    Returns
+    -------
+    screen : RobustZScreen
+    scores : ndarray of float32, shape (n,)
+    """
+    names = ["neighbours", *evidence]
+    sides = ["upper"] + ["both" if str(key).startswith("norm") else "upper" for key in evidence]
+    screen = RobustZScreen(sides, names, threshold=threshold).fit(
+        evidence_rows(kdist, evidence, np.asarray(reference_rows)))
+    n = len(kdist)
+    step = max(1, parse_memory(memory) // (8 * 8 * 3 * len(names)))  # float64 evidence, logs, z
+    scores = np.empty(n, np.float32)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        scores[rows] = screen.score(evidence_rows(kdist, evidence, rows))
+    return screen, scores
