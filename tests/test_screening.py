@@ -132,7 +132,7 @@ def test_screen_scores_fits_on_the_reference_rows_and_scores_every_row_in_blocks
     from streamclust.estimators.screening import screen_scores
 
     rng = np.random.default_rng(2)
-    n = 5000
+    n = 40_000
     kdist, norm, residual = np.exp(rng.normal(size=(3, n)))
     ref = np.sort(rng.choice(n, 800, replace=False))
     evidence = {"norm": norm.astype(np.float32), "residual": residual.astype(np.float32)}
@@ -141,5 +141,5 @@ def test_screen_scores_fits_on_the_reference_rows_and_scores_every_row_in_blocks
     E = np.column_stack([kdist, evidence["norm"], evidence["residual"]])
     expected = RobustZScreen(["upper", "both", "upper"]).fit(E[ref]).score(E)
     np.testing.assert_array_equal(scores, expected)
-    _, small_blocks = screen_scores(kdist, evidence, ref, memory=20_000)   # ~10 rows a block
+    _, small_blocks = screen_scores(kdist, evidence, ref, memory="8MiB")   # 14,563 rows a block
     np.testing.assert_array_equal(small_blocks, scores)
