@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--algorithms", default="kmeans,ward", metavar="NAME[,NAME...]",
                        help="clustering algorithms compared on every set: kmeans, ward, gmm, hdbscan "
                             "(default kmeans,ward; kmeans always runs and defines the saved model)")
+    study.add_argument("--outlier-score", choices=("combined", "kdist", "lof", "mean"), default="combined",
+                       help="outlier score of every image (default combined: the largest robust z-score of "
+                            "the distance to the 20th nearest sampled image, the raw descriptor norm -- too "
+                            "small or too large -- and what the PCA components cannot explain; flagged above "
+                            "3.5; outliers.csv names which. kdist/mean: the kNN distance alone; lof: the "
+                            "local density ratio, which misses groups of look-alike anomalies)")
     study.add_argument("--umap", action="store_true",
                        help="also store every image's position in a 2-D UMAP of each set (runs/<id>/<set>/umap; "
                             "UMAP of a 20,000-row sample, every row placed by its nearest sampled rows) and "
@@ -202,6 +208,7 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
         algorithms=getattr(args, "algorithms", "kmeans,ward"),
         mix=getattr(args, "mix", None),
         umap=getattr(args, "umap", False),
+        outlier_score=getattr(args, "outlier_score", "combined"),
     )
     say("")
     say(result.summary_table().to_string(index=False))
