@@ -128,6 +128,26 @@ def test_sentences_and_recommendation_follow_the_planted_truth(demo):
     assert result.recommended == result.comparison.recommended_set
 
 
+def test_default_outlier_score_finds_the_planted_outliers_grouped_ones_included(demo):
+    """The combined score (k-distance, row norm, residual) on the demo's planted outliers, a third
+    of which come in groups of look-alike bad pictures; measured 0.974-0.985 overall and
+    0.978-0.999 on the grouped ones at 3,000 rows."""
+    from sklearn.metrics import roc_auc_score
+
+    root, result, truth = demo
+    res = pd.read_csv(root / "study" / "results.csv")
+    y = truth["is_outlier"].to_numpy()
+    grouped = truth["outlier_group"].to_numpy() >= 0
+    assert grouped.sum() >= 10
+    for name in result.sets:
+        score = res[f"outlier_score_{name}"].to_numpy()
+        assert roc_auc_score(y, score) >= 0.95, name
+        assert roc_auc_score(y[~y | grouped], score[~y | grouped]) >= 0.95, name
+        assert result.sets[name].outlier_rule.startswith("largest robust z-score")
+    top = pd.read_csv(root / "study" / "outliers.csv")
+    assert set(top["reason"]) <= {"neighbours", "norm", "residual"} and top["reason"].nunique() >= 2
+
+
 def test_choose_k_rule():
     m = pd.DataFrame({"k": [2, 3, 4, 5], "silhouette": [0.30, 0.52, 0.515, 0.40],
                       "davies_bouldin": [1.0, 0.9, 0.7, 0.8]})
