@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "small or too large -- and what the PCA components cannot explain; flagged above "
                             "3.5; outliers.csv names which. kdist/mean: the kNN distance alone; lof: the "
                             "local density ratio, which misses groups of look-alike anomalies)")
+    study.add_argument("--outlier-truth", type=Path, metavar="CSV",
+                       help="known outliers to judge the flags by: a CSV with path and is_outlier columns "
+                            "(a demo case's truth.csv, or images you labelled); precision, recall and ROC AUC "
+                            "per set go to the log, summary.json and report.html")
     study.add_argument("--umap", action="store_true",
                        help="also store every image's position in a 2-D UMAP of each set (runs/<id>/<set>/umap; "
                             "UMAP of a 20,000-row sample, every row placed by its nearest sampled rows) and "
@@ -193,7 +197,8 @@ def _run_convert(args: argparse.Namespace, say) -> None:
         f"in {time.perf_counter() - t0:.1f} s")
 
 
-def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=None, images=None) -> None:
+def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=None, images=None,
+               outlier_truth=None) -> None:
     from .study import run_study
 
     result = run_study(
@@ -209,6 +214,7 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
         mix=getattr(args, "mix", None),
         umap=getattr(args, "umap", False),
         outlier_score=getattr(args, "outlier_score", "combined"),
+        outlier_truth=outlier_truth if outlier_truth is not None else getattr(args, "outlier_truth", None),
     )
     say("")
     say(result.summary_table().to_string(index=False))
@@ -238,7 +244,7 @@ def _run_demo(args: argparse.Namespace, say) -> None:
     say(f"converted to {store.path}")
     zip_path = case / "images.zip"
     _run_study(args, say, store=store.path, out=args.out / "study", metadata=case / "vehicle_info.txt",
-               images=zip_path if zip_path.exists() else None)
+               images=zip_path if zip_path.exists() else None, outlier_truth=case / "truth.csv")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,6 +106,8 @@ class OutlierInfo:
         The top outliers, e.g. columns ``row``, ``path``, ``score``.
     score_name : str
         Name of the score (e.g. ``"LOF"``).
+    known : str, optional
+        How the flags agree with known outliers, in words (where a truth was given).
     """
 
     n_flagged: int
@@ -113,6 +115,7 @@ class OutlierInfo:
     montage: PathLike | None = None
     top: pd.DataFrame | None = None
     score_name: str = "score"
+    known: str | None = None
 
 
 @dataclass
@@ -548,6 +551,8 @@ def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
         share = f" ({o.n_flagged / data.n_rows:.2%} of the case)" if data.n_rows else ""
         out.append(f"<p><strong>{int(o.n_flagged):,}</strong> images flagged{_e(share)}. "
                    f"Rule: {_e(o.rule)}</p>")
+        if o.known:
+            out.append(f"<p>{_e(o.known)}</p>")
         out.append(_figure(assets, o.montage, f"{slug}-outliers", f"top outliers of {rep.name}",
                            f"The highest {o.score_name} scores, most outlying first."))
         if o.top is not None and len(o.top):
@@ -653,7 +658,9 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
         body.append('<section id="outliers"><h2>Outliers</h2>')
         df = pd.DataFrame([{"set": s.name, "flagged": int(s.outliers.n_flagged),
                             "share": f"{s.outliers.n_flagged / data.n_rows:.2%}" if data.n_rows else "",
-                            "rule": s.outliers.rule} for s in flagged])
+                            "rule": s.outliers.rule,
+                            **({"against known outliers": s.outliers.known} if s.outliers.known else {})}
+                           for s in flagged])
         body.append(_table(df))
         body.append("<p>" + " ".join(
             f'<a href="#{_e(slugs[s.name])}-outliers">Top outliers of {_e(s.name)}</a>.' for s in flagged)

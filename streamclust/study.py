@@ -109,8 +109,8 @@ from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clus
 from .persist import write_atomic
 from .store import CaseStore, RunGroup, disk_full_error
 
-__all__ = ["ALGORITHMS", "OUTLIER_SCORES", "MixSpec", "SetResult", "StudyResult", "choose_k", "parse_algorithms", "parse_k_range",
-           "parse_mix", "run_study"]
+__all__ = ["ALGORITHMS", "OUTLIER_SCORES", "MixSpec", "SetResult", "StudyResult", "choose_k", "outlier_quality",
+           "parse_algorithms", "parse_k_range", "parse_mix", "read_outlier_truth", "run_study"]
 
 #: Clustering algorithms the study can run on the reduced rows; ``kmeans`` always runs
 #: (it defines ``cluster_<set>`` and the saved model).
@@ -156,6 +156,11 @@ class SetResult:
     centers: np.ndarray
     n_outliers: int = 0
     outlier_rule: str = ""
+    #: The outlier score used (one of :data:`OUTLIER_SCORES`).
+    outlier_score: str = "combined"
+    #: With ``outlier_truth=``: how the flags and scores agree with the known outliers
+    #: (:func:`outlier_quality`).
+    outlier_truth: dict[str, Any] | None = None
     #: For a mixture: ``members``, ``weights`` and the ``variance_share`` of each member.
     mixture: dict[str, Any] | None = None
     #: With ``umap=True``: ``sample_rows`` (rows UMAP embedded), ``seconds`` and the
@@ -200,6 +205,7 @@ class StudyResult:
                 "calinski_harabasz": round(float(chosen["calinski_harabasz"]), 1),
                 "davies_bouldin": round(float(chosen["davies_bouldin"]), 3),
                 "outliers": res.n_outliers,
+                **({f"known_outliers_{k}": v for k, v in res.outlier_truth.items()} if res.outlier_truth else {}),
                 "seconds": round(res.seconds, 1),
                 "recommended": name == self.recommended,
             })
@@ -410,15 +416,86 @@ def _write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def read_outlier_truth(path: str | os.PathLike[str], ids: np.ndarray) -> np.ndarray:
+    """Known outliers for judging the flags: ``(n,)`` int8, 1 outlier, 0 normal, -1 not listed.
+
+    Parameters
+    ----------
+    path : path
+        A CSV with a ``path`` column (as in ``images_paths.csv``; backslashes are read as
+        ``/``) and an ``is_outlier`` column (``True``/``False`` or ``1``/``0``), e.g. a demo
+        case's ``truth.csv`` or a hand-labelled sample of the images.
+    ids : ndarray of str, shape (n,)
+        The store's image paths.
+
+    Raises
+    ------
+    InputError
+        Missing file or columns, unreadable flags, or no listed path in the store.
+    """
+    try:
+        table = pd.read_csv(path, usecols=["path", "is_outlier"], dtype=str, keep_default_na=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such outlier truth file.") from exc
+    except ValueError as exc:
+        raise InputError(f"{path}: an outlier truth file needs columns path and is_outlier ({exc}).") from exc
+    flags = table["is_outlier"].str.strip().str.lower()
+    bad = ~flags.isin(["true", "false", "1", "0"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{path}: row {row + 2}: is_outlier={table['is_outlier'].iloc[row]!r} should be "
+                         "True/False or 1/0.")
+    where = pd.Index(np.asarray(ids).astype(object)).get_indexer(table["path"].str.replace("\\", "/", regex=False))
+    if not (where >= 0).any():
+        raise InputError(f"{path}: none of its {len(table):,} paths is an image of the store.")
+    known = np.full(len(ids), -1, np.int8)
+    known[where[where >= 0]] = flags.isin(["true", "1"]).to_numpy()[where >= 0]
+    return known
+
+
+def outlier_quality(scores: np.ndarray, flags: np.ndarray, known: np.ndarray) -> dict[str, Any]:
+    """How flags and scores agree with known outliers, over the rows whose truth is known.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (n,)
+    flags : ndarray of bool, shape (n,)
+    known : ndarray of int8, shape (n,)
+        From :func:`read_outlier_truth` (-1: unknown).
+
+    Returns
+    -------
+    dict
+        ``rows`` (with truth), ``outliers`` (known), ``flagged``, ``precision`` (flagged rows that
+        are known outliers), ``recall`` (known outliers flagged), ``roc_auc`` of the scores (None
+        when only one class is known).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    m = known >= 0
+    y, f = known[m] == 1, np.asarray(flags)[m]
+    tp = int((f & y).sum())
+    both = 0 < int(y.sum()) < len(y)
+    return {"rows": int(m.sum()), "outliers": int(y.sum()), "flagged": int(f.sum()),
+            "precision": round(tp / int(f.sum()), 4) if f.any() else None,
+            "recall": round(tp / int(y.sum()), 4) if y.any() else None,
+            "roc_auc": round(float(roc_auc_score(y, np.asarray(scores)[m])), 4) if both else None}
+
+
 def _top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, ids: Any,
-                  n_top: int, reasons: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
+                  n_top: int, reasons: Callable[[np.ndarray], np.ndarray] | None = None,
+                  known: np.ndarray | None = None) -> pd.DataFrame:
     """The ``n_top`` highest-scoring rows of one set, ranked; ``reasons(rows)`` names the
-    evidence that flagged each (empty when the score has a single kind of evidence)."""
+    evidence that flagged each (empty when the score has a single kind of evidence); with
+    ``known`` (:func:`read_outlier_truth`) a ``known_outlier`` column."""
     top = np.argsort(-scores, kind="stable")[:n_top]
     order = np.sort(top)  # read ids and labels in store order
     frame = pd.DataFrame({"set": name, "row": order, "path": np.asarray(ids.get_orthogonal_selection(order)).astype(object),
                           "outlier_score": scores[order], "is_outlier": flags[order],
                           "reason": reasons(order) if reasons is not None else "",
+                          **({"known_outlier": np.where(known[order] < 0, "", np.where(known[order] == 1, "True",
+                                                                                          "False"))}
+                             if known is not None else {}),
                           "cluster": np.asarray(labels.get_orthogonal_selection(order))})
     frame = frame.sort_values("outlier_score", ascending=False, kind="stable")
     frame.insert(1, "rank", np.arange(1, len(frame) + 1))
@@ -537,7 +614,8 @@ def _mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, _Reduced], *, budget
 def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepared: _Reduced, *, out: Path,
                n_init: int, budget: int, silhouette_samples: int,
                outlier_neighbors: int, outlier_score: str, n_top_outliers: int, random_state: int,
-               attributes: pd.DataFrame | None, log: Callable[[str], None]) -> _SetOutcome:
+               attributes: pd.DataFrame | None, known: np.ndarray | None,
+               log: Callable[[str], None]) -> _SetOutcome:
     """Steps 2-6 of the module docstring for one descriptor set or mixture; saves its model."""
     t0 = time.perf_counter()
     pca, reduced = prepared.pca, prepared.reduced
@@ -581,9 +659,14 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
     flag_arr = run.create_array(f"{name}/is_outlier", flags.shape, "bool",
                                 attrs={"n_flagged": n_flagged, "rule": rule})
     flag_arr[:] = flags
-    top = _top_outliers(name, outlier_scores, flags, labels, store.ids, n_top_outliers, reasons)
+    top = _top_outliers(name, outlier_scores, flags, labels, store.ids, n_top_outliers, reasons, known)
     log(f"{name}: {n_flagged} outliers flagged ({flags.mean():.2%}) by {rule}; "
         f"kNN recall {detector.recall_:.3f}")
+    truth = None
+    if known is not None:
+        truth = outlier_quality(outlier_scores, flags, known)
+        log(f"{name}: against the {truth['outliers']:,} known outliers among {truth['rows']:,} listed images: "
+            f"precision {truth['precision']}, recall {truth['recall']}, ROC AUC {truth['roc_auc']}")
 
     profile = profile_clusters(labels, attributes, outlier_flags=flag_arr, set_name=name, memory=budget)
 
@@ -605,7 +688,7 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
         f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
     result = SetResult(name, prepared.n_features, int(pca.n_components_), prepared.explained_variance,
                        chosen, metrics, seconds, model_dir, kmeans.cluster_centers_, n_flagged,
-                       rule, prepared.mixture)
+                       rule, outlier_score, truth, prepared.mixture)
     return _SetOutcome(result, labels, score_arr, flag_arr, reduced, profile, top, sil_sample)
 
 
@@ -755,6 +838,7 @@ def run_study(
     report: bool = True,
     outlier_neighbors: int = 20,
     outlier_score: str = "combined",
+    outlier_truth: str | os.PathLike[str] | None = None,
     n_top_outliers: int = 100,
     random_state: int = 0,
     progress: bool = False,
@@ -803,6 +887,12 @@ def run_study(
         :class:`~streamclust.estimators.KNNOutlierDetector`'s scores alone with its
         median + MAD rule (``"lof"``, the density ratio, hides anomalies that resemble
         each other: measured ROC AUC 0.51-0.69 on real images, vs 0.90-0.97 combined).
+    outlier_truth : path, optional
+        Known outliers to judge the flags by (:func:`read_outlier_truth`: a CSV with ``path`` and
+        ``is_outlier``, e.g. a demo case's ``truth.csv``, or a labelled sample): per set, the
+        precision and recall of the flags and the ROC AUC of the scores over the listed images go
+        to the log, ``summary.json``, the report and :attr:`SetResult.outlier_truth`, and
+        ``outliers.csv`` gains a ``known_outlier`` column.
     n_top_outliers : int
         Rows per set listed in ``outliers.csv``.
     random_state : int
@@ -885,6 +975,7 @@ def run_study(
               "memory": parse_memory(memory), "block_memory": budget,
               "silhouette_samples": silhouette_samples,
               "outlier_neighbors": outlier_neighbors, "outlier_score": outlier_score,
+              "outlier_truth": str(outlier_truth) if outlier_truth else None,
               "random_state": random_state,
               "metadata": str(metadata) if metadata else None, "algorithms": algs}
     projector = None
@@ -892,6 +983,7 @@ def run_study(
         projector = SampledUMAP(n_components=2, memory=budget, random_state=random_state)
         params["umap"] = _umap_params(projector)
     attributes = read_metadata(metadata, store.ids[:]) if metadata else None
+    known = read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
     if attributes is not None:
         log(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
     run = store.new_run(params)
@@ -918,7 +1010,7 @@ def run_study(
                                  budget=budget, silhouette_samples=silhouette_samples,
                                  outlier_neighbors=outlier_neighbors, outlier_score=outlier_score,
                                  n_top_outliers=n_top_outliers,
-                                 random_state=random_state, attributes=attributes, log=log)
+                                 random_state=random_state, attributes=attributes, known=known, log=log)
             result.sets[name] = outcome.result
             if projector is not None:
                 outcome.result.umap = _store_umap(projector, outcome.reduced, run, name, log)

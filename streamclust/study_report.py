@@ -98,9 +98,10 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     out_png = _montage_png(source, top["path"].astype(str).tolist(),
                            [f"#{r} {s:.2f}" for r, s in zip(top["rank"], top["outlier_score"])],
                            files / f"{name}-outliers.png", f"{name}: top outliers")
+    columns = ["rank", "path", "outlier_score", "reason", "cluster"] + (["known_outlier"] if res.outlier_truth else [])
     outliers = OutlierInfo(res.n_outliers, res.outlier_rule, out_png,
-                           top[["rank", "path", "outlier_score", "cluster"]].reset_index(drop=True),
-                           score_name="kNN LOF")
+                           top[[c for c in columns if c in top]].reset_index(drop=True),
+                           score_name=SCORE_NAMES[res.outlier_score], known=_known_text(res.outlier_truth))
     from .study import K_RULE, MIX_RULE
 
     notes = []
@@ -109,6 +110,23 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
         notes.append(f"Balanced mixture ({MIX_RULE}); variance shares: {shares}.")
     return SetReport(name, res.n_features, res.n_components, res.k, res.metrics, metrics_png, overview,
                      multiples, scatter, cards, outliers, res.explained_variance, K_RULE, notes, umap_png)
+
+
+#: How the report names each outlier score of the study.
+SCORE_NAMES = {"combined": "combined z-score (neighbours, norm, residual)", "kdist": "k-distance",
+               "lof": "kNN LOF", "mean": "mean kNN distance"}
+
+
+def _known_text(truth: dict | None) -> str | None:
+    """One sentence on how the flags agree with the known outliers (None without a truth)."""
+    if not truth:
+        return None
+    def pct(v):
+        return "n/a" if v is None else f"{v:.0%}"
+    auc = "n/a" if truth["roc_auc"] is None else f"{truth['roc_auc']:.3f}"
+    return (f"Against the {truth['outliers']:,} known outliers among {truth['rows']:,} images with a known "
+            f"answer: {pct(truth['precision'])} of the flagged images are known outliers (precision), "
+            f"{pct(truth['recall'])} of the known outliers are flagged (recall); ROC AUC of the score {auc}.")
 
 
 def build_study_report(result: StudyResult, store: CaseStore, *, images: str | os.PathLike[str] | None = None,

@@ -148,6 +148,51 @@ def test_default_outlier_score_finds_the_planted_outliers_grouped_ones_included(
     assert set(top["reason"]) <= {"neighbours", "norm", "residual"} and top["reason"].nunique() >= 2
 
 
+def test_lof_option_and_known_outliers_are_judged(demo, tmp_path):
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    root, _, truth = demo
+    result = run_study(root / "case.zarr", tmp_path / "study", k="4:5", n_components=32, random_state=0,
+                       descriptors=["osnet"], outlier_score="lof", outlier_truth=root / "case" / "truth.csv",
+                       report=False)
+    res = pd.read_csv(tmp_path / "study" / "results.csv")
+    y, flags = truth["is_outlier"].to_numpy(), res["is_outlier_osnet"].to_numpy()
+    judged = result.sets["osnet"].outlier_truth
+    assert judged["rows"] == N_ROWS and judged["outliers"] == y.sum() and judged["flagged"] == flags.sum()
+    assert judged["precision"] == round((flags & y).sum() / flags.sum(), 4)
+    assert judged["recall"] == round((flags & y).sum() / y.sum(), 4)
+    assert judged["roc_auc"] == round(roc_auc_score(y, res["outlier_score_osnet"]), 4)
+    assert "MAD of log-scores" in result.sets["osnet"].outlier_rule     # the LOF detector's own rule
+    top = pd.read_csv(tmp_path / "study" / "outliers.csv", keep_default_na=False)
+    expected = truth.set_index("path").loc[top["path"], "is_outlier"].astype(str).to_numpy()
+    assert (top["known_outlier"].astype(str).to_numpy() == expected).all()
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    assert summary["sets"][0]["known_outliers_precision"] == judged["precision"]
+
+
+def test_outlier_truth_errors_name_the_file_and_row(demo, tmp_path):
+    from streamclust.study import read_outlier_truth
+
+    root, _, truth = demo
+    ids = truth["path"].to_numpy()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,is_outlier\n" + f"{ids[0]},True\n{ids[1]},maybe\n")
+    with pytest.raises(InputError, match=r"bad.csv: row 3: is_outlier='maybe'"):
+        read_outlier_truth(bad, ids)
+    other = tmp_path / "other.csv"
+    other.write_text("path,is_outlier\nelsewhere/1.jpg,True\n")
+    with pytest.raises(InputError, match="none of its 1 paths"):
+        read_outlier_truth(other, ids)
+    partial = tmp_path / "partial.csv"
+    partial.write_text("path,is_outlier\n" + ids[5].replace("/", "\\") + ",1\n" + f"{ids[7]},0\n")
+    known = read_outlier_truth(partial, ids)
+    assert known[5] == 1 and known[7] == 0 and (np.delete(known, [5, 7]) == -1).all()
+    with pytest.raises(InputError, match="outlier_score='iforest' should be one of combined"):
+        run_study(root / "case.zarr", tmp_path / "s", outlier_score="iforest")
+
+
 def test_choose_k_rule():
     m = pd.DataFrame({"k": [2, 3, 4, 5], "silhouette": [0.30, 0.52, 0.515, 0.40],
                       "davies_bouldin": [1.0, 0.9, 0.7, 0.8]})
