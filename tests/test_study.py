@@ -87,6 +87,19 @@ def test_same_seed_same_labels(demo, tmp_path):
     assert again.sets["vdc_type"].k == result.sets["vdc_type"].k and (a == b).all()
 
 
+def test_same_seed_same_outlier_scores_on_one_thread_and_on_two(demo, tmp_path):
+    import dask
+
+    root, _, _ = demo
+    scores = []
+    for i, config in enumerate(({"scheduler": "synchronous"}, {"scheduler": "threads", "num_workers": 2})):
+        with dask.config.set(config):
+            run_study(root / "case.zarr", tmp_path / f"s{i}", k="4:5", n_components=32, random_state=0,
+                      descriptors=["vdc_color"], report=False)
+        scores.append(pd.read_csv(tmp_path / f"s{i}" / "results.csv")["outlier_score_vdc_color"].to_numpy())
+    np.testing.assert_array_equal(scores[0], scores[1])
+
+
 def test_crash_mid_study_leaves_no_complete_run(demo, tmp_path, monkeypatch):
     root, result, _ = demo
     before = [r.run_id for r in CaseStore(root / "case.zarr").runs()]
