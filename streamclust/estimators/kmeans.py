@@ -50,6 +50,12 @@ _DONE, _ACTIVE, _EVAL = 0, 1, 2
 #: init sample and the one with the lowest sample inertia starts the full passes.
 _SAMPLE_CANDIDATES = 3
 
+#: Inertias within this relative margin of the lowest count as equal and the earlier start
+#: (or seeding) wins: two starts that reach the same optimum with their centres in another
+#: order differ only by round-off (~1e-7 relative), which another BLAS kernel
+#: (``OPENBLAS_CORETYPE``) or block size can flip, swapping the cluster numbers.
+_INERTIA_TIE = 1e-6
+
 
 # --------------------------------------------------------------------------- #
 # Per-block kernels
@@ -375,7 +381,7 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
                 for _ in range(_SAMPLE_CANDIDATES):
                     c0, _ = kmeans_plusplus(xs64, m.n_clusters, random_state=srng)
                     c, inertia = _lloyd_in_memory(xs, xx, c0, m.max_iter, tol_abs[mi])
-                    if inertia < best_inertia:
+                    if inertia < best_inertia * (1 - _INERTIA_TIE):
                         best, best_inertia = c, inertia
                 runs.append(_Run(mi, best + shift_c))
 
@@ -409,7 +415,8 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
 
     for mi, m in enumerate(models):
         mine = [r for r in runs if r.model == mi]
-        best = mine[int(np.argmin([r.inertia for r in mine]))]
+        lowest = min(r.inertia for r in mine)
+        best = next(r for r in mine if r.inertia <= lowest * (1 + _INERTIA_TIE))
         m.cluster_centers_ = best.centers
         m.inertia_ = float(best.inertia)
         m.n_iter_ = int(best.n_iter)
