@@ -55,16 +55,22 @@ def client(small_blocks):
 def _run_arrays(store, run_id, name):
     run = CaseStore(store).run(run_id)
     return (run.array(f"{name}/labels")[:], run.array(f"{name}/outlier_score")[:],
-            run.array(f"{name}/is_outlier")[:])
+            run.array(f"{name}/is_outlier")[:],
+            np.column_stack([run.array(f"{name}/row_norm")[:], run.array(f"{name}/residual")[:]]))
 
 
 def _assert_same_study(root, reference, run_id, out, sets=SETS):
-    """Labels identical, outlier scores equal to float32 precision, metrics.csv equal."""
+    """Labels and flags identical, outlier evidence equal to float32 precision, metrics.csv equal.
+
+    The outlier scores are robust z-scores of log-evidence: the float32 round-off of the reduced
+    rows (the workers' BLAS runs one thread, the threaded run's two, and sgemm rounds differently)
+    is divided by the MAD of the log k-distance (~0.05-0.2), so they agree to ~1e-5 z-units."""
     for name in sets:
-        ref_labels, ref_scores, ref_flags = _run_arrays(root / "case.zarr", reference.run_id, name)
-        labels, scores, flags = _run_arrays(root / "case.zarr", run_id, name)
+        ref_labels, ref_scores, ref_flags, ref_evidence = _run_arrays(root / "case.zarr", reference.run_id, name)
+        labels, scores, flags, evidence = _run_arrays(root / "case.zarr", run_id, name)
         np.testing.assert_array_equal(labels, ref_labels, err_msg=name)
-        np.testing.assert_allclose(scores, ref_scores, rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(evidence, ref_evidence, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-6, atol=2e-5, err_msg=name)
         np.testing.assert_array_equal(flags, ref_flags, err_msg=name)
     ref_metrics = pd.read_csv(reference.metrics_csv)
     metrics = pd.read_csv(out / "metrics.csv")

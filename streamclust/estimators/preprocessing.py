@@ -315,35 +315,41 @@ def _flip_signs(components: np.ndarray) -> np.ndarray:
 
 
 class _Transform:
-    """Picklable per-block PCA transform: ``((l2(x) - mean) / scale) @ C.T`` (then
-    whitened) in the block dtype; with ``row_stats`` two more columns: the raw row
-    norm and the residual (see :meth:`StreamingPCA.transform_with_row_stats`)."""
+    """Picklable per-block PCA transform: ``((l2(x) - mean) @ W)`` in the block dtype; with
+    ``row_stats`` two more columns, the raw row norm and the residual (see
+    :meth:`StreamingPCA.transform_with_row_stats`)."""
 
-    def __init__(self, l2: bool, mean: np.ndarray, scale: np.ndarray | None,
-                 components: np.ndarray, out_scale: np.ndarray | None, row_stats: bool = False) -> None:
+    #: Rows per float64 sub-block of the residual (21 MB of temporaries at d = 2560).
+    RESIDUAL_ROWS = 1024
+
+    def __init__(self, l2: bool, mean: np.ndarray, W: np.ndarray, scale: np.ndarray | None = None,
+                 components: np.ndarray | None = None) -> None:
         self.l2 = l2
         self.mean = mean
+        self.W = W
         self.scale = scale
-        self.components_t = components.T
-        self.out_scale = out_scale
-        self.row_stats = row_stats
+        self.components = components  # only for row statistics
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         raw = np.asarray(block)
         x = l2_normalize(raw) if self.l2 else np.array(raw, dtype=float_dtype(raw.dtype))
         x = x.astype(float_dtype(x.dtype), copy=False)
         x -= self.mean.astype(x.dtype)
-        if self.scale is not None:
-            x /= self.scale.astype(x.dtype)
-        proj = x @ self.components_t.astype(x.dtype)
-        out = proj if self.out_scale is None else proj / self.out_scale.astype(x.dtype)
-        out = np.asarray(out, dtype=np.float32)
-        if not self.row_stats:
+        out = np.asarray(x @ self.W.astype(x.dtype), dtype=np.float32)
+        if self.components is None:
             return out
-        # |x|^2 - |x C^T|^2 (C orthonormal rows), accumulated in float64
-        total = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-        kept = np.einsum("ij,ij->i", proj, proj, dtype=np.float64)
-        residual = np.sqrt(np.maximum(total - kept, 0.0))
+        # residual = sqrt(|x'|^2 - |x' C^T|^2), x' the centred (and standardised) row, in float64:
+        # a small residual is a difference of two large squares, so float32 would leave it with
+        # round-off that changes with the BLAS kernel and thread count
+        residual = np.empty(len(x))
+        ct = self.components.T
+        for s in range(0, len(x), self.RESIDUAL_ROWS):
+            xs = x[s:s + self.RESIDUAL_ROWS].astype(np.float64)
+            if self.scale is not None:
+                xs /= self.scale
+            p = xs @ ct
+            total = np.einsum("ij,ij->i", xs, xs)
+            residual[s:s + len(xs)] = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", p, p), 0.0))
         norm = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64))
         return np.column_stack([out, norm.astype(np.float32), residual.astype(np.float32)])
 
@@ -662,9 +668,19 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         floor = np.finfo(np.float32).eps * max(float(var.max(initial=0.0)), 0.0)
         return np.where(var > floor, np.sqrt(var), 1.0)
 
+    def _projection(self) -> np.ndarray:
+        W = self.components_.T.copy()
+        if self.scale_ is not None:
+            W /= self.scale_[:, None]
+        if self.whiten:
+            W /= self._whitening_scale()[None, :]
+        return W
+
     def _transformer(self, row_stats: bool = False) -> _Transform:
-        return _Transform(bool(self.l2_normalize), self.mean_, self.scale_, self.components_,
-                          self._whitening_scale() if self.whiten else None, row_stats)
+        if not row_stats:
+            return _Transform(bool(self.l2_normalize), self.mean_, self._projection())
+        return _Transform(bool(self.l2_normalize), self.mean_, self._projection(), self.scale_,
+                          np.asarray(self.components_, dtype=np.float64))
 
     def transform(self, X: Any) -> Any:
         """Project ``X`` on the principal axes (after the same preprocessing).
