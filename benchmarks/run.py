@@ -219,7 +219,7 @@ STAGE_TABLES = {
     "outliers": ("outliers: the study's outlier score of every row (64-d reduced rows, stored norms and residuals)",
                  ["set", "method", "rows", "wall_s", "peak_rss_mb", "rows/s", "sc/base time", "sc/base rss",
                   "recall", "auc_planted", "spearman_vs_exact", "top1%_overlap", "exact_reference", "note"],
-                 "streamclust: the study's default (largest robust z-score of the k-distance in the reduced rows, "
+                 "streamclust: the study's default (robust z-scores of the k-distance in the reduced rows, "
                  "the raw row norm and the residual off the principal subspace); recall: its recall@20 against "
                  "exact neighbours in its reference sample (measured at fit); auc_planted: ROC AUC of the scores against the demo case's planted outliers (glare, "
                  "blur, no vehicle, ...), over the rows scored; spearman_vs_exact / top1%_overlap: agreement of the scores with the exact LOF (k=20) of "

@@ -122,11 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clustering algorithms compared on every set: kmeans, ward, gmm, hdbscan "
                             "(default kmeans,ward; kmeans always runs and defines the saved model)")
     study.add_argument("--outlier-score", choices=("combined", "kdist", "lof", "mean"), default="combined",
-                       help="outlier score of every image (default combined: the largest robust z-score of "
-                            "the distance to the 20th nearest sampled image, the raw descriptor norm -- too "
-                            "small or too large -- and what the PCA components cannot explain; flagged above "
-                            "3.5; outliers.csv names which. kdist/mean: the kNN distance alone; lof: the "
-                            "local density ratio, which misses groups of look-alike anomalies)")
+                       help="outlier score of every image (default combined: robust z-scores of the "
+                            "distance to the 50th nearest sampled image, of the raw descriptor norm -- too "
+                            "small or too large -- and of what the PCA components cannot explain, added up "
+                            "as sqrt(sum z^2) over the positive ones; flagged above 4; outliers.csv names the "
+                            "largest. kdist/mean: the kNN distance alone; lof: the local density ratio, "
+                            "which misses groups of look-alike anomalies)")
     study.add_argument("--outlier-truth", type=Path, metavar="CSV",
                        help="known outliers to judge the flags by: a CSV with path and is_outlier columns "
                             "(a demo case's truth.csv, or images you labelled); precision, recall and ROC AUC "

@@ -150,7 +150,7 @@ class DescriptorSetModel:
     index_seed : int
         Seed the detector's index was built with (rebuilt identically on load).
     screen : RobustZScreen or None
-        The combined outlier score (the study's default): the largest robust z-score of
+        The combined outlier score (the study's default): the robust z-scores of
         the detector's k-distance and the preprocessing's row norm(s) and residual(s);
         None when the detector's own score was used.
     sentences : dict of int -> str

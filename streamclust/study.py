@@ -14,9 +14,9 @@ For each descriptor set, in bounded memory:
 4. **Choose k** -- the rule in :func:`choose_k`.
 5. **Label** every row with the chosen model (``runs/<id>/<set>/labels``).
 6. **Score outliers** of every row (``runs/<id>/<set>/outlier_score``, ``is_outlier``).
-   The default (``outlier_score="combined"``, :data:`OUTLIER_SCORES`) is the largest
-   robust z-score (:class:`~streamclust.estimators.RobustZScreen`) of three kinds of
-   evidence: the distance to the ``k``-th nearest row of a bounded reference sample
+   The default (``outlier_score="combined"``, :data:`OUTLIER_SCORES`) combines robust
+   z-scores (:class:`~streamclust.estimators.RobustZScreen`: the Euclidean norm of the
+   positive ones) of three kinds of evidence: the distance to the ``k``-th (50th) nearest row of a bounded reference sample
    of the reduced rows (:class:`~streamclust.estimators.KNNOutlierDetector`,
    ``score="kdist"``), the raw row norm (both sides) and the residual off the
    principal subspace, the last two written by step 1's transform pass
@@ -640,6 +640,7 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
     labels = _store_labels(kmeans, reduced, run, name)
 
     detector = KNNOutlierDetector(n_neighbors=outlier_neighbors, memory=budget, random_state=random_state,
+                                  index_neighbors=max(40, outlier_neighbors + 10),
                                   score="kdist" if outlier_score == "combined" else outlier_score).fit(reduced)
     screen, reasons = None, None
     if outlier_score == "combined":
@@ -836,7 +837,7 @@ def run_study(
     metadata: str | os.PathLike[str] | None = None,
     images: str | os.PathLike[str] | None = None,
     report: bool = True,
-    outlier_neighbors: int = 20,
+    outlier_neighbors: int = 50,
     outlier_score: str = "combined",
     outlier_truth: str | os.PathLike[str] | None = None,
     n_top_outliers: int = 100,
@@ -878,10 +879,13 @@ def run_study(
     report : bool
         Write ``report.html`` (:mod:`streamclust.study_report`).
     outlier_neighbors : int
-        ``k`` of the kNN outlier scores.
+        ``k`` of the kNN outlier scores (default 50: at 416k rows the reference sample holds a
+        quarter of the rows, and groups of look-alike anomalies of a few hundred rows hid from
+        k = 20; ROC AUC on the demo's vdc_type 0.933 -> 0.969 with the k-distance alone).  The
+        index graph has ``max(40, k + 10)`` neighbours (recall 0.999 at k = 50).
     outlier_score : {"combined", "kdist", "lof", "mean"}
         The outlier score (:data:`OUTLIER_SCORES`; module docstring, step 6):
-        ``"combined"`` (default) is the largest robust z-score of the k-distance, the
+        ``"combined"`` (default) combines the robust z-scores of the k-distance, the
         raw row norm and the residual off the principal subspace, flagged above
         :data:`~streamclust.estimators.screening.DEFAULT_Z_THRESHOLD`; the others are
         :class:`~streamclust.estimators.KNNOutlierDetector`'s scores alone with its

@@ -1,4 +1,4 @@
-"""RobustZScreen: the combined outlier score (largest robust z-score of log evidence)."""
+"""RobustZScreen: the combined outlier score (robust z-scores of log evidence, combined)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_location_and_scale_are_the_median_and_mad_of_the_logs():
 def test_score_is_the_largest_z_and_the_reason_names_its_column():
     rng = np.random.default_rng(1)
     E = np.exp(rng.normal(size=(5000, 3)))
-    screen = RobustZScreen(["upper", "both", "upper"], ["neighbours", "norm", "residual"]).fit(E)
+    screen = RobustZScreen(["upper", "both", "upper"], ["neighbours", "norm", "residual"], combine="max").fit(E)
     probe = np.array([[1.0, 1.0, 1.0],          # typical
                       [np.e ** 6, 1.0, 1.0],    # far from its neighbours
                       [1.0, np.e ** -6, 1.0],   # tiny norm: the "both" side counts
@@ -41,6 +41,20 @@ def test_score_is_the_largest_z_and_the_reason_names_its_column():
     flags = screen.predict(probe)
     assert list(flags) == [1, -1, -1, -1, 1]
     assert z[2, 1] > 5 and z[4, 0] < 0
+
+
+def test_rms_adds_up_the_positive_z_scores():
+    rng = np.random.default_rng(3)
+    E = np.exp(rng.normal(size=(5000, 3)))
+    screen = RobustZScreen(["upper", "both", "upper"]).fit(E)
+    assert screen.combine == "rms"
+    probe = np.exp(np.array([[3.0, 0.0, 0.0], [3.0, 0.0, 3.0], [-6.0, 0.0, 3.0]]) * screen.scale_ + screen.location_)
+    z = screen.z_scores(probe)
+    np.testing.assert_allclose(screen.score(probe), np.sqrt((np.maximum(z, 0) ** 2).sum(axis=1)), rtol=1e-6)
+    s = screen.score(probe)
+    assert s[1] > s[0] * 1.4             # two tests at 3 sigma weigh more than one
+    np.testing.assert_allclose(s[2], s[0], rtol=1e-5)   # a very small distance does not cancel evidence
+    assert list(screen.reasons(probe)) == ["e0", "e0", "e2"]
 
 
 def test_zero_distances_and_ties_stay_finite():
@@ -61,6 +75,7 @@ def test_zero_distances_and_ties_stay_finite():
     (dict(sides=["upper"], names=["a", "b"]), "names"),
     (dict(sides=["upper"], threshold=float("nan")), "threshold"),
     (dict(sides=["upper"], threshold="3"), "threshold"),
+    (dict(sides=["upper"], combine="mean"), "combine"),
 ])
 def test_bad_parameters_name_themselves(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -156,7 +156,7 @@ def test_default_outlier_score_finds_the_planted_outliers_grouped_ones_included(
         score = res[f"outlier_score_{name}"].to_numpy()
         assert roc_auc_score(y, score) >= 0.95, name
         assert roc_auc_score(y[~y | grouped], score[~y | grouped]) >= 0.95, name
-        assert result.sets[name].outlier_rule.startswith("largest robust z-score")
+        assert result.sets[name].outlier_rule.startswith("root of the summed squares of the positive robust")
     top = pd.read_csv(root / "study" / "outliers.csv")
     assert set(top["reason"]) <= {"neighbours", "norm", "residual"} and top["reason"].nunique() >= 2
 
