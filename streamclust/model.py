@@ -314,16 +314,8 @@ class DescriptorSetModel:
             det.index_ = _build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed)
             screen = None
             if "screen" in params:
-                screen_params = dict(params["screen"])
-                n_fit = int(screen_params.pop("n_samples_fit"))
-                screen = RobustZScreen(**screen_params)
-                screen.location_, screen.scale_ = arrays["screen_location"], arrays["screen_scale"]
-                screen.threshold_, screen.n_samples_fit_ = float(screen.threshold), n_fit
-                screen.n_features_in_ = len(screen.location_)
-                if screen.location_.shape != (len(screen.sides),) or screen.scale_.shape != screen.location_.shape:
-                    raise ValueError(f"screen arrays of shapes {screen.location_.shape} and "
-                                     f"{screen.scale_.shape} for {len(screen.sides)} evidence columns")
-                screen.threshold_rule_ = screen.describe()
+                screen = RobustZScreen.from_fitted(arrays["screen_location"], arrays["screen_scale"],
+                                                   **params["screen"])
             sentences = {int(c): s for c, s in info.get("sentences", {}).items()}
             training = {"cluster_shares": arrays["train_cluster_shares"],
                         "distance_quantiles": arrays["train_distance_quantiles"],

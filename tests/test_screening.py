@@ -158,3 +158,14 @@ def test_screen_scores_fits_on_the_reference_rows_and_scores_every_row_in_blocks
     np.testing.assert_array_equal(scores, expected)
     _, small_blocks = screen_scores(kdist, evidence, ref, memory="8MiB")   # 14,563 rows a block
     np.testing.assert_array_equal(small_blocks, scores)
+
+
+def test_from_fitted_rebuilds_the_same_screen_and_refuses_bad_state():
+    E = np.exp(np.random.default_rng(4).normal(size=(500, 2)))
+    fitted = RobustZScreen(["upper", "both"], ["kdist", "norm"], threshold=3.0).fit(E)
+    again = RobustZScreen.from_fitted(fitted.location_, fitted.scale_, n_samples_fit=500, **fitted.get_params())
+    np.testing.assert_array_equal(again.score(E), fitted.score(E))
+    assert again.threshold_rule_ == fitted.threshold_rule_ and again.threshold_ == 3.0
+    for location, scale in (([0.0], [1.0]), ([0.0, 0.0], [1.0, -1.0]), ([np.nan, 0.0], [1.0, 1.0])):
+        with pytest.raises(ValueError):
+            RobustZScreen.from_fitted(location, scale, n_samples_fit=1, **fitted.get_params())
