@@ -74,13 +74,15 @@ def candidates(store: str, study_dir: str, name: str, out_npz: str) -> dict:
 
     from streamclust import CaseStore, DescriptorSetModel
     from streamclust.estimators import KNNOutlierDetector
+    from streamclust.study import OUTLIER_NEIGHBORS, outlier_index_neighbors
 
     st = CaseStore(store)
     run = st.runs()[-1]
     reduced = run.array(f"{name}/reduced")
     n = reduced.shape[0]
-    # the study's neighbours: k = 50 on an index graph of 60 (run_study's outlier_neighbors default)
-    lof = KNNOutlierDetector(50, score="lof", index_neighbors=60, random_state=0).fit(reduced)
+    # the study's neighbours and index graph (k = 50, graph 60), so kdist is the study's evidence
+    lof = KNNOutlierDetector(OUTLIER_NEIGHBORS, score="lof", index_neighbors=outlier_index_neighbors(OUTLIER_NEIGHBORS),
+                             random_state=0).fit(reduced)
     ind, dist = lof.kneighbors(reduced, row_ids=np.arange(n))
     dist = np.asarray(dist.compute() if hasattr(dist, "compute") else dist)
     ref = lof.reference_indices_

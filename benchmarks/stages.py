@@ -459,11 +459,12 @@ def outliers_streamclust(work: str, name: str, memory: str = "1GB") -> dict:
     preprocess stage stored) and its threshold; scores and flags written to Zarr."""
     from streamclust.estimators import KNNOutlierDetector
     from streamclust.estimators.screening import screen_scores
+    from streamclust.study import OUTLIER_NEIGHBORS, outlier_index_neighbors
 
     run = _run_group(work)
     reduced = run.array(f"{name}/reduced")
-    det = KNNOutlierDetector(n_neighbors=N_NEIGHBORS, score="kdist", memory=_budget(memory),
-                             random_state=SEED).fit(reduced)
+    det = KNNOutlierDetector(n_neighbors=OUTLIER_NEIGHBORS, index_neighbors=outlier_index_neighbors(OUTLIER_NEIGHBORS),
+                             score="kdist", memory=_budget(memory), random_state=SEED).fit(reduced)
     evidence = {"norm": run.array(f"{name}/row_norm"), "residual": run.array(f"{name}/residual")}
     screen, scores = screen_scores(det.outlier_scores_, evidence, det.reference_indices_, memory=_budget(memory))
     flags = scores > screen.threshold_

@@ -109,7 +109,7 @@ from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clus
 from .persist import write_atomic
 from .store import CaseStore, RunGroup, disk_full_error
 
-__all__ = ["ALGORITHMS", "OUTLIER_SCORES", "MixSpec", "SetResult", "StudyResult", "choose_k", "outlier_quality",
+__all__ = ["ALGORITHMS", "OUTLIER_NEIGHBORS", "OUTLIER_SCORES", "MixSpec", "outlier_index_neighbors", "SetResult", "StudyResult", "choose_k", "outlier_quality",
            "parse_algorithms", "parse_k_range", "parse_mix", "read_outlier_truth", "run_study"]
 
 #: Clustering algorithms the study can run on the reduced rows; ``kmeans`` always runs
@@ -118,6 +118,14 @@ ALGORITHMS = ("kmeans", "ward", "gmm", "hdbscan")
 
 #: Outlier scores the study can write (module docstring, step 6); the first is the default.
 OUTLIER_SCORES = ("combined", "kdist", "lof", "mean")
+
+#: Default ``k`` of the outlier scores (``run_study(outlier_neighbors=)``); see its docstring.
+OUTLIER_NEIGHBORS = 50
+
+
+def outlier_index_neighbors(k: int) -> int:
+    """Degree of the kNN index graph the study builds for ``k`` outlier neighbours."""
+    return max(40, int(k) + 10)
 
 #: How ``summary.json``'s ``best`` is picked.
 BEST_RULE = ("the (set, algorithm, k) with the highest sampled silhouette among the chosen "
@@ -640,7 +648,7 @@ def _study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepar
     labels = _store_labels(kmeans, reduced, run, name)
 
     detector = KNNOutlierDetector(n_neighbors=outlier_neighbors, memory=budget, random_state=random_state,
-                                  index_neighbors=max(40, outlier_neighbors + 10),
+                                  index_neighbors=outlier_index_neighbors(outlier_neighbors),
                                   score="kdist" if outlier_score == "combined" else outlier_score).fit(reduced)
     screen, reasons = None, None
     if outlier_score == "combined":
@@ -837,7 +845,7 @@ def run_study(
     metadata: str | os.PathLike[str] | None = None,
     images: str | os.PathLike[str] | None = None,
     report: bool = True,
-    outlier_neighbors: int = 50,
+    outlier_neighbors: int = OUTLIER_NEIGHBORS,
     outlier_score: str = "combined",
     outlier_truth: str | os.PathLike[str] | None = None,
     n_top_outliers: int = 100,
