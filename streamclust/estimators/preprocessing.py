@@ -315,18 +315,26 @@ def _flip_signs(components: np.ndarray) -> np.ndarray:
 
 
 class _Transform:
-    """Picklable per-block PCA transform: ``((l2(x) - mean) @ W)`` in the block dtype; with
+    """Picklable per-block PCA transform: ``((l2(x) - mean) @ W)``, float32 out; with
     ``row_stats`` two more columns, the raw row norm and the residual (see
-    :meth:`StreamingPCA.transform_with_row_stats`)."""
+    :meth:`StreamingPCA.transform_with_row_stats`).
 
-    #: Rows per float64 sub-block of the residual (21 MB of temporaries at d = 2560).
-    RESIDUAL_ROWS = 1024
+    The product is taken in float64, 1,024 rows at a time, and rounded to float32: a
+    float32 GEMM rounds differently on one and on two BLAS threads (a Dask worker runs
+    one; ``distributed`` also leaves ``OPENBLAS_NUM_THREADS=1`` in the environment of the
+    process that started a ``LocalCluster``), and a saved model recognises its reference
+    rows only if it recomputes their reduced rows bit for bit.  The float64 product agrees
+    across thread counts; it costs ~1 s more per 416k x 2560 pass, which reading dominates.
+    """
+
+    #: Rows per float64 sub-block (21 MB of temporaries at d = 2560).
+    SUB_ROWS = 1024
 
     def __init__(self, l2: bool, mean: np.ndarray, W: np.ndarray, scale: np.ndarray | None = None,
                  components: np.ndarray | None = None) -> None:
         self.l2 = l2
         self.mean = mean
-        self.W = W
+        self.W = np.asarray(W, dtype=np.float64)
         self.scale = scale
         self.components = components  # only for row statistics
 
@@ -335,23 +343,22 @@ class _Transform:
         x = l2_normalize(raw) if self.l2 else np.array(raw, dtype=float_dtype(raw.dtype))
         x = x.astype(float_dtype(x.dtype), copy=False)
         x -= self.mean.astype(x.dtype)
-        out = np.asarray(x @ self.W.astype(x.dtype), dtype=np.float32)
-        if self.components is None:
-            return out
-        # residual = sqrt(|x'|^2 - |x' C^T|^2), x' the centred (and standardised) row, in float64:
-        # a small residual is a difference of two large squares, so float32 would leave it with
-        # round-off that changes with the BLAS kernel and thread count
-        residual = np.empty(len(x))
-        ct = self.components.T
-        for s in range(0, len(x), self.RESIDUAL_ROWS):
-            xs = x[s:s + self.RESIDUAL_ROWS].astype(np.float64)
-            if self.scale is not None:
-                xs /= self.scale
-            p = xs @ ct
-            total = np.einsum("ij,ij->i", xs, xs)
-            residual[s:s + len(xs)] = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", p, p), 0.0))
-        norm = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64))
-        return np.column_stack([out, norm.astype(np.float32), residual.astype(np.float32)])
+        stats = self.components is not None
+        out = np.empty((len(x), self.W.shape[1] + (2 if stats else 0)), np.float32)
+        for s in range(0, len(x), self.SUB_ROWS):
+            xs = x[s:s + self.SUB_ROWS].astype(np.float64)
+            rows = slice(s, s + len(xs))
+            out[rows, :self.W.shape[1]] = xs @ self.W
+            if stats:
+                # residual = sqrt(|x'|^2 - |x' C^T|^2), x' the centred (and standardised) row
+                if self.scale is not None:
+                    xs /= self.scale
+                p = xs @ self.components.T
+                total = np.einsum("ij,ij->i", xs, xs)
+                out[rows, -1] = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", p, p), 0.0))
+        if stats:
+            out[:, -2] = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64))
+        return out
 
 
 class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
