@@ -1,7 +1,7 @@
 """Outlier screening on REAL images with real anomalies: every candidate score vs in-memory scikit-learn.
 
 Run (needs Debian's ``dataset-fashion-mnist`` package; the ``cnn`` set needs PyTorch,
-``pip install -e ".[bench]"``)::
+``pip install torch`` -- it is left out, with a message, without it)::
 
     .venv/bin/python benchmarks/bench_real_outliers.py --shots 1     # 70,700 rows
     .venv/bin/python benchmarks/bench_real_outliers.py --shots 6     # 424,200 rows, 6 shots per item

@@ -48,8 +48,8 @@ Descriptor sets (``descriptors/<set>.pickle``, float32, one row per image)
     network (2 x [two 3 x 3 convolutions, max-pool], 1280 units, 10 classes)
     trained on the 70,000 in-distribution photos and their 10 classes (2 epochs,
     Adam, seeded), as re-identification networks are trained on the domain they
-    describe.  Needs PyTorch (``pip install torch``, the ``bench`` extra); the set is
-    left out (with a message) when it is missing and not asked for.
+    describe.  Needs PyTorch (``pip install torch``); the set is left out (with a
+    message) when it is missing and not asked for.
 
 Files written
 -------------
@@ -458,7 +458,7 @@ def make_real_case(
         try:
             import torch  # noqa: F401
         except ImportError as exc:
-            raise InputError("the cnn set needs PyTorch: pip install torch (or the bench extra).") from exc
+            raise InputError("the cnn set needs PyTorch: pip install torch.") from exc
 
     from ._pickle_stream import write_pickled_array
 
