@@ -86,3 +86,12 @@ def test_flags_are_mostly_real_anomalies_and_say_why(real):
         assert (flags & y).sum() / flags.sum() >= 0.15, name
         reasons = set(top.loc[top["set"] == name, "reason"])
         assert reasons and reasons <= {"neighbours", "norm", "residual"}
+
+
+def test_missing_photos_and_bad_arguments_are_named(tmp_path):
+    with pytest.raises(InputError, match="dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
+    for kwargs, name in ((dict(shots=0), "shots"), (dict(n_items=0), "n_items"),
+                         (dict(ood_fraction=0.9), "ood_fraction"), (dict(sets=["sift"]), "sets")):
+        with pytest.raises(InputError, match=name):
+            make_real_case(tmp_path / "case", source=tmp_path, log=lambda line: None, **kwargs)
