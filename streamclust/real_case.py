@@ -444,21 +444,18 @@ def make_real_case(
     if n_items is not None and (isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer))
                                 or not 1 <= n_items <= 70_000):
         raise InputError(f"n_items={n_items!r} should be None or an integer in [1, 70000].")
+    import importlib.util
+
+    has_torch = importlib.util.find_spec("torch") is not None
     if sets is None:
-        try:
-            import torch  # noqa: F401
-            sets = list(REAL_SETS)
-        except ImportError:
-            sets = [s for s in REAL_SETS if s != "cnn"]
+        sets = list(REAL_SETS) if has_torch else [s for s in REAL_SETS if s != "cnn"]
+        if not has_torch:
             log("real case: PyTorch is not installed, so the cnn set is left out (pip install torch)")
     unknown = [s for s in sets if s not in REAL_SETS]
     if unknown:
         raise InputError(f"sets={list(sets)!r}: unknown {unknown}; expected some of {list(REAL_SETS)}.")
-    if "cnn" in sets:
-        try:
-            import torch  # noqa: F401
-        except ImportError as exc:
-            raise InputError("the cnn set needs PyTorch: pip install torch.") from exc
+    if "cnn" in sets and not has_torch:
+        raise InputError("the cnn set needs PyTorch: pip install torch.")
 
     from ._pickle_stream import write_pickled_array
 

@@ -501,8 +501,7 @@ def _top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any,
     frame = pd.DataFrame({"set": name, "row": order, "path": np.asarray(ids.get_orthogonal_selection(order)).astype(object),
                           "outlier_score": scores[order], "is_outlier": flags[order],
                           "reason": reasons(order) if reasons is not None else "",
-                          **({"known_outlier": np.where(known[order] < 0, "", np.where(known[order] == 1, "True",
-                                                                                          "False"))}
+                          **({"known_outlier": np.array(["", "False", "True"])[known[order] + 1]}
                              if known is not None else {}),
                           "cluster": np.asarray(labels.get_orthogonal_selection(order))})
     frame = frame.sort_values("outlier_score", ascending=False, kind="stable")

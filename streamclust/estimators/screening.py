@@ -178,11 +178,14 @@ class RobustZScreen(BaseEstimator):
             if s <= 0:
                 s = 1.2533 * float(dev.mean()) if dev.size else 0.0
             scale[j] = s if s > 0 else np.inf
-        self.location_ = loc
-        self.scale_ = scale
+        return self._set_fitted(loc, scale, E.shape[0])
+
+    def _set_fitted(self, location: np.ndarray, scale: np.ndarray, n_samples_fit: int) -> RobustZScreen:
+        """Set the fitted attributes (one place for :meth:`fit` and :meth:`from_fitted`)."""
+        self.location_, self.scale_ = location, scale
         self.threshold_ = float(self.threshold)
-        self.n_samples_fit_ = int(E.shape[0])
-        self.n_features_in_ = len(sides)
+        self.n_samples_fit_ = int(n_samples_fit)
+        self.n_features_in_ = len(location)
         self.threshold_rule_ = self.describe()
         return self
 
@@ -211,11 +214,7 @@ class RobustZScreen(BaseEstimator):
                              f"for {len(sides)} evidence columns")
         if np.isnan(location).any() or np.isnan(scale).any() or (scale <= 0).any():
             raise ValueError("location and scale should be numbers, scale > 0")
-        screen.location_, screen.scale_ = location, scale
-        screen.threshold_, screen.n_samples_fit_ = float(screen.threshold), int(n_samples_fit)
-        screen.n_features_in_ = len(sides)
-        screen.threshold_rule_ = screen.describe()
-        return screen
+        return screen._set_fitted(location, scale, n_samples_fit)
 
     def describe(self) -> str:
         """The flagging rule in words."""
