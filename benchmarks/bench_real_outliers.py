@@ -6,7 +6,7 @@ Run (needs Debian's ``dataset-fashion-mnist`` package; the ``cnn`` set needs PyT
     .venv/bin/python benchmarks/bench_real_outliers.py --shots 1     # 70,700 rows
     .venv/bin/python benchmarks/bench_real_outliers.py --shots 6     # 424,200 rows, 6 shots per item
 
-The case (:func:`streamclust.real_case.make_real_case`): the 70,000 Fashion-MNIST photos
+The case (:func:`streamclust.datasets.real.make_real_case`): the 70,000 Fashion-MNIST photos
 plus 1 % real anomalies from other sources (handwritten digits, font glyphs, photo crops)
 and real failures (dark and glare frames); with ``--shots 6`` every item appears 6 times
 (shifted, contrast and noise changed), as VeRi-Wild shows each vehicle ~10 times.
@@ -74,7 +74,7 @@ def candidates(store: str, study_dir: str, name: str, out_npz: str) -> dict:
 
     from streamclust import CaseStore, DescriptorSetModel
     from streamclust.estimators import KNNOutlierDetector
-    from streamclust.study import OUTLIER_NEIGHBORS, outlier_index_neighbors
+    from streamclust.study.driver import OUTLIER_NEIGHBORS, outlier_index_neighbors
 
     st = CaseStore(store)
     run = st.runs()[-1]
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from streamclust.real_case import load_real_truth, make_real_case
+    from streamclust.datasets.real import load_real_truth, make_real_case
 
     case = args.case or args.data / f"real-case-{args.shots}shots"
     if not (case / "truth.csv").is_file():

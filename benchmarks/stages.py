@@ -7,7 +7,7 @@ writing its output) is what is measured.  Functions named ``*_quality`` are not
 measured methods: they compare the outputs the measured stages left under
 ``<work>/`` (components, centres, scores, embeddings).
 
-streamclust's stages chain what :func:`streamclust.study.run_study` does for one
+streamclust's stages chain what :func:`streamclust.study.driver.run_study` does for one
 descriptor set (``_study_set``), with the same parameters, and write what the
 study writes to its run into ``<work>/stages.zarr`` (a run group named ``bench``):
 ``<set>/reduced`` (preprocess) -> ``<set>/labels`` (k sweep) ->
@@ -47,8 +47,8 @@ def _ks(k: str) -> list[int]:
 
 def _budget(memory: str) -> int:
     """The block budget run_study derives from its ``memory`` (which covers the whole process)."""
-    from streamclust._blocks import parse_memory
-    from streamclust.study import LIBRARY_BASELINE
+    from streamclust.core.blocks import parse_memory
+    from streamclust.study.driver import LIBRARY_BASELINE
 
     total = parse_memory(memory)
     return max(total - LIBRARY_BASELINE, total // 4)
@@ -58,7 +58,7 @@ def _run_group(work: str):
     """The benchmark's run group ``<work>/stages.zarr`` (streamclust's stages write there)."""
     import zarr
 
-    from streamclust.store import RunGroup
+    from streamclust.io.store import RunGroup
 
     Path(work).mkdir(parents=True, exist_ok=True)
     return RunGroup(zarr.open_group(str(Path(work) / "stages.zarr"), mode="a", zarr_format=3), "bench")
@@ -149,7 +149,7 @@ def imports_only() -> dict:
 
 def make_pickle(path: str, n_rows: int, n_features: int, dtype: str, seed: int = 0) -> dict:
     """Write a pickled (n_rows, n_features) array of ReLU-like random values, streamed."""
-    from streamclust._pickle_stream import write_pickled_array
+    from streamclust.io.pickle_stream import write_pickled_array
 
     rng = np.random.default_rng(seed)
     block = 8192
@@ -171,7 +171,7 @@ def convert_streamclust(path: str, store: str, memory: str = "1GB", paths_csv: s
                         name: str = "x") -> dict:
     """streamclust's conversion of one pickle (with ``paths_csv``, default its sibling
     images_paths.csv) into a store, as descriptor set ``name``."""
-    from streamclust.ingest import convert_case
+    from streamclust.io.ingest import convert_case
 
     src = Path(path)
     s = convert_case(src.parent, store, descriptors={name: str(src)},
@@ -190,8 +190,8 @@ def convert_numpy_baseline(path: str, store: str) -> dict:
 
 def verify_bit_for_bit(path: str, store: str, name: str = "x") -> dict:
     """Compare every stored value with the source after the float32 cast, block by block."""
-    from streamclust._pickle_stream import open_pickled_array
-    from streamclust.store import CaseStore
+    from streamclust.io.pickle_stream import open_pickled_array
+    from streamclust.io.store import CaseStore
 
     src = open_pickled_array(path)
     arr = CaseStore(store).descriptor(name)
@@ -219,7 +219,7 @@ def convert_quality(path: str, store: str, baseline_store: str, name: str) -> di
 
 def make_demo(out: str, n_rows: int, seed: int = 0) -> dict:
     """The demo case without images (its descriptors are the same as with images)."""
-    from streamclust.datasets import make_demo_case
+    from streamclust.datasets.synthetic import make_demo_case
 
     make_demo_case(out, n_rows=n_rows, seed=seed, images=False)
     return {"rows": n_rows}
@@ -227,7 +227,7 @@ def make_demo(out: str, n_rows: int, seed: int = 0) -> dict:
 
 def convert_case_streamclust(case: str, store: str, memory: str = "1GB") -> dict:
     """streamclust convert on a whole case folder."""
-    from streamclust.ingest import convert_case
+    from streamclust.io.ingest import convert_case
 
     s = convert_case(case, store, memory=memory)
     return {"rows": s.n_rows, "sets": s.descriptor_names()}
@@ -238,7 +238,7 @@ def study_streamclust(store: str, out: str, k: str = "2:15", memory: str = "1GB"
     exact metrics and labels, kNN outlier scores of every row, profiles and models; then the set
     comparison, results/outliers/clusters CSVs and report.html with density plots of all rows
     (``umap``: also every row's position in a 2-D UMAP of each set, shown in the report)."""
-    from streamclust.study import run_study
+    from streamclust.study.driver import run_study
 
     res = run_study(store, out, k=k, memory=memory, random_state=SEED, report=True, umap=umap)
     return {name: {"k": r.k, "seconds": round(r.seconds, 1), "outliers": r.n_outliers}
@@ -257,8 +257,8 @@ def labelling_pass(store: str, model_dir: str, name: str) -> dict:
     """The study's own labelling pass: PCA transform + nearest centre of every row (Dask, parallel)."""
     import dask.array as da
 
-    from streamclust.model import DescriptorSetModel
-    from streamclust.store import CaseStore
+    from streamclust.model.descriptor_model import DescriptorSetModel
+    from streamclust.io.store import CaseStore
 
     model = DescriptorSetModel.load(model_dir)
     X = da.from_zarr(CaseStore(store).descriptor(name))
@@ -274,8 +274,8 @@ def assign_streamclust(store: str, model_dir: str, out: str) -> dict:
     """streamclust assign of every row of a store (labels, sentences, outlier scores, drift)."""
     import time
 
-    from streamclust.assign import assign_new
-    from streamclust.model import DescriptorSetModel
+    from streamclust.model.assign import assign_new
+    from streamclust.model.descriptor_model import DescriptorSetModel
 
     t0 = time.perf_counter()
     DescriptorSetModel.load(model_dir)  # index rebuild + numba compile, reported apart
@@ -292,8 +292,8 @@ def pca_streamclust(store: str, name: str, work: str, memory: str = "1GB") -> di
     import dask.array as da
 
     from streamclust.estimators import StreamingPCA
-    from streamclust.store import CaseStore
-    from streamclust.study import _store_reduced
+    from streamclust.io.store import CaseStore
+    from streamclust.study.driver import _store_reduced
 
     X = CaseStore(store).descriptor(name)
     pca = StreamingPCA(n_components=N_COMPONENTS, l2_normalize=True, memory=_budget(memory))
@@ -322,7 +322,7 @@ def pca_daskml(store: str, name: str, work: str, kind: str = "incremental") -> d
     import dask.array as da
     from dask_ml.decomposition import PCA, IncrementalPCA
 
-    from streamclust.store import CaseStore
+    from streamclust.io.store import CaseStore
 
     X = da.from_zarr(CaseStore(store).descriptor(name))
     Xn = X / da.linalg.norm(X, axis=1, keepdims=True)
@@ -343,7 +343,7 @@ def pca_quality(store: str, name: str, work: str, methods: list[str]) -> dict:
     ``variance_kept`` = tr(W C W') / (sum of the exact top 64 eigenvalues) (1 = optimal),
     ``cos2`` = mean squared cosine of the principal angles to the exact subspace, and
     ``evr_reported`` (its own explained_variance_ratio_ sum) vs ``evr_true`` = tr(W C W') / tr(C)."""
-    from streamclust.store import CaseStore
+    from streamclust.io.store import CaseStore
 
     X = CaseStore(store).descriptor(name)
     n, d = X.shape
@@ -376,7 +376,7 @@ def kmeans_streamclust(work: str, name: str, k: str = "2:15", memory: str = "1GB
     all k), ``sweep_metrics`` (exact all-row inertia, CH, DB; shared passes), sampled silhouette,
     ``choose_k``, and the labels of every row written to Zarr."""
     from streamclust.estimators import kmeans_sweep, sampled_silhouette, sweep_metrics
-    from streamclust.study import _store_labels, choose_k
+    from streamclust.study.driver import _store_labels, choose_k
 
     run, budget, ks = _run_group(work), _budget(memory), _ks(k)
     reduced = run.array(f"{name}/reduced")
@@ -459,7 +459,7 @@ def outliers_streamclust(work: str, name: str, memory: str = "1GB") -> dict:
     preprocess stage stored) and its threshold; scores and flags written to Zarr."""
     from streamclust.estimators import KNNOutlierDetector
     from streamclust.estimators.screening import screen_scores
-    from streamclust.study import OUTLIER_NEIGHBORS, outlier_index_neighbors
+    from streamclust.study.driver import OUTLIER_NEIGHBORS, outlier_index_neighbors
 
     run = _run_group(work)
     reduced = run.array(f"{name}/reduced")
@@ -515,7 +515,7 @@ def outliers_quality(work: str, name: str, methods: list[str], case: str | None 
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    from streamclust.datasets import load_truth
+    from streamclust.datasets.synthetic import load_truth
 
     planted = load_truth(case)["is_outlier"].to_numpy(bool) if case else None
     exact = [(m, r) for m in ("lof", "faiss") if (r := _load(work, name, f"outliers-{m}")) is not None]
@@ -548,7 +548,7 @@ def projection_pca_streamclust(work: str, name: str, memory: str = "1GB") -> dic
     components of every stored reduced row, lazy) counted into per-cluster 2-D histograms with the
     outlier layer (``density_histograms``), block by block."""
     from streamclust.estimators import pca_projection
-    from streamclust.viz import density_histograms
+    from streamclust.report.figures import density_histograms
 
     run = _run_group(work)
     hist = density_histograms(pca_projection(run.array(f"{name}/reduced"), 2), run.array(f"{name}/labels"),
@@ -621,7 +621,7 @@ def make_scale_store(src_store: str, name: str, dst: str, n_rows: int, seed: int
     """A one-set store of ``n_rows`` rows (``dst``): row i is row ``i % n_src`` of ``src_store``'s set
     ``name`` plus seeded Gaussian noise (5% of each column's spread), written block by block through
     ``CaseStore`` (never holding the rows).  An existing complete store is kept (its old runs dropped)."""
-    from streamclust.store import CaseStore
+    from streamclust.io.store import CaseStore
 
     src = CaseStore(src_store).descriptor(name)
     n_src, d = src.shape
@@ -653,7 +653,7 @@ def scale_streamclust(store: str, out: str, k: str = "2:15", memory: str = "1GB"
     """The streaming pipeline on a one-set store: ``run_study(report=False)`` -- StreamingPCA 128 -> 64
     with the reduced rows written, the k sweep with exact metrics and labels, the kNN outlier score of
     every row, profiles, results.csv and the saved model."""
-    from streamclust.study import run_study
+    from streamclust.study.driver import run_study
 
     res = run_study(store, out, k=k, memory=memory, random_state=SEED, report=False)
     return {name: {"k": r.k, "outliers": r.n_outliers} for name, r in res.sets.items()}

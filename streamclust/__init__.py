@@ -1,7 +1,7 @@
 """streamclust: cluster and screen very large sets of image descriptors out of core.
 
-Descriptors live in a chunked Zarr store (:mod:`streamclust.store`), converted
-once from the raw files (:mod:`streamclust.ingest`); streaming, scikit-learn
+Descriptors live in a chunked Zarr store (:mod:`streamclust.io.store`), converted
+once from the raw files (:mod:`streamclust.io.ingest`); streaming, scikit-learn
 style estimators (:mod:`streamclust.estimators`) read them block by block with
 Dask in bounded memory; :func:`run_study` runs the whole study and
 :class:`DescriptorSetModel` labels new data.
@@ -18,13 +18,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CaseStore": "store",
-    "convert_case": "ingest",
-    "open_source": "ingest",
-    "run_study": "study",
-    "assign_new": "assign",
-    "DescriptorSetModel": "model",
-    "drift_report": "model",
+    "CaseStore": "io.store",
+    "convert_case": "io.ingest",
+    "open_source": "io.ingest",
+    "run_study": "study.driver",
+    "assign_new": "model.assign",
+    "DescriptorSetModel": "model.descriptor_model",
+    "drift_report": "model.descriptor_model",
     "StreamingPCA": "estimators",
     "StreamingScaler": "estimators",
     "StreamingKMeans": "estimators",

@@ -9,10 +9,10 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from ._scheduler import SCHEDULER_HELP, use_scheduler
-from ._urls import is_url
-from .errors import StreamclustError
+from streamclust import __version__
+from streamclust.core.scheduler import SCHEDULER_HELP, use_scheduler
+from streamclust.core.urls import is_url
+from streamclust.errors import StreamclustError
 
 __all__ = ["main", "build_parser"]
 
@@ -183,7 +183,7 @@ def _components(text: str) -> int | float:
 
 
 def _run_convert(args: argparse.Namespace, say) -> None:
-    from .ingest import convert_case
+    from streamclust.io.ingest import convert_case
 
     t0 = time.perf_counter()
     store = convert_case(args.case_dir, args.out, descriptors=dict(args.descriptor or []) or None,
@@ -200,7 +200,7 @@ def _run_convert(args: argparse.Namespace, say) -> None:
 
 def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=None, images=None,
                outlier_truth=None) -> None:
-    from .study import run_study
+    from streamclust.study.driver import run_study
 
     result = run_study(
         store or args.store, out or args.out,
@@ -223,7 +223,7 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
 
 
 def _run_assign(args: argparse.Namespace, say) -> int:
-    from .assign import assign_new
+    from streamclust.model.assign import assign_new
 
     result = assign_new(args.model, args.new_input, args.out, paths_csv=args.paths, memory=args.memory,
                         allow_restricted_pickle=args.allow_restricted_pickle, progress=not args.quiet)
@@ -234,8 +234,8 @@ def _run_assign(args: argparse.Namespace, say) -> int:
 
 
 def _run_demo(args: argparse.Namespace, say) -> None:
-    from .datasets import make_demo_case
-    from .ingest import convert_case
+    from streamclust.datasets.synthetic import make_demo_case
+    from streamclust.io.ingest import convert_case
 
     case = args.out / "case"
     t0 = time.perf_counter()

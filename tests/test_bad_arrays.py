@@ -13,18 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamclust import ingest
+from streamclust.io import ingest
 from streamclust.cli import main
 from streamclust.errors import InputError, StoreError
 from streamclust.estimators import StreamingKMeans, StreamingPCA, StreamingScaler
-from streamclust.ingest import (
+from streamclust.io.ingest import (
     _DroppedRows,
     convert_case,
     dropped_rows_report_path,
     open_source,
     read_paths_csv,
 )
-from streamclust.store import CaseStore
+from streamclust.io.store import CaseStore
 
 
 def _case(root, arrays: dict[str, np.ndarray], n_paths: int | None = None) -> list[str]:
@@ -285,7 +285,7 @@ def test_fewer_rows_than_k_is_named(tmp_path):
         StreamingKMeans(n_clusters=8).fit(X)
     _case(tmp_path / "case", {"a": X.astype(np.float32)})
     convert_case(tmp_path / "case", tmp_path / "s.zarr")
-    from streamclust.study import run_study
+    from streamclust.study.driver import run_study
 
     with pytest.raises(InputError, match="n_samples=5 should be >= n_clusters=8"):
         run_study(tmp_path / "s.zarr", tmp_path / "out", k="2:8", report=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from streamclust._blocks import block_rows_for, iter_blocks, map_blocks_reduce, parse_memory
+from streamclust.core.blocks import block_rows_for, iter_blocks, map_blocks_reduce, parse_memory
 from streamclust.errors import MemoryBudgetError
 
 

@@ -1,4 +1,4 @@
-"""Tests of the demo case generator (streamclust.datasets)."""
+"""Tests of the demo case generator (streamclust.datasets.synthetic)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
-from streamclust.datasets import (
+from streamclust.datasets.synthetic import (
     COLORS,
     DESCRIPTOR_DIMS,
     MODELS,

@@ -20,7 +20,7 @@ class CountingArray:
     """Read-only numpy-like 2-D array that counts the rows read through ``__getitem__``.
 
     It has ``shape``, ``dtype``, ``ndim`` and ``chunks`` (like a Zarr array),
-    so :func:`streamclust._blocks.as_dask` wraps it with ``da.from_array`` and
+    so :func:`streamclust.core.blocks.as_dask` wraps it with ``da.from_array`` and
     every block read goes through ``__getitem__``.
     """
 

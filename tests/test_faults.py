@@ -22,13 +22,13 @@ import zarr
 import zarr.storage._local as zarr_local
 
 import streamclust
-from streamclust import study as study_module
+from streamclust.study.driver import driver as study_module
 from streamclust.cli import main
-from streamclust.datasets import make_demo_case
+from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import StoreError
-from streamclust.ingest import convert_case, open_source
-from streamclust.store import CaseStore
-from streamclust.study import run_study
+from streamclust.io.ingest import convert_case, open_source
+from streamclust.io.store import CaseStore
+from streamclust.study.driver import run_study
 
 _ENV = {**os.environ, "PYTHONPATH": str(Path(streamclust.__file__).resolve().parents[1])}
 
@@ -73,7 +73,7 @@ def _case(root: Path, n: int = 4096) -> dict[str, np.ndarray]:
 
 _SLOW_CONVERT = """
 import sys, time
-from streamclust import ingest
+from streamclust.io import ingest
 read = ingest._NpySource.read_rows
 ingest._NpySource.read_rows = lambda self, a, b: (time.sleep(0.05), read(self, a, b))[1]  # a slow disk
 ingest.convert_case(sys.argv[1], sys.argv[2], memory="16MB")
@@ -166,7 +166,7 @@ def _assert_earlier_run_intact(store: CaseStore, run_id: str) -> None:
 
 _KILLABLE_STUDY = """
 import sys, time
-from streamclust import study
+from streamclust.study.driver import driver as study
 labels = study._store_labels
 def slow_labels(*args, **kwargs):  # the study is killed while it labels (or before)
     time.sleep(60)
@@ -262,7 +262,7 @@ _RUN_WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from streamclust.store import CaseStore
+from streamclust.io.store import CaseStore
 store_path, tag, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)
@@ -314,7 +314,7 @@ def test_runs_group_created_by_another_study_meanwhile(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_real_studies_at_once_on_one_store(small_case, tmp_path):
-    code = ("import sys; from streamclust.study import run_study; "
+    code = ("import sys; from streamclust.study.driver import run_study; "
             "r = run_study(sys.argv[1], sys.argv[2], descriptors=['vdc_color'], k='3:4', n_components=8, "
             "report=False); print(r.run_id)")
     known = {r.run_id for r in CaseStore(small_case / "case.zarr").runs(include_incomplete=True)}

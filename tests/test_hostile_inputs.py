@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamclust._pickle_stream import open_pickled_array
+from streamclust.io.pickle_stream import open_pickled_array
 from streamclust.cli import main
 from streamclust.errors import InputError, UnsafePickleError
-from streamclust.ingest import open_source
-from streamclust.store import CaseStore
+from streamclust.io.ingest import open_source
+from streamclust.io.store import CaseStore
 
 
 class _Call:

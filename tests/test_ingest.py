@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from streamclust.errors import InputError, StoreError
-from streamclust.ingest import convert_case, open_source, read_paths_csv
-from streamclust.store import CaseStore
+from streamclust.io.ingest import convert_case, open_source, read_paths_csv
+from streamclust.io.store import CaseStore
 
 
 def _write_case(root, arrays: dict[str, np.ndarray], fmt: str = "npy", n_paths: int | None = None):

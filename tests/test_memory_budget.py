@@ -7,11 +7,11 @@ import re
 import pytest
 
 from streamclust.cli import main
-from streamclust.datasets import make_demo_case
+from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import MemoryBudgetError
-from streamclust.ingest import convert_case
-from streamclust.store import CaseStore
-from streamclust.study import LIBRARY_BASELINE, _block_budget, run_study
+from streamclust.io.ingest import convert_case
+from streamclust.io.store import CaseStore
+from streamclust.study.driver import LIBRARY_BASELINE, _block_budget, run_study
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamclust.assign import assign_new
-from streamclust.datasets import load_truth, make_demo_case
+from streamclust.model.assign import assign_new
+from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import StoreError
-from streamclust.ingest import convert_case, open_source
-from streamclust.model import DescriptorSetModel, drift_report
-from streamclust.study import run_study
+from streamclust.io.ingest import convert_case, open_source
+from streamclust.model.descriptor_model import DescriptorSetModel, drift_report
+from streamclust.study.driver import run_study
 
 SET = "osnet"
 

@@ -1,4 +1,4 @@
-"""Tests of streamclust.montage: safe image reading, row picking, montages."""
+"""Tests of streamclust.report.montage: safe image reading, row picking, montages."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import zarr
 from PIL import Image
 
 from streamclust.errors import InputError
-from streamclust.montage import (
+from streamclust.report.montage import (
     ImageSource,
     UnsafePathError,
     ZipImageSource,

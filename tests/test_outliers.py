@@ -303,9 +303,9 @@ def test_warm_up_and_small_reference_warns():
 def demo_scores(tmp_path_factory):
     """AUCs on a small demo case: osnet and efficientnet-b7 descriptors, L2-normalised
     and reduced by PCA(32); ours (LOF-style and mean kNN distance, k=20) and exact LOF."""
-    from streamclust import datasets
+    from streamclust.datasets.synthetic import synthetic as datasets
     if not hasattr(datasets, "make_demo_case"):
-        pytest.skip("streamclust.datasets.make_demo_case not available")
+        pytest.skip("streamclust.datasets.synthetic.make_demo_case not available")
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import normalize
 

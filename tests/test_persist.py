@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamclust.errors import StoreError
-from streamclust.persist import load_model_dir, save_model_dir
+from streamclust.io.persist import load_model_dir, save_model_dir
 
 
 @pytest.fixture

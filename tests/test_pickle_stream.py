@@ -1,4 +1,4 @@
-"""Tests of streamclust._pickle_stream: pickled arrays read without unpickling."""
+"""Tests of streamclust.io.pickle_stream: pickled arrays read without unpickling."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamclust._pickle_stream import open_pickled_array, write_pickled_array
+from streamclust.io.pickle_stream import open_pickled_array, write_pickled_array
 from streamclust.errors import InputError, UnsafePickleError
 
 SHAPE = (37, 11)

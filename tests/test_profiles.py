@@ -15,10 +15,10 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from sklearn.preprocessing import normalize
 
-from streamclust import profiles
-from streamclust.datasets import COLORS, DESCRIPTOR_DIMS, TYPES, load_truth, make_demo_case
+from streamclust.analysis import profiles
+from streamclust.datasets.synthetic import COLORS, DESCRIPTOR_DIMS, TYPES, load_truth, make_demo_case
 from streamclust.errors import InputError
-from streamclust.profiles import (
+from streamclust.analysis.profiles import (
     cluster_spread,
     compare_sets,
     contingency_scores,

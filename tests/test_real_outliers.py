@@ -1,4 +1,4 @@
-"""Outlier screening on REAL images with real anomalies (streamclust.real_case).
+"""Outlier screening on REAL images with real anomalies (streamclust.datasets.real).
 
 A small real case: 4,000 Fashion-MNIST photos (Debian's dataset-fashion-mnist), two shots
 each, plus 1 % real anomalies (scikit-learn's handwritten digits, matplotlib's font glyphs,
@@ -23,9 +23,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import LocalOutlierFactor
 
 from streamclust.errors import InputError
-from streamclust.ingest import convert_case
-from streamclust.real_case import OOD_KINDS, load_fashion_mnist, load_real_truth, make_real_case
-from streamclust.study import run_study
+from streamclust.io.ingest import convert_case
+from streamclust.datasets.real import OOD_KINDS, load_fashion_mnist, load_real_truth, make_real_case
+from streamclust.study.driver import run_study
 
 SETS = ("pixels", "hog")
 

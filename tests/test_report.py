@@ -1,4 +1,4 @@
-"""Tests of streamclust.report: a report built from a small demo case, checked as
+"""Tests of streamclust.report.html: a report built from a small demo case, checked as
 HTML and rendered in headless Chromium (no console errors, every image loaded)."""
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from sklearn.metrics import (
 from sklearn.neighbors import LocalOutlierFactor
 from threadpoolctl import threadpool_limits
 
-from streamclust.datasets import load_truth, make_demo_case
+from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import InputError
 from streamclust.estimators.projection import pca_projection
-from streamclust.montage import ImageSource, montage, pick_montage_rows, top_outlier_rows
-from streamclust.report import (
+from streamclust.report.montage import ImageSource, montage, pick_montage_rows, top_outlier_rows
+from streamclust.report.html import (
     ClusterCard,
     ComparisonTable,
     OutlierInfo,
@@ -39,7 +39,7 @@ from streamclust.report import (
     describe_cluster,
     write_report,
 )
-from streamclust.viz import (
+from streamclust.report.figures import (
     density_histograms,
     render_density_overview,
     render_metrics_vs_k,
@@ -67,7 +67,7 @@ def _profile(truth: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
 
 def _study_set(name: str, X: np.ndarray, truth: pd.DataFrame, source: ImageSource, files: Path,
                report_files: Path) -> tuple[SetReport, np.ndarray]:
-    """A small in-memory study of one set, drawn with streamclust.viz / montage."""
+    """A small in-memory study of one set, drawn with streamclust.report.figures / montage."""
     reduced = PCA(n_components=16, random_state=0).fit_transform(
         X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     rows, models = [], {}

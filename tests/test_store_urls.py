@@ -13,14 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamclust._urls import is_url
-from streamclust.assign import assign_new
+from streamclust.core.urls import is_url
+from streamclust.model.assign import assign_new
 from streamclust.cli import _store_arg, main
-from streamclust.datasets import make_demo_case
+from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import InputError, StoreError
-from streamclust.ingest import convert_case, dropped_rows_report_path
-from streamclust.store import CaseStore
-from streamclust.study import run_study
+from streamclust.io.ingest import convert_case, dropped_rows_report_path
+from streamclust.io.store import CaseStore
+from streamclust.study.driver import run_study
 
 STUDY = {"k": "3:4", "n_components": 8, "algorithms": ["kmeans"], "report": False, "random_state": 0,
          "descriptors": ["osnet", "vdc_color"]}
@@ -156,7 +156,7 @@ def test_a_store_at_the_root_of_a_bucket_has_no_place_for_a_report():
 
 
 def test_a_memory_store_is_refused_on_a_cluster(monkeypatch, memory_url):
-    from streamclust import store as store_module
+    from streamclust.io import store as store_module
 
     monkeypatch.setattr(store_module, "active_client", lambda: object())
     with pytest.raises(StoreError, match="memory:// store lives in this process only"):

@@ -8,13 +8,13 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
 
-from streamclust import study as study_module
-from streamclust.datasets import make_demo_case, load_truth
-from streamclust.ingest import convert_case
-from streamclust.persist import load_model_dir
-from streamclust.store import CaseStore
+from streamclust.study.driver import driver as study_module
+from streamclust.datasets.synthetic import make_demo_case, load_truth
+from streamclust.io.ingest import convert_case
+from streamclust.io.persist import load_model_dir
+from streamclust.io.store import CaseStore
 from streamclust.errors import InputError
-from streamclust.study import choose_k, parse_k_range, parse_mix, run_study
+from streamclust.study.driver import choose_k, parse_k_range, parse_mix, run_study
 
 N_ROWS = 3000
 K = "4:9"
@@ -186,7 +186,7 @@ def test_lof_option_and_known_outliers_are_judged(demo, tmp_path):
 
 
 def test_outlier_truth_errors_name_the_file_and_row(demo, tmp_path):
-    from streamclust.study import read_outlier_truth
+    from streamclust.study.driver import read_outlier_truth
 
     root, _, truth = demo
     ids = truth["path"].to_numpy()
@@ -268,7 +268,7 @@ def test_mixture_balancing_gives_each_member_its_weight_share(mixed):
 
 
 def test_mixture_model_labels_new_rows_from_the_member_descriptors(mixed):
-    from streamclust.model import DescriptorSetModel
+    from streamclust.model.descriptor_model import DescriptorSetModel
 
     root, result, _ = mixed
     store = CaseStore(root / "case.zarr")
@@ -281,7 +281,7 @@ def test_mixture_model_labels_new_rows_from_the_member_descriptors(mixed):
 
 
 def test_assign_a_mixture_from_a_case_folder(mixed, tmp_path):
-    from streamclust.assign import assign_new
+    from streamclust.model.assign import assign_new
 
     root, result, _ = mixed
     assign_new(result.sets[MIX].model_dir, root / "case", tmp_path / "new.csv")

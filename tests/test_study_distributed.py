@@ -13,13 +13,13 @@ import pytest
 from dask.utils import key_split
 
 from streamclust.cli import main
-from streamclust.datasets import make_demo_case
+from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import InputError, SchedulerError
-from streamclust.estimators import _utils
-from streamclust.ingest import convert_case
-from streamclust.store import CaseStore, RunGroup
-from streamclust.study import run_study
-from streamclust._scheduler import parse_scheduler
+from streamclust.estimators import blockwise as _utils
+from streamclust.io.ingest import convert_case
+from streamclust.io.store import CaseStore, RunGroup
+from streamclust.study.driver import run_study
+from streamclust.core.scheduler import parse_scheduler
 
 N_ROWS = 2000
 SETS = ["efficientnet-b7", "osnet", "vdc_color", "vdc_type"]
@@ -202,7 +202,7 @@ def test_every_command_teaches_scheduler(command, capsys):
 
 
 def test_unreachable_scheduler_is_one_clear_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("streamclust._scheduler.CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr("streamclust.core.scheduler.CONNECT_TIMEOUT", 1)
     status = main(["study", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "o"), "--quiet",
                    "--scheduler", "tcp://127.0.0.1:9"])
     err = capsys.readouterr().err
@@ -229,7 +229,7 @@ def test_block_function_is_sent_once_per_worker(client):
 
     import cloudpickle
 
-    from streamclust._blocks import map_blocks_reduce
+    from streamclust.core.blocks import map_blocks_reduce
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
     try:
@@ -242,7 +242,7 @@ def test_block_function_is_sent_once_per_worker(client):
 
 @pytest.mark.distributed
 def test_assign_on_a_cluster_equals_the_threaded_assign(case, client):
-    from streamclust.assign import assign_new
+    from streamclust.model.assign import assign_new
 
     root, reference = case
     model = reference.sets["osnet"].model_dir

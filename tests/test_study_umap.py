@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from streamclust.cli import main
-from streamclust.datasets import make_demo_case
+from streamclust.datasets.synthetic import make_demo_case
 from streamclust.estimators import warm_up_umap
 from streamclust.estimators.projection import _UNCACHED_UMAP_KERNELS, _cache_umap_kernels
-from streamclust.ingest import convert_case
-from streamclust.store import CaseStore
-from streamclust.study import run_study
+from streamclust.io.ingest import convert_case
+from streamclust.io.store import CaseStore
+from streamclust.study.driver import run_study
 
 from test_report import _check_page
 

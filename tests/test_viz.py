@@ -1,4 +1,4 @@
-"""Tests of streamclust.viz and streamclust.estimators.projection."""
+"""Tests of streamclust.report.figures and streamclust.estimators.projection."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from streamclust.errors import InputError
 from streamclust.estimators.projection import SampledUMAP, pca_projection, umap_available
-from streamclust.viz import (
+from streamclust.report.figures import (
     DensityHistograms,
     density_histograms,
     projection_extent,

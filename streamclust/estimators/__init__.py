@@ -1,20 +1,20 @@
-"""Streaming, scikit-learn-style estimators over row blocks (see :mod:`streamclust._blocks`).
+"""Streaming, scikit-learn-style estimators over row blocks (see :mod:`streamclust.core.blocks`).
 
 Every estimator reads numpy, Zarr or Dask arrays block by block under a memory
 budget; ``transform``/``predict`` return numpy for in-memory input and lazy
 Dask arrays otherwise.
 """
 
-from .kmeans import StreamingKMeans, kmeans_sweep
-from .metrics import cluster_metrics, sampled_silhouette, silhouette_sample, sweep_metrics
-from .outliers import KNNOutlierDetector, warm_up
-from .screening import RobustZScreen
-from .projection import SampledUMAP, pca_projection, warm_up_umap
-from .hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
-from .mixture import StreamingGaussianMixture
-from .density import SampledHDBSCAN
-from .preprocessing import StreamingPCA, StreamingScaler, l2_normalize
-from .mixing import VarianceBalancer
+from streamclust.estimators.kmeans import StreamingKMeans, kmeans_sweep
+from streamclust.estimators.metrics import cluster_metrics, sampled_silhouette, silhouette_sample, sweep_metrics
+from streamclust.estimators.outliers import KNNOutlierDetector, warm_up
+from streamclust.estimators.screening import RobustZScreen
+from streamclust.estimators.projection import SampledUMAP, pca_projection, warm_up_umap
+from streamclust.estimators.hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
+from streamclust.estimators.mixture import StreamingGaussianMixture
+from streamclust.estimators.density import SampledHDBSCAN
+from streamclust.estimators.preprocessing import StreamingPCA, StreamingScaler, l2_normalize
+from streamclust.estimators.mixing import VarianceBalancer
 
 __all__ = [
     "StreamingPCA",

@@ -60,9 +60,9 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .._blocks import iter_blocks, map_blocks_reduce, parse_memory
-from ._utils import check_finite, check_X, resolve_block_rows, rows_outside, take_rows, to_blockable
-from .outliers import _QUERY_LOCK  # the one process-wide lock for pynndescent queries (see there)
+from streamclust.core.blocks import iter_blocks, map_blocks_reduce, parse_memory
+from streamclust.estimators.blockwise import check_finite, check_X, resolve_block_rows, rows_outside, take_rows, to_blockable
+from streamclust.estimators.outliers import _QUERY_LOCK  # the one process-wide lock for pynndescent queries (see there)
 
 __all__ = ["SampledHDBSCAN", "hdbscan_mst"]
 

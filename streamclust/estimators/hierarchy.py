@@ -71,10 +71,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from .._blocks import iter_blocks, parse_memory
-from ..errors import MemoryBudgetError
-from ._utils import check_finite, check_X, float_dtype, fold_blocks, resolve_block_rows, map_rows
-from .kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
+from streamclust.core.blocks import iter_blocks, parse_memory
+from streamclust.errors import MemoryBudgetError
+from streamclust.estimators.blockwise import check_finite, check_X, float_dtype, fold_blocks, resolve_block_rows, map_rows
+from streamclust.estimators.kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
 
 __all__ = [
     "MicroClusterAgglomerative",

@@ -30,8 +30,8 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .._blocks import iter_blocks, parse_memory
-from ._utils import (
+from streamclust.core.blocks import iter_blocks, parse_memory
+from streamclust.estimators.blockwise import (
     check_finite,
     column_moments,
     merge_moments,
@@ -442,7 +442,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     inertia (cheap, and it makes bad local optima rarer and the full-data
     passes fewer); then come exact Lloyd iterations over all rows.  Every
     iteration is ONE parallel pass over the blocks
-    (via :func:`streamclust._blocks.map_blocks_reduce`) accumulating
+    (via :func:`streamclust.core.blocks.map_blocks_reduce`) accumulating
     per-cluster counts and sums for all starts at once.  A start stops when the
     squared centre shift is ``<= tol * mean(var(X))`` (scikit-learn's rule) or
     after ``max_iter`` iterations; its final inertia is then measured exactly

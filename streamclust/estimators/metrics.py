@@ -28,9 +28,9 @@ from sklearn.metrics import silhouette_score
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
-from .._blocks import parse_memory
-from ._utils import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
-from .kmeans import _assign_many, _prep_centers, _shifted, _sub_rows
+from streamclust.core.blocks import parse_memory
+from streamclust.estimators.blockwise import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
+from streamclust.estimators.kmeans import _assign_many, _prep_centers, _shifted, _sub_rows
 
 __all__ = ["cluster_metrics", "sweep_metrics", "sampled_silhouette", "silhouette_sample"]
 

@@ -19,8 +19,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._utils import check_X, float_dtype, map_rows, resolve_block_rows
-from .preprocessing import StreamingScaler
+from streamclust.estimators.blockwise import check_X, float_dtype, map_rows, resolve_block_rows
+from streamclust.estimators.preprocessing import StreamingScaler
 
 __all__ = ["VarianceBalancer"]
 

@@ -2,8 +2,8 @@
 
 :class:`StreamingGaussianMixture` runs the same EM as scikit-learn's
 ``GaussianMixture`` on arrays that do not fit in memory.  Each EM iteration is ONE
-parallel pass over the row blocks (:func:`streamclust._blocks.map_blocks_reduce`,
-via :func:`streamclust.estimators._utils.fold_blocks`): every block computes the
+parallel pass over the row blocks (:func:`streamclust.core.blocks.map_blocks_reduce`,
+via :func:`streamclust.estimators.blockwise.fold_blocks`): every block computes the
 responsibilities of its rows under the current parameters (E-step) and returns only
 their sufficient statistics -- per component ``N_k = sum_i r_ik``,
 ``sum_i r_ik (x_i - c_k)`` and ``sum_i r_ik (x_i - c_k)(x_i - c_k)^T`` (its diagonal
@@ -47,8 +47,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from ._utils import check_finite, check_X, fold_blocks, resolve_block_rows, take_rows, map_rows
-from .kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
+from streamclust.estimators.blockwise import check_finite, check_X, fold_blocks, resolve_block_rows, take_rows, map_rows
+from streamclust.estimators.kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
 
 __all__ = ["StreamingGaussianMixture"]
 

@@ -87,9 +87,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from .._blocks import block_rows_for, map_blocks_reduce, parse_memory
-from ..errors import MemoryBudgetError, StreamclustWarning
-from ._utils import check_X, chunk_rows_of, rows_outside, take_rows, to_blockable
+from streamclust.core.blocks import block_rows_for, map_blocks_reduce, parse_memory
+from streamclust.errors import MemoryBudgetError, StreamclustWarning
+from streamclust.estimators.blockwise import check_X, chunk_rows_of, rows_outside, take_rows, to_blockable
 
 __all__ = ["KNNOutlierDetector", "warm_up", "index_nbytes", "RECALL_TARGET"]
 

@@ -1,7 +1,7 @@
 """Streaming preprocessing: L2 normalisation, standard scaling and PCA.
 
 All estimators follow scikit-learn's conventions and read the data block by
-block (see :mod:`streamclust._blocks`), so they work on numpy arrays as well as
+block (see :mod:`streamclust.core.blocks`), so they work on numpy arrays as well as
 on Zarr or Dask arrays much larger than memory.
 
 * :class:`StreamingScaler` -- streaming mean/variance (Chan's parallel merge in
@@ -29,8 +29,8 @@ from sklearn.base import (
 from sklearn.decomposition import IncrementalPCA
 from sklearn.utils.validation import check_is_fitted
 
-from .._blocks import iter_blocks
-from ._utils import (
+from streamclust.core.blocks import iter_blocks
+from streamclust.estimators.blockwise import (
     check_finite,
     column_moments,
     merge_moments,

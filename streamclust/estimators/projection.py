@@ -77,11 +77,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from .._blocks import iter_blocks
-from ._utils import check_data, check_X, resolve_block_rows, take_rows, to_blockable
+from streamclust.core.blocks import iter_blocks
+from streamclust.estimators.blockwise import check_data, check_X, resolve_block_rows, take_rows, to_blockable
 
 # one process-wide lock for every pynndescent query; the same deterministic index build
-from .outliers import _QUERY_LOCK, _build_index, _cache_build_kernels, _cache_kernels
+from streamclust.estimators.outliers import _QUERY_LOCK, _build_index, _cache_build_kernels, _cache_kernels
 
 __all__ = ["pca_projection", "SampledUMAP", "umap_available", "warm_up_umap", "EXACT_KNN_MAX_SAMPLE"]
 
@@ -201,7 +201,7 @@ def pca_projection(
     """
     k = _check_n_components(n_components)
     if fit:
-        from .preprocessing import StreamingPCA
+        from streamclust.estimators.preprocessing import StreamingPCA
 
         pca = StreamingPCA(n_components=k, l2_normalize=False, memory=memory, block_rows=block_rows)
         return pca.fit(reduced).transform(reduced)

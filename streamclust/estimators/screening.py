@@ -53,7 +53,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from .._blocks import parse_memory
+from streamclust.core.blocks import parse_memory
 
 __all__ = ["RobustZScreen", "screen_scores", "evidence_rows", "DEFAULT_Z_THRESHOLD", "LOG_FLOOR"]
 

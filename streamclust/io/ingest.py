@@ -4,7 +4,7 @@ Formats (chosen by extension):
 
 ========================  ==========================================================
 ``.pickle``, ``.pkl``     one pickled 2-D ndarray, parsed and streamed without
-                          unpickling (:mod:`streamclust._pickle_stream`); other
+                          unpickling (:mod:`streamclust.io.pickle_stream`); other
                           pickles only with ``allow_restricted_pickle=True``
 ``.npy``                  memory-mapped
 ``.npz``                  one member (``file.npz:key`` picks it), streamed
@@ -37,13 +37,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._blocks import bound_heaps, parse_memory, rows_not_in
-from ._pickle_stream import open_pickled_array
-from ._scheduler import runs_on_scheduler
-from ._urls import is_url
-from .errors import InputError, StoreError, one_line
-from .persist import write_atomic
-from .store import CaseStore, disk_full_error, now_iso
+from streamclust.core.blocks import bound_heaps, parse_memory, rows_not_in
+from streamclust.io.pickle_stream import open_pickled_array
+from streamclust.core.scheduler import runs_on_scheduler
+from streamclust.core.urls import is_url
+from streamclust.errors import InputError, StoreError, one_line
+from streamclust.io.persist import write_atomic
+from streamclust.io.store import CaseStore, disk_full_error, now_iso
 
 __all__ = [
     "DESCRIPTOR_SUFFIXES",
@@ -753,7 +753,7 @@ def convert_case(
     scheduler: str | None = None,
     client: Any = None,
 ) -> CaseStore:
-    """Convert a case folder into a store (see :mod:`streamclust.store`).
+    """Convert a case folder into a store (see :mod:`streamclust.io.store`).
 
     Parameters
     ----------
@@ -783,7 +783,7 @@ def convert_case(
         (one more pass over a set, only when it has a bad value); the array's
         attributes record the means and the counts.
     scheduler : str, optional
-        ``"local:N"`` or a scheduler address (:mod:`streamclust._scheduler`),
+        ``"local:N"`` or a scheduler address (:mod:`streamclust.core.scheduler`),
         accepted so one setting serves every step of a pipeline.  Conversion
         itself runs in this process whatever the scheduler: the raw formats are
         read as sequential streams (pickle opcodes, CSV lines) and the store is

@@ -183,7 +183,7 @@ Rows are rendered in chunks of 512, each seeded by ``(seed, chunk index)``
 threads; the standardised features and the activation gain (325 float32,
 1.3 KB a row) are cached in a temporary file in `out_dir` (deleted at the
 end).  The four pickles are then written one after the other by
-:func:`streamclust._pickle_stream.write_pickled_array` from row blocks
+:func:`streamclust.io.pickle_stream.write_pickled_array` from row blocks
 projected from that cache (noise seeded per chunk), so each picture is
 rendered once and at most one block of one set, plus a few chunks of
 pictures, is in memory: peak resident memory stays around half a gigabyte
@@ -208,7 +208,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from streamclust.errors import InputError
 
 __all__ = [
     "DESCRIPTOR_DIMS",
@@ -1490,7 +1490,7 @@ def _write_case(out: pathlib.Path, n_rows: int, seed: int, images: bool,
     """The work of :func:`make_demo_case`, arguments checked."""
     from tqdm.auto import tqdm
 
-    from ._pickle_stream import write_pickled_array
+    from streamclust.io.pickle_stream import write_pickled_array
 
     plan = _make_plan(n_rows, seed, outlier_fraction)
     _write_text_files(plan, out)

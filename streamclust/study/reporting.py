@@ -2,12 +2,12 @@
 
 Reads the run arrays (reduced rows, labels, outlier scores and flags) block by
 block: density plots are 2-D histograms of the first two principal components
-of EVERY row (:mod:`streamclust.viz`) and, for a study run with ``umap=True``,
+of EVERY row (:mod:`streamclust.report.figures`) and, for a study run with ``umap=True``,
 of every row's stored UMAP position (``<set>/umap``), with a 3-D view of a
 sample of rows (first three principal components) beside; montages come straight from the image zip
-or folder (:mod:`streamclust.montage`, paths checked against the root), and the
+or folder (:mod:`streamclust.report.montage`, paths checked against the root), and the
 text comes from the cluster profiles and the set comparison
-(:mod:`streamclust.profiles`).  Everything is written under
+(:mod:`streamclust.analysis.profiles`).  Everything is written under
 ``OUT_DIR/report_files/`` next to ``OUT_DIR/report.html``.
 """
 
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .estimators import pca_projection
-from .montage import ImageSource, montage, pick_montage_rows
-from .report import ClusterCard, ComparisonTable, OutlierInfo, ReportData, SetReport, write_report
-from .viz import (
+from streamclust.estimators import pca_projection
+from streamclust.report.montage import ImageSource, montage, pick_montage_rows
+from streamclust.report.html import ClusterCard, ComparisonTable, OutlierInfo, ReportData, SetReport, write_report
+from streamclust.report.figures import (
     density_histograms,
     render_density_overview,
     render_metrics_vs_k,
@@ -34,8 +34,8 @@ from .viz import (
 )
 
 if TYPE_CHECKING:
-    from .store import CaseStore, RunGroup
-    from .study import StudyResult
+    from streamclust.io.store import CaseStore, RunGroup
+    from streamclust.study.driver import StudyResult
 
 __all__ = ["build_study_report"]
 
@@ -102,7 +102,7 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     outliers = OutlierInfo(res.n_outliers, res.outlier_rule, out_png,
                            top[[c for c in columns if c in top]].reset_index(drop=True),
                            score_name=SCORE_NAMES[res.outlier_score], known=_known_text(res.outlier_truth))
-    from .study import K_RULE, MIX_RULE
+    from streamclust.study.driver import K_RULE, MIX_RULE
 
     notes = []
     if res.mixture:
@@ -147,7 +147,7 @@ def build_study_report(result: StudyResult, store: CaseStore, *, images: str | o
         The command line to show under "how to reproduce".
     out_dir : path, optional
         Folder holding the study's ``outliers.csv`` and receiving the report
-        (default ``result.out_dir``; :func:`~streamclust.study.run_study` passes the
+        (default ``result.out_dir``; :func:`~streamclust.study.driver.run_study` passes the
         folder it stages its outputs in).
 
     Returns

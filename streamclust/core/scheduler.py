@@ -35,7 +35,7 @@ from asyncio import CancelledError
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import InputError, SchedulerError
+from streamclust.errors import InputError, SchedulerError
 
 if TYPE_CHECKING:  # distributed is an optional extra, imported on first use
     from distributed import Client
@@ -271,7 +271,7 @@ def map_ordered(func: Callable[[Any], T], items: Iterable[tuple[Any, Any]], *,
     func : callable ``(value) -> T``
         Picklable when a client is active.
     items : iterable of ``(key, value)``
-        E.g. ``(rows, block)`` pairs of :func:`streamclust._blocks.iter_blocks`.
+        E.g. ``(rows, block)`` pairs of :func:`streamclust.core.blocks.iter_blocks`.
     window : int
         Values submitted ahead of the one being yielded.
     """

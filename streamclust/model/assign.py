@@ -3,7 +3,7 @@
 ``NEW_INPUT`` may be a store (``.zarr`` folder, or an fsspec URL, which is always
 read as a store; the set named like the model), a case
 folder (``descriptors/<set>.*`` + ``images_paths.csv``), or one descriptor file
-in any format :func:`streamclust.ingest.open_source` reads (paths from
+in any format :func:`streamclust.io.ingest.open_source` reads (paths from
 ``--paths CSV``, else ``row:<i>``).  A mixture's model (``vdc_color+vdc_type``)
 reads its members' descriptors side by side, so it needs a store or a case
 folder holding every member set.  Rows are read in blocks; the output CSV
@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._blocks import block_rows_for, bound_heaps, iter_blocks
-from ._scheduler import map_ordered, runs_on_scheduler
-from ._urls import is_url
-from .errors import InputError
-from .ingest import discover_case, open_source, read_paths_csv
-from .model import DescriptorSetModel, DriftAccumulator, DriftReport
-from .store import CaseStore
+from streamclust.core.blocks import block_rows_for, bound_heaps, iter_blocks
+from streamclust.core.scheduler import map_ordered, runs_on_scheduler
+from streamclust.core.urls import is_url
+from streamclust.errors import InputError
+from streamclust.io.ingest import discover_case, open_source, read_paths_csv
+from streamclust.model.descriptor_model import DescriptorSetModel, DriftAccumulator, DriftReport
+from streamclust.io.store import CaseStore
 
 __all__ = ["AssignResult", "assign_new"]
 
@@ -45,7 +45,7 @@ class AssignResult:
 
 
 class _SourceRows:
-    """Row slicing over :class:`~streamclust.ingest.ArraySource` objects or arrays, side by side
+    """Row slicing over :class:`~streamclust.io.ingest.ArraySource` objects or arrays, side by side
     (for ``iter_blocks``; one part for a descriptor set, one per member for a mixture)."""
 
     def __init__(self, parts: list[Any]) -> None:
@@ -125,7 +125,7 @@ def assign_new(
     Parameters
     ----------
     scheduler : str, optional
-        ``"local:N"`` or a scheduler address; see :mod:`streamclust._scheduler`.
+        ``"local:N"`` or a scheduler address; see :mod:`streamclust.core.scheduler`.
     client : distributed.Client, optional
         An existing client instead of ``scheduler``.
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from streamclust.errors import InputError
 
 __all__ = [
     "ClusterCard",
@@ -136,9 +136,9 @@ class SetReport:
         One row per k (columns ``k``, ``silhouette``, ``calinski_harabasz``,
         ``davies_bouldin``, ``inertia``, ``chosen``, ... as in ``metrics.csv``).
     metrics_plot, density_overview, small_multiples : path, optional
-        PNGs (:mod:`streamclust.viz`).
+        PNGs (:mod:`streamclust.report.figures`).
     scatter3d : path, optional
-        Interactive 3-D view (:func:`streamclust.viz.write_scatter3d_html`).
+        Interactive 3-D view (:func:`streamclust.report.figures.write_scatter3d_html`).
     clusters : list of ClusterCard
     outliers : OutlierInfo, optional
     explained_variance : float, optional
@@ -487,7 +487,7 @@ def _cluster_card(assets: _Assets, set_slug: str, card: ClusterCard, color: str,
 
 def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
                  known: Mapping[str, str]) -> str:
-    from .viz import _hex, cluster_colors
+    from streamclust.report.figures import _hex, cluster_colors
 
     out = []
     badges = ""
@@ -577,7 +577,7 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
     Notes
     -----
     The swatch of a cluster card has the colour the cluster has in the
-    density pictures of :mod:`streamclust.viz` when the cards cover the same
+    density pictures of :mod:`streamclust.report.figures` when the cards cover the same
     clusters (colours go by rank of the sorted label values).
 
     Returns

@@ -3,8 +3,8 @@
 Input dispatch (in-memory numpy vs. out-of-core Zarr/Dask), validation with
 scikit-learn's conventions, block sizing, and the grouped block reduction that
 keeps the per-block results of one pass within the memory budget.  Every pass
-over the data still goes through :func:`streamclust._blocks.map_blocks_reduce`
-or :func:`streamclust._blocks.iter_blocks`.
+over the data still goes through :func:`streamclust.core.blocks.map_blocks_reduce`
+or :func:`streamclust.core.blocks.iter_blocks`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_array, validate_data
 from threadpoolctl import threadpool_limits
 
-from .._blocks import (
+from streamclust.core.blocks import (
     as_dask,
     block_rows_for,
     iter_blocks,
@@ -131,7 +131,7 @@ def resolve_block_rows(
     n_features: int, memory: Any, block_rows: Any, X: Any = None, **kwargs: Any
 ) -> int:
     """Rows per block: ``block_rows`` if given (validated) else sized from ``memory``
-    with :func:`streamclust._blocks.block_rows_for` (at most :data:`MAX_BLOCK_ROWS`)."""
+    with :func:`streamclust.core.blocks.block_rows_for` (at most :data:`MAX_BLOCK_ROWS`)."""
     if block_rows is not None:
         if not isinstance(block_rows, numbers.Integral) or isinstance(block_rows, bool) or block_rows < 1:
             raise ValueError(f"block_rows={block_rows!r} should be a positive integer or None.")
@@ -143,7 +143,7 @@ def resolve_block_rows(
 
 
 def to_blockable(X: Any, block_rows: int) -> Any:
-    """Dask view of ``X`` chunked in ``block_rows`` rows (:func:`streamclust._blocks.as_dask`)."""
+    """Dask view of ``X`` chunked in ``block_rows`` rows (:func:`streamclust.core.blocks.as_dask`)."""
     return as_dask(X, block_rows)
 
 

@@ -23,7 +23,7 @@ reduced rows.  This module turns them into something a person can read:
 
 Memory
 ------
-Labels, flags and scores are read in row blocks (:func:`streamclust._blocks.iter_blocks`);
+Labels, flags and scores are read in row blocks (:func:`streamclust.core.blocks.iter_blocks`);
 only the count tables (clusters x values) and fixed-size samples are kept.
 The metadata DataFrame is in memory (it is small: a few bytes per row and
 column once categorical).  :func:`compare_sets` reads reduced rows only
@@ -53,9 +53,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics.cluster import mutual_info_score
 
-from ._blocks import block_rows_for, iter_blocks, read_rows
-from .estimators._utils import take_rows
-from .errors import InputError
+from streamclust.core.blocks import block_rows_for, iter_blocks, read_rows
+from streamclust.estimators.blockwise import take_rows
+from streamclust.errors import InputError
 
 __all__ = [
     "ClusterProfiles",

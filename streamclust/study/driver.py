@@ -61,7 +61,7 @@ columns are the recommended set's), ``outliers.csv`` (the top outliers of each
 set with score, rank and flag), ``metrics.csv`` (one row per set x algorithm x
 k, with ``bic`` for gmm and ``noise_fraction`` for hdbscan), ``algorithms.csv``
 (``set, algorithm_a, algorithm_b, ari, ami``), ``cluster_<set>_<algorithm>``
-columns at the end of ``results.csv`` for the algorithms other than k-means, ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.persist`) and
+columns at the end of ``results.csv`` for the algorithms other than k-means, ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.io.persist`) and
 ``summary.json``.  They are written into ``out_dir/.partial-<run id>/`` and moved
 into ``out_dir`` (``summary.json`` last) only when everything is written, and the
 run in the store is marked complete after that: a study that fails or is killed
@@ -85,10 +85,10 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from ._blocks import block_nbytes, bound_heaps, parse_memory
-from ._scheduler import runs_on_scheduler
-from .errors import InputError, MemoryBudgetError
-from .estimators import (
+from streamclust.core.blocks import block_nbytes, bound_heaps, parse_memory
+from streamclust.core.scheduler import runs_on_scheduler
+from streamclust.errors import InputError, MemoryBudgetError
+from streamclust.estimators import (
     KNNOutlierDetector,
     SampledHDBSCAN,
     SampledUMAP,
@@ -103,11 +103,11 @@ from .estimators import (
     silhouette_sample,
     sweep_metrics,
 )
-from .estimators.screening import evidence_rows, screen_scores
-from .model import DescriptorSetModel, MixPreprocessing, distance_quantiles
-from .profiles import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
-from .persist import write_atomic
-from .store import CaseStore, RunGroup, disk_full_error
+from streamclust.estimators.screening import evidence_rows, screen_scores
+from streamclust.model.descriptor_model import DescriptorSetModel, MixPreprocessing, distance_quantiles
+from streamclust.analysis.profiles import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
+from streamclust.io.persist import write_atomic
+from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 
 __all__ = ["ALGORITHMS", "OUTLIER_NEIGHBORS", "OUTLIER_SCORES", "MixSpec", "outlier_index_neighbors", "SetResult", "StudyResult", "choose_k", "outlier_quality",
            "parse_algorithms", "parse_k_range", "parse_mix", "read_outlier_truth", "run_study"]
@@ -135,7 +135,7 @@ BEST_RULE = ("the (set, algorithm, k) with the highest sampled silhouette among 
 K_TIE_MARGIN = 0.01
 
 #: Resident memory a study holds besides its blocks, subtracted from ``memory`` before sizing them.
-#: Measured on the 416,314-row demo case (with :func:`~streamclust._blocks.bound_heaps`): 267 MiB
+#: Measured on the 416,314-row demo case (with :func:`~streamclust.core.blocks.bound_heaps`): 267 MiB
 #: after import, ~530 MiB once numba has compiled the kNN index's kernels and between sets.
 LIBRARY_BASELINE = 600 << 20
 
@@ -862,7 +862,7 @@ def run_study(
     Parameters
     ----------
     store_path : path or str
-        A store written by :func:`streamclust.ingest.convert_case`: its folder or fsspec URL.
+        A store written by :func:`streamclust.io.ingest.convert_case`: its folder or fsspec URL.
     out_dir : path
         Folder for ``results.csv``, ``metrics.csv``, ``models/``, ``summary.json``.
     descriptors : list of str, optional
@@ -880,11 +880,11 @@ def run_study(
     metadata : path, optional
         Per-image attributes (VeRi-Wild ``vehicle_info.txt``, or a CSV/Parquet with
         a path column): cluster profiles, sentences and the set recommendation use
-        them (:mod:`streamclust.profiles`).
+        them (:mod:`streamclust.analysis.profiles`).
     images : path, optional
         ``images.zip`` or an image folder for the report's montages.
     report : bool
-        Write ``report.html`` (:mod:`streamclust.study_report`).
+        Write ``report.html`` (:mod:`streamclust.study.reporting`).
     outlier_neighbors : int
         ``k`` of the kNN outlier scores (default 50: at 416k rows the reference sample holds a
         quarter of the rows, and groups of look-alike anomalies of a few hundred rows hid from
@@ -939,7 +939,7 @@ def run_study(
         Where the parallel passes run: ``"local:N"`` starts ``N`` worker
         processes for the call, ``"tcp://host:port"`` uses a running scheduler
         whose workers can read ``store_path`` (a path or URL they all see);
-        default: Dask's threads (see :mod:`streamclust._scheduler`).  On a
+        default: Dask's threads (see :mod:`streamclust.core.scheduler`).  On a
         cluster the parallel passes (PCA statistics, transform, labelling,
         metric statistics, outlier scoring, histograms) run on the workers and
         the sequential ones (k-means ``partial_fit``, the kNN index build) here;
@@ -1073,7 +1073,7 @@ def run_study(
         _write_results_csv(stage / "results.csv", store.ids, columns)
         write_atomic(stage / "outliers.csv", pd.concat(top_outliers, ignore_index=True).to_csv(index=False))
         if report:
-            from .study_report import build_study_report
+            from streamclust.study.reporting import build_study_report
 
             page = build_study_report(result, store, images=images, memory=budget, out_dir=stage)
             log(f"report: {out / page.name}")

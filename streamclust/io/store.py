@@ -31,10 +31,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import __version__
-from ._scheduler import active_client
-from ._urls import is_url
-from .errors import StoreError, one_line
+from streamclust import __version__
+from streamclust.core.scheduler import active_client
+from streamclust.core.urls import is_url
+from streamclust.errors import StoreError, one_line
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -45,9 +45,9 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from ._blocks import as_dask, block_rows_for
-from .errors import InputError
-from .estimators._utils import fold_blocks, is_lazy, take_rows
+from streamclust.core.blocks import as_dask, block_rows_for
+from streamclust.errors import InputError
+from streamclust.estimators.blockwise import fold_blocks, is_lazy, take_rows
 
 __all__ = [
     "DensityHistograms",

@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from ._blocks import as_dask, block_rows_for
-from .errors import InputError
-from .estimators._utils import fold_blocks
+from streamclust.core.blocks import as_dask, block_rows_for
+from streamclust.errors import InputError
+from streamclust.estimators.blockwise import fold_blocks
 
 __all__ = [
     "UnsafePathError",

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import StoreError
+from streamclust import __version__
+from streamclust.errors import StoreError
 
 __all__ = ["MODEL_FORMAT_VERSION", "save_model_dir", "load_model_dir", "write_atomic"]
 

@@ -76,7 +76,7 @@ from typing import BinaryIO
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .errors import InputError, UnsafePickleError
+from streamclust.errors import InputError, UnsafePickleError
 
 __all__ = [
     "PickledArray",

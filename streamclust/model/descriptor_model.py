@@ -5,7 +5,7 @@ the preprocessing (:class:`~streamclust.estimators.StreamingPCA`), the chosen
 k-means centres, the kNN outlier detector's reference sample, densities and
 threshold, the cluster sentences, and a drift reference (training cluster
 shares, outlier rate and quantiles of the distance to the assigned centre).  It
-is saved as arrays + JSON (:mod:`streamclust.persist`; never pickle) and loaded
+is saved as arrays + JSON (:mod:`streamclust.io.persist`; never pickle) and loaded
 with every array's SHA-256 checked.
 
 :meth:`DescriptorSetModel.assign` labels numpy blocks, or Zarr/Dask arrays
@@ -35,10 +35,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .errors import StoreError
-from .estimators import KNNOutlierDetector, RobustZScreen, StreamingKMeans, StreamingPCA, VarianceBalancer
-from .estimators.outliers import _build_index
-from .persist import load_model_dir, save_model_dir
+from streamclust.errors import StoreError
+from streamclust.estimators import KNNOutlierDetector, RobustZScreen, StreamingKMeans, StreamingPCA, VarianceBalancer
+from streamclust.estimators.outliers import _build_index
+from streamclust.io.persist import load_model_dir, save_model_dir
 
 __all__ = ["DescriptorSetModel", "MixPreprocessing", "DriftReport", "DriftAccumulator", "drift_report",
            "distance_quantiles", "MODEL_KIND"]

@@ -1,6 +1,6 @@
 """A case of REAL images with real out-of-distribution rows, laid out like the IntelliVision case.
 
-The demo case (:mod:`streamclust.datasets`) is synthetic: what it proves about
+The demo case (:mod:`streamclust.datasets.synthetic`) is synthetic: what it proves about
 outlier screening depends on how its anomalies were planted.  This module builds
 a case from real photographs that packages ship, so quality claims can be checked
 on data the project never shaped:
@@ -79,7 +79,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from streamclust.errors import InputError
 
 __all__ = ["FASHION_MNIST_DIR", "OOD_KINDS", "REAL_SETS", "make_real_case", "load_real_truth",
            "load_fashion_mnist", "describe"]
@@ -457,7 +457,7 @@ def make_real_case(
     if "cnn" in sets and not has_torch:
         raise InputError("the cnn set needs PyTorch: pip install torch.")
 
-    from ._pickle_stream import write_pickled_array
+    from streamclust.io.pickle_stream import write_pickled_array
 
     out = pathlib.Path(out_dir)
     (out / "descriptors").mkdir(parents=True, exist_ok=True)

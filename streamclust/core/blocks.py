@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .errors import MemoryBudgetError
+from streamclust.errors import MemoryBudgetError
 
 if TYPE_CHECKING:  # dask is imported on first use: the conversion path never needs it
     import dask.array as da
@@ -347,7 +347,7 @@ def map_blocks_reduce(
     """Apply ``func(block, rows)`` to every row block in parallel and reduce.
 
     Runs on the active Dask scheduler (threads by default; a
-    ``distributed.Client`` when one is active, see :mod:`streamclust._scheduler`;
+    ``distributed.Client`` when one is active, see :mod:`streamclust.core.scheduler`;
     each worker then receives ``func`` once).  ``func`` should return small
     results (statistics), not blocks.
 
@@ -364,7 +364,7 @@ def map_blocks_reduce(
 
     import dask
 
-    from ._scheduler import shared
+    from streamclust.core.scheduler import shared
 
     arr = as_dask(X, block_rows)
     starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
