@@ -22,7 +22,7 @@ import zarr
 import zarr.storage._local as zarr_local
 
 import streamclust
-from streamclust.study.driver import driver as study_module
+from streamclust.study import driver as study_module
 from streamclust.cli import main
 from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import StoreError
@@ -166,7 +166,7 @@ def _assert_earlier_run_intact(store: CaseStore, run_id: str) -> None:
 
 _KILLABLE_STUDY = """
 import sys, time
-from streamclust.study.driver import driver as study
+from streamclust.study import driver as study
 labels = study._store_labels
 def slow_labels(*args, **kwargs):  # the study is killed while it labels (or before)
     time.sleep(60)

@@ -8,7 +8,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
 
-from streamclust.study.driver import driver as study_module
+from streamclust.study import driver as study_module
 from streamclust.datasets.synthetic import make_demo_case, load_truth
 from streamclust.io.ingest import convert_case
 from streamclust.io.persist import load_model_dir

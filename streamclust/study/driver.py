@@ -105,9 +105,23 @@ from streamclust.estimators import (
 )
 from streamclust.estimators.screening import evidence_rows, screen_scores
 from streamclust.model.descriptor_model import DescriptorSetModel, MixPreprocessing, distance_quantiles
-from streamclust.analysis.profiles import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
+from streamclust.analysis import ClusterProfiles, SetComparison, compare_sets, profile_clusters, read_metadata
 from streamclust.io.persist import write_atomic
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
+from streamclust.study.results import SetResult, StudyResult
+from streamclust.study.rules import (
+    BEST_RULE,
+    K_RULE,
+    MIX_RULE,
+    OUTLIER_NEIGHBORS,
+    OUTLIER_SCORES,
+    MixSpec,
+    best_clustering,
+    choose_k,
+    outlier_index_neighbors,
+    parse_k_range,
+    parse_mix,
+)
 
 __all__ = ["ALGORITHMS", "OUTLIER_NEIGHBORS", "OUTLIER_SCORES", "MixSpec", "outlier_index_neighbors", "SetResult", "StudyResult", "choose_k", "outlier_quality",
            "parse_algorithms", "parse_k_range", "parse_mix", "read_outlier_truth", "run_study"]
@@ -116,207 +130,11 @@ __all__ = ["ALGORITHMS", "OUTLIER_NEIGHBORS", "OUTLIER_SCORES", "MixSpec", "outl
 #: (it defines ``cluster_<set>`` and the saved model).
 ALGORITHMS = ("kmeans", "ward", "gmm", "hdbscan")
 
-#: Outlier scores the study can write (module docstring, step 6); the first is the default.
-OUTLIER_SCORES = ("combined", "kdist", "lof", "mean")
-
-#: Default ``k`` of the outlier scores (``run_study(outlier_neighbors=)``); see its docstring.
-OUTLIER_NEIGHBORS = 50
-
-
-def outlier_index_neighbors(k: int) -> int:
-    """Degree of the kNN index graph the study builds for ``k`` outlier neighbours."""
-    return max(40, int(k) + 10)
-
-#: How ``summary.json``'s ``best`` is picked.
-BEST_RULE = ("the (set, algorithm, k) with the highest sampled silhouette among the chosen "
-             "rows of metrics.csv (one per set x algorithm)")
-
-#: Silhouette values within this margin of the best count as a tie.
-K_TIE_MARGIN = 0.01
 
 #: Resident memory a study holds besides its blocks, subtracted from ``memory`` before sizing them.
 #: Measured on the 416,314-row demo case (with :func:`~streamclust.core.blocks.bound_heaps`): 267 MiB
 #: after import, ~530 MiB once numba has compiled the kNN index's kernels and between sets.
 LIBRARY_BASELINE = 600 << 20
-
-#: How a mixture is balanced, as reported in ``summary.json``.
-MIX_RULE = ("each member's reduced rows times sqrt(w_i / T_i), T_i the member's total variance and w the "
-            "weights normalised to sum 1, then side by side: member i holds the share w_i of the variance")
-
-#: The rule of :func:`choose_k`, as reported in ``summary.json``.
-K_RULE = (f"highest sampled silhouette; values within {K_TIE_MARGIN} of the best are ties, "
-          "won by the lowest (exact, all-row) Davies-Bouldin index")
-
-
-@dataclass
-class SetResult:
-    """What the study found for one descriptor set."""
-
-    name: str
-    n_features: int
-    n_components: int
-    explained_variance: float
-    k: int
-    metrics: pd.DataFrame
-    seconds: float
-    model_dir: Path
-    #: k-means centres of the chosen k, shape (k, n_components).
-    centers: np.ndarray
-    n_outliers: int = 0
-    outlier_rule: str = ""
-    #: The outlier score used (one of :data:`OUTLIER_SCORES`).
-    outlier_score: str = "combined"
-    #: With ``outlier_truth=``: how the flags and scores agree with the known outliers
-    #: (:func:`outlier_quality`).
-    outlier_truth: dict[str, Any] | None = None
-    #: For a mixture: ``members``, ``weights`` and the ``variance_share`` of each member.
-    mixture: dict[str, Any] | None = None
-    #: With ``umap=True``: ``sample_rows`` (rows UMAP embedded), ``seconds`` and the
-    #: ``params`` of :class:`~streamclust.estimators.SampledUMAP`; its output is ``<set>/umap``.
-    umap: dict[str, Any] | None = None
-
-
-@dataclass
-class StudyResult:
-    """The outcome of :func:`run_study`."""
-
-    out_dir: Path
-    run_id: str
-    sets: dict[str, SetResult] = field(default_factory=dict)
-    recommended: str = ""
-    profiles: dict[str, ClusterProfiles] = field(default_factory=dict)
-    comparison: SetComparison | None = None
-    #: metrics.csv: every set x algorithm x k (k-means rows first per set).
-    algorithm_metrics: pd.DataFrame | None = None
-    #: algorithms.csv: ARI / AMI between the chosen labellings of each pair of algorithms per set.
-    agreement: pd.DataFrame | None = None
-    #: summary.json's ``best`` (see ``BEST_RULE``).
-    best: dict[str, Any] | None = None
-
-    @property
-    def results_csv(self) -> Path:
-        return self.out_dir / "results.csv"
-
-    @property
-    def metrics_csv(self) -> Path:
-        return self.out_dir / "metrics.csv"
-
-    def summary_table(self) -> pd.DataFrame:
-        """One row per set: dimensions, kept variance, chosen k and its metrics."""
-        rows = []
-        for name, res in self.sets.items():
-            chosen = res.metrics[res.metrics["chosen"]].iloc[0]
-            rows.append({
-                "set": name, "dims": res.n_features, "pca": res.n_components,
-                "variance_kept": round(res.explained_variance, 3), "k": res.k,
-                "silhouette": round(float(chosen["silhouette"]), 3),
-                "calinski_harabasz": round(float(chosen["calinski_harabasz"]), 1),
-                "davies_bouldin": round(float(chosen["davies_bouldin"]), 3),
-                "outliers": res.n_outliers,
-                **({f"known_outliers_{k}": v for k, v in res.outlier_truth.items()} if res.outlier_truth else {}),
-                "seconds": round(res.seconds, 1),
-                "recommended": name == self.recommended,
-            })
-        return pd.DataFrame(rows)
-
-
-def parse_k_range(spec: str | int | Sequence[int]) -> list[int]:
-    """``"2:15"`` -> [2, ..., 15] (inclusive), ``"8"`` -> [8], ``"4,8,12"`` -> [4, 8, 12]."""
-    if isinstance(spec, int):
-        ks = [spec]
-    elif isinstance(spec, str):
-        try:
-            if ":" in spec:
-                lo, hi = (int(p) for p in spec.split(":"))
-                ks = list(range(lo, hi + 1))
-            else:
-                ks = [int(p) for p in spec.split(",")]
-        except ValueError:
-            raise InputError(f"k={spec!r} is not a k range; write it like '8', '2:15' or '4,8,12'.") from None
-    else:
-        ks = [int(k) for k in spec]
-    if not ks or min(ks) < 2:
-        raise InputError(f"k={spec!r} should name one or more k >= 2.")
-    return sorted(set(ks))
-
-
-@dataclass(frozen=True)
-class MixSpec:
-    """One mixture of descriptor sets (see :func:`parse_mix`)."""
-
-    members: tuple[str, ...]
-    weights: tuple[float, ...]
-
-    @property
-    def name(self) -> str:
-        """``"a+b"``: the set name of the mixture in every output."""
-        return "+".join(self.members)
-
-
-def parse_mix(specs: str | Sequence[str] | None, available: Sequence[str]) -> list[MixSpec]:
-    """``["vdc_color+vdc_type", "osnet+vdc_color:2,1"]`` -> validated :class:`MixSpec` list.
-
-    A spec joins two or more descriptor sets with ``+``; optional relative
-    weights follow a ``:`` (one positive number per member, default equal).
-    The mixture is named by its members (``osnet+vdc_color``); the same members
-    may be mixed only once per study.
-
-    Parameters
-    ----------
-    specs : str or list of str, optional
-        One spec or several (the CLI's repeatable ``--mix``).
-    available : list of str
-        Descriptor sets of the store.
-    """
-    if specs is None:
-        return []
-    out: list[MixSpec] = []
-    for spec in [specs] if isinstance(specs, str) else specs:
-        where = f"mix={spec!r} (--mix)"
-        sets, _, weight_text = str(spec).partition(":")
-        members = tuple(m.strip() for m in sets.split("+"))
-        if len(members) < 2 or not all(members):
-            raise InputError(f"{where} should join two or more descriptor sets with '+', e.g. "
-                             f"'vdc_color+vdc_type' or 'osnet+vdc_color:2,1'; available sets: {', '.join(available)}.")
-        unknown = [m for m in members if m not in available]
-        if unknown:
-            raise InputError(f"{where}: unknown descriptor set(s) {', '.join(map(repr, unknown))}; "
-                             f"available sets: {', '.join(available)}.")
-        if len(set(members)) != len(members):
-            raise InputError(f"{where} names a descriptor set twice; give it a larger weight instead, "
-                             "e.g. 'osnet+vdc_color:2,1'.")
-        try:
-            weights = tuple(float(w) for w in weight_text.split(",")) if weight_text else (1.0,) * len(members)
-        except ValueError:
-            weights = ()
-        if len(weights) != len(members) or not all(np.isfinite(w) and w > 0 for w in weights):
-            raise InputError(f"{where}: the weights after ':' should be {len(members)} positive numbers, "
-                             f"one per set, e.g. '{sets}:{','.join(['1'] * len(members))}'.")
-        mix = MixSpec(members, weights)
-        if any(m.name == mix.name for m in out):
-            raise InputError(f"{where}: the sets {mix.name} are mixed twice; keep one weighting per study.")
-        out.append(mix)
-    return out
-
-
-def choose_k(metrics: pd.DataFrame) -> int:
-    """The documented rule for choosing k from a sweep.
-
-    The k with the highest sampled silhouette; values within
-    ``K_TIE_MARGIN`` (0.01) of the best count as ties, and among ties the one
-    with the lowest Davies-Bouldin index wins (both metrics prefer compact,
-    separated clusters; DB is exact over all rows, so it breaks sampling noise).
-
-    Parameters
-    ----------
-    metrics : DataFrame
-        Columns ``k``, ``silhouette``, ``davies_bouldin``.
-    """
-    if metrics["silhouette"].isna().all():  # e.g. a single cluster: no silhouette
-        return int(metrics.sort_values("k").iloc[0]["k"])
-    best = metrics["silhouette"].max()
-    ties = metrics[metrics["silhouette"] >= best - K_TIE_MARGIN]
-    return int(ties.sort_values(["davies_bouldin", "k"]).iloc[0]["k"])
 
 
 def _block_budget(memory: str | int | None, n_features: dict[str, int]) -> int:
@@ -819,17 +637,6 @@ def _agreement(name: str, labels: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["set", "algorithm_a", "algorithm_b", "ari", "ami"])
 
 
-def _best(metrics: pd.DataFrame) -> dict[str, Any] | None:
-    """The chosen row with the highest sampled silhouette (see ``BEST_RULE``)."""
-    chosen = metrics[metrics["chosen"] & metrics["silhouette"].notna()]
-    if chosen.empty:
-        return None
-    row = chosen.loc[chosen["silhouette"].idxmax()]
-    return {"set": row["set"], "algorithm": row["algorithm"], "k": int(row["k"]),
-            "silhouette": float(row["silhouette"]), "calinski_harabasz": float(row["calinski_harabasz"]),
-            "davies_bouldin": float(row["davies_bouldin"])}
-
-
 @runs_on_scheduler
 def run_study(
     store_path: str | os.PathLike[str],
@@ -1047,7 +854,7 @@ def run_study(
                          pd.DataFrame(columns=["set", "algorithm_a", "algorithm_b", "ari", "ami"]))
         result.algorithm_metrics = metrics_all
         result.agreement = agreement_all
-        result.best = _best(metrics_all)
+        result.best = best_clustering(metrics_all)
         kmeans_chosen = metrics_all[metrics_all["chosen"] & (metrics_all["algorithm"] == "kmeans")]
         comparison = compare_sets(labels, attributes=attributes, outlier_scores_by_set=outlier_scores,
                                   reduced_by_set=reduced, metrics=kmeans_chosen,

@@ -35,7 +35,7 @@ from streamclust.report.figures import (
 
 if TYPE_CHECKING:
     from streamclust.io.store import CaseStore, RunGroup
-    from streamclust.study.driver import StudyResult
+    from streamclust.study.results import StudyResult
 
 __all__ = ["build_study_report"]
 
@@ -102,7 +102,7 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     outliers = OutlierInfo(res.n_outliers, res.outlier_rule, out_png,
                            top[[c for c in columns if c in top]].reset_index(drop=True),
                            score_name=SCORE_NAMES[res.outlier_score], known=_known_text(res.outlier_truth))
-    from streamclust.study.driver import K_RULE, MIX_RULE
+    from streamclust.study.rules import K_RULE, MIX_RULE
 
     notes = []
     if res.mixture:

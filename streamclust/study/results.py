@@ -1,0 +1,87 @@
+"""What :func:`~streamclust.study.run_study` returns: one :class:`SetResult` per descriptor set or
+mixture, gathered in a :class:`StudyResult`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from streamclust.analysis import ClusterProfiles, SetComparison
+
+__all__ = ["SetResult", "StudyResult"]
+
+
+@dataclass
+class SetResult:
+    """What the study found for one descriptor set."""
+
+    name: str
+    n_features: int
+    n_components: int
+    explained_variance: float
+    k: int
+    metrics: pd.DataFrame
+    seconds: float
+    model_dir: Path
+    #: k-means centres of the chosen k, shape (k, n_components).
+    centers: np.ndarray
+    n_outliers: int = 0
+    outlier_rule: str = ""
+    #: The outlier score used (one of :data:`OUTLIER_SCORES`).
+    outlier_score: str = "combined"
+    #: With ``outlier_truth=``: how the flags and scores agree with the known outliers
+    #: (:func:`outlier_quality`).
+    outlier_truth: dict[str, Any] | None = None
+    #: For a mixture: ``members``, ``weights`` and the ``variance_share`` of each member.
+    mixture: dict[str, Any] | None = None
+    #: With ``umap=True``: ``sample_rows`` (rows UMAP embedded), ``seconds`` and the
+    #: ``params`` of :class:`~streamclust.estimators.SampledUMAP`; its output is ``<set>/umap``.
+    umap: dict[str, Any] | None = None
+
+
+@dataclass
+class StudyResult:
+    """The outcome of :func:`run_study`."""
+
+    out_dir: Path
+    run_id: str
+    sets: dict[str, SetResult] = field(default_factory=dict)
+    recommended: str = ""
+    profiles: dict[str, ClusterProfiles] = field(default_factory=dict)
+    comparison: SetComparison | None = None
+    #: metrics.csv: every set x algorithm x k (k-means rows first per set).
+    algorithm_metrics: pd.DataFrame | None = None
+    #: algorithms.csv: ARI / AMI between the chosen labellings of each pair of algorithms per set.
+    agreement: pd.DataFrame | None = None
+    #: summary.json's ``best`` (see ``BEST_RULE``).
+    best: dict[str, Any] | None = None
+
+    @property
+    def results_csv(self) -> Path:
+        return self.out_dir / "results.csv"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.out_dir / "metrics.csv"
+
+    def summary_table(self) -> pd.DataFrame:
+        """One row per set: dimensions, kept variance, chosen k and its metrics."""
+        rows = []
+        for name, res in self.sets.items():
+            chosen = res.metrics[res.metrics["chosen"]].iloc[0]
+            rows.append({
+                "set": name, "dims": res.n_features, "pca": res.n_components,
+                "variance_kept": round(res.explained_variance, 3), "k": res.k,
+                "silhouette": round(float(chosen["silhouette"]), 3),
+                "calinski_harabasz": round(float(chosen["calinski_harabasz"]), 1),
+                "davies_bouldin": round(float(chosen["davies_bouldin"]), 3),
+                "outliers": res.n_outliers,
+                **({f"known_outliers_{k}": v for k, v in res.outlier_truth.items()} if res.outlier_truth else {}),
+                "seconds": round(res.seconds, 1),
+                "recommended": name == self.recommended,
+            })
+        return pd.DataFrame(rows)
