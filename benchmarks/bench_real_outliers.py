@@ -74,7 +74,7 @@ def candidates(store: str, study_dir: str, name: str, out_npz: str) -> dict:
 
     from streamclust import CaseStore, DescriptorSetModel
     from streamclust.estimators import KNNOutlierDetector
-    from streamclust.study.driver import OUTLIER_NEIGHBORS, outlier_index_neighbors
+    from streamclust.study import OUTLIER_NEIGHBORS, outlier_index_neighbors
 
     st = CaseStore(store)
     run = st.runs()[-1]

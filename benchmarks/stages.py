@@ -48,7 +48,7 @@ def _ks(k: str) -> list[int]:
 def _budget(memory: str) -> int:
     """The block budget run_study derives from its ``memory`` (which covers the whole process)."""
     from streamclust.core.blocks import parse_memory
-    from streamclust.study.driver import LIBRARY_BASELINE
+    from streamclust.study import LIBRARY_BASELINE
 
     total = parse_memory(memory)
     return max(total - LIBRARY_BASELINE, total // 4)
@@ -238,7 +238,7 @@ def study_streamclust(store: str, out: str, k: str = "2:15", memory: str = "1GB"
     exact metrics and labels, kNN outlier scores of every row, profiles and models; then the set
     comparison, results/outliers/clusters CSVs and report.html with density plots of all rows
     (``umap``: also every row's position in a 2-D UMAP of each set, shown in the report)."""
-    from streamclust.study.driver import run_study
+    from streamclust.study import run_study
 
     res = run_study(store, out, k=k, memory=memory, random_state=SEED, report=True, umap=umap)
     return {name: {"k": r.k, "seconds": round(r.seconds, 1), "outliers": r.n_outliers}
@@ -293,12 +293,12 @@ def pca_streamclust(store: str, name: str, work: str, memory: str = "1GB") -> di
 
     from streamclust.estimators import StreamingPCA
     from streamclust.io.store import CaseStore
-    from streamclust.study.driver import _store_reduced
+    from streamclust.study.steps import store_reduced
 
     X = CaseStore(store).descriptor(name)
     pca = StreamingPCA(n_components=N_COMPONENTS, l2_normalize=True, memory=_budget(memory))
     pca.fit(da.from_zarr(X))
-    _store_reduced(pca, X, _run_group(work), name)
+    store_reduced(pca, X, _run_group(work), name)
     _save(work, name, "pca-streamclust", components=pca.components_, evr=pca.explained_variance_ratio_)
     return {"rows": int(X.shape[0])}
 
@@ -376,7 +376,8 @@ def kmeans_streamclust(work: str, name: str, k: str = "2:15", memory: str = "1GB
     all k), ``sweep_metrics`` (exact all-row inertia, CH, DB; shared passes), sampled silhouette,
     ``choose_k``, and the labels of every row written to Zarr."""
     from streamclust.estimators import kmeans_sweep, sampled_silhouette, sweep_metrics
-    from streamclust.study.driver import _store_labels, choose_k
+    from streamclust.study import choose_k
+    from streamclust.study.steps import store_labels
 
     run, budget, ks = _run_group(work), _budget(memory), _ks(k)
     reduced = run.array(f"{name}/reduced")
@@ -387,7 +388,7 @@ def kmeans_streamclust(work: str, name: str, k: str = "2:15", memory: str = "1GB
                              "silhouette": sampled_silhouette(reduced, centers=centers[kk], n_samples=SILHOUETTE_SAMPLES,
                                                               random_state=SEED)} for kk in ks])
     chosen = choose_k(metrics)
-    _store_labels(models[chosen], reduced, run, name)
+    store_labels(models[chosen], reduced, run, name)
     _save(work, name, "kmeans-streamclust", **{str(kk): c for kk, c in centers.items()})
     return {"rows": int(reduced.shape[0]), "k": chosen}
 
@@ -459,7 +460,7 @@ def outliers_streamclust(work: str, name: str, memory: str = "1GB") -> dict:
     preprocess stage stored) and its threshold; scores and flags written to Zarr."""
     from streamclust.estimators import KNNOutlierDetector
     from streamclust.estimators.screening import screen_scores
-    from streamclust.study.driver import OUTLIER_NEIGHBORS, outlier_index_neighbors
+    from streamclust.study import OUTLIER_NEIGHBORS, outlier_index_neighbors
 
     run = _run_group(work)
     reduced = run.array(f"{name}/reduced")
@@ -653,7 +654,7 @@ def scale_streamclust(store: str, out: str, k: str = "2:15", memory: str = "1GB"
     """The streaming pipeline on a one-set store: ``run_study(report=False)`` -- StreamingPCA 128 -> 64
     with the reduced rows written, the k sweep with exact metrics and labels, the kNN outlier score of
     every row, profiles, results.csv and the saved model."""
-    from streamclust.study.driver import run_study
+    from streamclust.study import run_study
 
     res = run_study(store, out, k=k, memory=memory, random_state=SEED, report=False)
     return {name: {"k": r.k, "outliers": r.n_outliers} for name, r in res.sets.items()}

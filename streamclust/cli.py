@@ -200,7 +200,7 @@ def _run_convert(args: argparse.Namespace, say) -> None:
 
 def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=None, images=None,
                outlier_truth=None) -> None:
-    from streamclust.study.driver import run_study
+    from streamclust.study import run_study
 
     result = run_study(
         store or args.store, out or args.out,

@@ -285,7 +285,7 @@ def test_fewer_rows_than_k_is_named(tmp_path):
         StreamingKMeans(n_clusters=8).fit(X)
     _case(tmp_path / "case", {"a": X.astype(np.float32)})
     convert_case(tmp_path / "case", tmp_path / "s.zarr")
-    from streamclust.study.driver import run_study
+    from streamclust.study import run_study
 
     with pytest.raises(InputError, match="n_samples=5 should be >= n_clusters=8"):
         run_study(tmp_path / "s.zarr", tmp_path / "out", k="2:8", report=False)

@@ -22,13 +22,14 @@ import zarr
 import zarr.storage._local as zarr_local
 
 import streamclust
-from streamclust.study import driver as study_module
+from streamclust.study import driver as study_driver
+from streamclust.study import steps as study_steps
 from streamclust.cli import main
 from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import StoreError
 from streamclust.io.ingest import convert_case, open_source
 from streamclust.io.store import CaseStore
-from streamclust.study.driver import run_study
+from streamclust.study import run_study
 
 _ENV = {**os.environ, "PYTHONPATH": str(Path(streamclust.__file__).resolve().parents[1])}
 
@@ -166,13 +167,13 @@ def _assert_earlier_run_intact(store: CaseStore, run_id: str) -> None:
 
 _KILLABLE_STUDY = """
 import sys, time
-from streamclust.study import driver as study
-labels = study._store_labels
+from streamclust.study import driver, steps
+labels = steps.store_labels
 def slow_labels(*args, **kwargs):  # the study is killed while it labels (or before)
     time.sleep(60)
     return labels(*args, **kwargs)
-study._store_labels = slow_labels
-study.run_study(sys.argv[1], sys.argv[2], descriptors=["vdc_color", "osnet"], k="3:4", n_components=8,
+steps.store_labels = slow_labels
+driver.run_study(sys.argv[1], sys.argv[2], descriptors=["vdc_color", "osnet"], k="3:4", n_components=8,
                 report=False)
 """
 
@@ -250,7 +251,7 @@ def test_failed_study_keeps_outputs_it_did_not_write(small_case, tmp_path, monke
     (out / "models" / "other").mkdir(parents=True)
     (out / "models" / "other" / "model.json").write_text("{}")
     (out / "summary.json").write_text("{}")
-    monkeypatch.setattr(study_module, "_store_labels", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(study_steps, "store_labels", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         run_study(small_case / "case.zarr", out, descriptors=["vdc_color"], k="3:4", n_components=8, report=False)
     assert (out / "summary.json").read_text() == "{}" and (out / "models" / "other" / "model.json").exists()
@@ -314,7 +315,7 @@ def test_runs_group_created_by_another_study_meanwhile(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_real_studies_at_once_on_one_store(small_case, tmp_path):
-    code = ("import sys; from streamclust.study.driver import run_study; "
+    code = ("import sys; from streamclust.study import run_study; "
             "r = run_study(sys.argv[1], sys.argv[2], descriptors=['vdc_color'], k='3:4', n_components=8, "
             "report=False); print(r.run_id)")
     known = {r.run_id for r in CaseStore(small_case / "case.zarr").runs(include_incomplete=True)}
@@ -341,7 +342,7 @@ def test_failed_rerun_leaves_the_previous_study_outputs_untouched(small_case, tm
     def fail(*args, **kwargs):  # metrics.csv, clusters.csv ... are written by then
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(study_module, "_write_results_csv", fail)
+    monkeypatch.setattr(study_driver, "write_results_csv", fail)
     with pytest.raises(OSError, match="Input/output error"):
         run_study(small_case / "case.zarr", out, descriptors=["vdc_color"], k="3:4", n_components=8,
                   random_state=1, report=False)

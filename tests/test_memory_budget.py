@@ -11,7 +11,8 @@ from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import MemoryBudgetError
 from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore
-from streamclust.study.driver import LIBRARY_BASELINE, _block_budget, run_study
+from streamclust.study import LIBRARY_BASELINE, run_study
+from streamclust.study.rules import block_budget
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,10 @@ def test_study_refuses_a_budget_below_its_needs_up_front(store, tmp_path):
     # the minimum named in the message is enough; leaving the wide set out is too
     need = int(re.search(r"give at least memory='(\d+)MiB'", str(info.value)).group(1))
     dims = {"efficientnet-b7": 2560, "osnet": 512}
-    assert _block_budget(f"{need}MiB", dims) == (need << 20) - LIBRARY_BASELINE
+    assert block_budget(f"{need}MiB", dims) == (need << 20) - LIBRARY_BASELINE
     with pytest.raises(MemoryBudgetError):
-        _block_budget(f"{need - 1}MiB", dims)
-    assert _block_budget("700MB", {"osnet": 512}) == 700 * 10**6 - LIBRARY_BASELINE
+        block_budget(f"{need - 1}MiB", dims)
+    assert block_budget("700MB", {"osnet": 512}) == 700 * 10**6 - LIBRARY_BASELINE
 
 
 def test_cli_budget_error_is_one_line(store, tmp_path, capsys):

@@ -15,7 +15,7 @@ from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import StoreError
 from streamclust.io.ingest import convert_case, open_source
 from streamclust.model.descriptor_model import DescriptorSetModel, drift_report
-from streamclust.study.driver import run_study
+from streamclust.study import run_study
 
 SET = "osnet"
 

@@ -25,7 +25,7 @@ from sklearn.neighbors import LocalOutlierFactor
 from streamclust.errors import InputError
 from streamclust.io.ingest import convert_case
 from streamclust.datasets.real import OOD_KINDS, load_fashion_mnist, load_real_truth, make_real_case
-from streamclust.study.driver import run_study
+from streamclust.study import run_study
 
 SETS = ("pixels", "hog")
 

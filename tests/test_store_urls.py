@@ -20,7 +20,7 @@ from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import InputError, StoreError
 from streamclust.io.ingest import convert_case, dropped_rows_report_path
 from streamclust.io.store import CaseStore
-from streamclust.study.driver import run_study
+from streamclust.study import run_study
 
 STUDY = {"k": "3:4", "n_components": 8, "algorithms": ["kmeans"], "report": False, "random_state": 0,
          "descriptors": ["osnet", "vdc_color"]}

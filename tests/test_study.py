@@ -8,13 +8,13 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
 
-from streamclust.study import driver as study_module
+from streamclust.study import steps as study_steps
 from streamclust.datasets.synthetic import make_demo_case, load_truth
 from streamclust.io.ingest import convert_case
 from streamclust.io.persist import load_model_dir
 from streamclust.io.store import CaseStore
 from streamclust.errors import InputError
-from streamclust.study.driver import choose_k, parse_k_range, parse_mix, run_study
+from streamclust.study import choose_k, parse_k_range, parse_mix, run_study
 
 N_ROWS = 3000
 K = "4:9"
@@ -104,7 +104,7 @@ def test_crash_mid_study_leaves_no_complete_run(demo, tmp_path, monkeypatch):
     root, result, _ = demo
     before = [r.run_id for r in CaseStore(root / "case.zarr").runs()]
     calls = {"n": 0}
-    original = study_module._store_labels
+    original = study_steps.store_labels
 
     def crash_on_second(*args, **kwargs):
         calls["n"] += 1
@@ -112,7 +112,7 @@ def test_crash_mid_study_leaves_no_complete_run(demo, tmp_path, monkeypatch):
             raise OSError("No space left on device")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(study_module, "_store_labels", crash_on_second)
+    monkeypatch.setattr(study_steps, "store_labels", crash_on_second)
     with pytest.raises(OSError, match="No space left"):
         run_study(root / "case.zarr", tmp_path / "crashed", k=K, n_components=32,
                   descriptors=["vdc_color", "vdc_type"])
@@ -186,7 +186,7 @@ def test_lof_option_and_known_outliers_are_judged(demo, tmp_path):
 
 
 def test_outlier_truth_errors_name_the_file_and_row(demo, tmp_path):
-    from streamclust.study.driver import read_outlier_truth
+    from streamclust.study import read_outlier_truth
 
     root, _, truth = demo
     ids = truth["path"].to_numpy()

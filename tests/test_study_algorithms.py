@@ -13,7 +13,7 @@ from streamclust.cli import main
 from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore
-from streamclust.study.driver import ALGORITHMS, run_study
+from streamclust.study import ALGORITHMS, run_study
 
 SETS = {"vdc_color": "color", "vdc_type": "type"}
 ALGS = ("kmeans", "ward", "gmm", "hdbscan")

@@ -18,7 +18,7 @@ from streamclust.errors import InputError, SchedulerError
 from streamclust.estimators import blockwise as _utils
 from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore, RunGroup
-from streamclust.study.driver import run_study
+from streamclust.study import run_study
 from streamclust.core.scheduler import parse_scheduler
 
 N_ROWS = 2000

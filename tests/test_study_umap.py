@@ -16,7 +16,7 @@ from streamclust.estimators import warm_up_umap
 from streamclust.estimators.projection import _UNCACHED_UMAP_KERNELS, _cache_umap_kernels
 from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore
-from streamclust.study.driver import run_study
+from streamclust.study import run_study
 
 from test_report import _check_page
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from streamclust.errors import InputError
+from streamclust.core.blocks import block_nbytes, parse_memory
+from streamclust.errors import InputError, MemoryBudgetError
 
 __all__ = ["OUTLIER_SCORES", "OUTLIER_NEIGHBORS", "outlier_index_neighbors", "BEST_RULE", "K_TIE_MARGIN",
-           "MIX_RULE", "K_RULE", "parse_k_range", "MixSpec", "parse_mix", "choose_k", "best_clustering"]
+           "MIX_RULE", "K_RULE", "LIBRARY_BASELINE", "parse_k_range", "MixSpec", "parse_mix", "choose_k",
+           "best_clustering", "block_budget"]
 
 
 #: Outlier scores the study can write (module docstring, step 6); the first is the default.
@@ -156,3 +159,49 @@ def best_clustering(metrics: pd.DataFrame) -> dict[str, Any] | None:
     return {"set": row["set"], "algorithm": row["algorithm"], "k": int(row["k"]),
             "silhouette": float(row["silhouette"]), "calinski_harabasz": float(row["calinski_harabasz"]),
             "davies_bouldin": float(row["davies_bouldin"])}
+
+
+#: Resident memory a study holds besides its blocks, subtracted from ``memory`` before sizing them.
+#: Measured on the 416,314-row demo case (with :func:`~streamclust.core.blocks.bound_heaps`): 267 MiB
+#: after import, ~530 MiB once numba has compiled the kNN index's kernels and between sets.
+LIBRARY_BASELINE = 600 << 20
+
+
+def block_budget(memory: str | int | None, n_features: dict[str, int]) -> int:
+    """Bytes left for blocks, statistics and caches once the libraries are loaded.
+
+    The budget covers the whole process: Python, numpy/scikit-learn/numba/pynndescent
+    and their compiled kernels take ``LIBRARY_BASELINE`` before any block is read.
+    Checked before any work: the widest set's PCA holds ~5 ``d x d`` float64
+    matrices (the accumulated scatter, one block's, the covariance and ``eigh``'s
+    copies) next to blocks of at least 64 rows.
+
+    Parameters
+    ----------
+    memory : str or int or None
+        The ``memory=`` of :func:`run_study`.
+    n_features : dict of str -> int
+        Columns of every descriptor set studied.
+
+    Returns
+    -------
+    int
+        ``memory`` minus ``LIBRARY_BASELINE``: what the passes size their blocks from.
+
+    Raises
+    ------
+    MemoryBudgetError
+        If the budget cannot hold that, naming the set and the smallest budget that does.
+    """
+    total = parse_memory(memory)
+    name = max(n_features, key=n_features.get)
+    d = n_features[name]
+    need = LIBRARY_BASELINE + 5 * 8 * d * d + block_nbytes(d, 64)
+    if total < need:
+        raise MemoryBudgetError(
+            f"memory={total / 2**20:.0f} MiB cannot hold this study: the libraries take "
+            f"~{LIBRARY_BASELINE >> 20} MiB and the PCA of {name!r} ({d} features) needs "
+            f"{(need - LIBRARY_BASELINE) / 2**20:.0f} MiB more; give at least "
+            f"memory='{math.ceil(need / 2**20)}MiB' (--memory), or leave {name!r} out (--descriptors)."
+        )
+    return total - LIBRARY_BASELINE

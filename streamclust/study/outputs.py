@@ -1,0 +1,75 @@
+"""The study's files: the streamed ``results.csv``, the top outliers of ``outliers.csv``, and the
+move of a finished study from its hidden staging folder into the output folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["write_results_csv", "top_outliers", "publish"]
+
+
+def write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
+    """Stream ``path`` then ``columns`` (name -> (n,) array) for every row into ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    block = 1 << 16
+    with open(tmp, "w", newline="") as f:
+        for start in range(0, ids.shape[0], block):
+            stop = min(ids.shape[0], start + block)
+            frame = pd.DataFrame({"path": np.asarray(ids[start:stop]).astype(object)})
+            for name, arr in columns.items():
+                frame[name] = np.asarray(arr[start:stop])
+            frame.to_csv(f, header=start == 0, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+
+
+def top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, ids: Any,
+                  n_top: int, reasons: Callable[[np.ndarray], np.ndarray] | None = None,
+                  known: np.ndarray | None = None) -> pd.DataFrame:
+    """The ``n_top`` highest-scoring rows of one set, ranked; ``reasons(rows)`` names the
+    evidence that flagged each (empty when the score has a single kind of evidence); with
+    ``known`` (:func:`read_outlier_truth`) a ``known_outlier`` column."""
+    top = np.argsort(-scores, kind="stable")[:n_top]
+    order = np.sort(top)  # read ids and labels in store order
+    frame = pd.DataFrame({"set": name, "row": order, "path": np.asarray(ids.get_orthogonal_selection(order)).astype(object),
+                          "outlier_score": scores[order], "is_outlier": flags[order],
+                          "reason": reasons(order) if reasons is not None else "",
+                          **({"known_outlier": np.array(["", "False", "True"])[known[order] + 1]}
+                             if known is not None else {}),
+                          "cluster": np.asarray(labels.get_orthogonal_selection(order))})
+    frame = frame.sort_values("outlier_score", ascending=False, kind="stable")
+    frame.insert(1, "rank", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Move a finished study's outputs from ``stage`` into ``out``, ``summary.json`` last.
+
+    Each output replaces the one of the same name (``models/<set>`` one set at a time);
+    anything else in ``out`` stays.  Until this runs, ``out`` holds only the previous
+    study's outputs, so a study that fails or is killed never touches them.
+    """
+    def replace(src: Path, dst: Path) -> None:
+        if dst.is_dir() and not dst.is_symlink():
+            old = dst.with_name(f".{dst.name}.replaced-{stage.name}")
+            os.replace(dst, old)
+            os.replace(src, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(src, dst)
+
+    for src in sorted(stage.iterdir(), key=lambda p: p.name == "summary.json"):
+        if src.name == "models":
+            (out / "models").mkdir(exist_ok=True)
+            for model in src.iterdir():
+                replace(model, out / "models" / model.name)
+            src.rmdir()
+        else:
+            replace(src, out / src.name)
+    stage.rmdir()
