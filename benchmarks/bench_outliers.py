@@ -97,7 +97,7 @@ def stage_ours(path: str, memory: str = "1GB", n_neighbors: int = 20) -> dict:
     import zarr
     from sklearn.metrics import roc_auc_score
 
-    from streamclust.estimators.outliers import KNNOutlierDetector, warm_up
+    from streamclust.estimators import KNNOutlierDetector, warm_up
 
     base = _peak_mb()
     warm = warm_up()
@@ -161,7 +161,7 @@ def stage_tradeoff(path: str, reference: int = 100_000, k: int = 20,
     import pynndescent
     import zarr
 
-    from streamclust.estimators.outliers import warm_up
+    from streamclust.estimators import warm_up
 
     warm_up()
     X = zarr.open_array(path, mode="r")

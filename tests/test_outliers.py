@@ -19,7 +19,8 @@ from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamclust.errors import MemoryBudgetError
-from streamclust.estimators.outliers import KNNOutlierDetector, index_nbytes, warm_up
+from streamclust.estimators.neighbors import index_nbytes, warm_up
+from streamclust.estimators.outliers import KNNOutlierDetector
 
 K = 20
 
@@ -70,9 +71,9 @@ def test_fitted_attributes(fitted, mixture):
     assert det.recall_ >= 0.95
     assert type(det.index_).__name__ == "NNDescent"
     # the index can be rebuilt identically from the saved reference and seed
-    from streamclust.estimators.outliers import _build_index
+    from streamclust.estimators.neighbors import build_index
 
-    again = _build_index(det.reference_, n_neighbors=det.index_neighbors_, seed=det.index_seed_)
+    again = build_index(det.reference_, n_neighbors=det.index_neighbors_, seed=det.index_seed_)
     q = X[:2000]
     np.testing.assert_array_equal(again.query(q, k=K + 1, epsilon=det.search_epsilon_)[0],
                                   det.index_.query(q, k=K + 1, epsilon=det.search_epsilon_)[0])

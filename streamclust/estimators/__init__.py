@@ -7,7 +7,8 @@ Dask arrays otherwise.
 
 from streamclust.estimators.kmeans import StreamingKMeans, kmeans_sweep
 from streamclust.estimators.metrics import cluster_metrics, sampled_silhouette, silhouette_sample, sweep_metrics
-from streamclust.estimators.outliers import KNNOutlierDetector, warm_up
+from streamclust.estimators.neighbors import warm_up
+from streamclust.estimators.outliers import KNNOutlierDetector
 from streamclust.estimators.screening import RobustZScreen
 from streamclust.estimators.projection import SampledUMAP, pca_projection, warm_up_umap
 from streamclust.estimators.hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep

@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from streamclust.core.blocks import iter_blocks, map_blocks_reduce, parse_memory
 from streamclust.estimators.blockwise import check_finite, check_X, resolve_block_rows, rows_outside, take_rows, to_blockable
-from streamclust.estimators.outliers import _QUERY_LOCK  # the one process-wide lock for pynndescent queries (see there)
+from streamclust.estimators.neighbors import QUERY_LOCK, build_index
 
 __all__ = ["SampledHDBSCAN", "hdbscan_mst"]
 
@@ -255,23 +255,6 @@ def hdbscan_mst(S: Any, min_cluster_size: int = 5, min_samples: int | None = Non
 # --------------------------------------------------------------------------- #
 # Neighbour search over the sample
 # --------------------------------------------------------------------------- #
-def _build_index(points: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
-    """Single-threaded, seeded NNDescent (deterministic), search RNG state zeroed."""
-    import pynndescent
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Failed to correctly find n_neighbors")
-        index = pynndescent.NNDescent(
-            points, metric="euclidean", n_neighbors=int(n_neighbors), random_state=int(seed),
-            n_jobs=1, low_memory=True, compressed=True, parallel_batch_queries=True,
-        )
-        index.prepare()
-    # the all-zero Tausworthe state is a fixed point: a row's search does not depend on
-    # the rows queried before it (so neither on block sizes nor on threads)
-    index.search_rng_state = np.zeros_like(index.search_rng_state)
-    return index
-
-
 class _Neighbors:
     """``kneighbors(block, k)`` over the sample: exact (small samples) or pynndescent."""
 
@@ -282,7 +265,7 @@ class _Neighbors:
         self.epsilon = 0.1
         self.index = None
         if method == "nndescent":
-            self.index = _build_index(self.points, n_neighbors=30, seed=seed)
+            self.index = build_index(self.points, n_neighbors=30, seed=seed)
 
     def __call__(self, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.points.shape[0])
@@ -290,7 +273,7 @@ class _Neighbors:
             ind, dist = _exact_knn(self.points, block, k, self.memory)
             return ind, dist.astype(np.float32)
         q = np.ascontiguousarray(block, dtype=np.float32)
-        with _QUERY_LOCK:
+        with QUERY_LOCK:
             ind, dist = self.index.query(q, k=k, epsilon=self.epsilon)
         return np.asarray(ind, dtype=np.int64), np.asarray(dist, dtype=np.float32)
 

@@ -74,7 +74,8 @@ from sklearn.utils.validation import check_is_fitted
 from streamclust.core.blocks import iter_blocks, parse_memory
 from streamclust.errors import MemoryBudgetError
 from streamclust.estimators.blockwise import check_finite, check_X, float_dtype, fold_blocks, resolve_block_rows, map_rows
-from streamclust.estimators.kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
+from streamclust.estimators.kernels import assign, prep_centers, shifted, sub_rows
+from streamclust.estimators.kmeans import StreamingKMeans
 
 __all__ = [
     "MicroClusterAgglomerative",
@@ -285,19 +286,19 @@ def cut_linkage(Z: np.ndarray, n_clusters: int) -> np.ndarray:
 def _nearest(block: np.ndarray, shift: np.ndarray, centers: np.ndarray, chunk: int | None) -> np.ndarray:
     """Nearest centre of every row with kmeans' kernel; ``chunk`` rows at a time if given
     (bounds the ``chunk x k`` distance matrix when ``k`` is in the thousands)."""
-    xs, xx = _shifted(block, shift)
-    cs, cc = _prep_centers(centers, shift, xs.dtype)
+    xs, xx = shifted(block, shift)
+    cs, cc = prep_centers(centers, shift, xs.dtype)
     if chunk is None:
-        return _assign(xs, xx, cs, cc)[0]
+        return assign(xs, xx, cs, cc)[0]
     out = np.empty(xs.shape[0], dtype=np.int32)
     for s in range(0, xs.shape[0], chunk):
-        out[s : s + chunk] = _assign(xs[s : s + chunk], xx[s : s + chunk], cs, cc)[0]
+        out[s : s + chunk] = assign(xs[s : s + chunk], xx[s : s + chunk], cs, cc)[0]
     return out
 
 
 def _leaf_chunk(n_features: int, n_leaves: int) -> int:
     """Rows per distance chunk so that the float32 ``rows x n_leaves`` matrix is <= 8 MB."""
-    return int(max(256, min(_sub_rows(n_features), (1 << 21) // max(1, n_leaves))))
+    return int(max(256, min(sub_rows(n_features), (1 << 21) // max(1, n_leaves))))
 
 
 class _MicroStats:
@@ -317,7 +318,7 @@ class _MicroStats:
         sums = np.zeros((m, d))
         ss = np.zeros(m)
         c64 = self.centers - self.shift
-        step = _sub_rows(d)
+        step = sub_rows(d)
         for s in range(0, labels.shape[0], step):
             lab = labels[s : s + step]
             x64 = np.asarray(block[s : s + step], dtype=np.float64) - self.shift
@@ -580,7 +581,7 @@ class MicroClusterAgglomerative(_TreeMixin, ClusterMixin, BaseEstimator):
             random_state=self.random_state,
         ).fit(X)
         br = resolve_block_rows(d, self.memory, self.block_rows, X)
-        shift = km._shift.astype(float_dtype(X.dtype)).astype(np.float64)
+        shift = km.shift_.astype(float_dtype(X.dtype)).astype(np.float64)
         counts, sums, ss, parts = fold_blocks(
             _MicroStats(shift, km.cluster_centers_), X, br, _merge_micro
         )

@@ -41,6 +41,7 @@ from streamclust.estimators.blockwise import (
     resolve_block_rows,
     map_rows,
 )
+from streamclust.estimators.kernels import assign, assign_many, prep_centers, shifted
 
 __all__ = ["StreamingKMeans", "kmeans_sweep"]
 
@@ -57,93 +58,6 @@ _SAMPLE_CANDIDATES = 3
 _INERTIA_TIE = 1e-6
 
 
-# --------------------------------------------------------------------------- #
-# Per-block kernels
-# --------------------------------------------------------------------------- #
-def _sub_rows(n_features: int) -> int:
-    """Rows per sub-chunk of a block (about 2 MB of float32 rows, 256..8192).
-
-    Every model is evaluated sub-chunk by sub-chunk, so the rows stay in cache
-    while all models of a sweep use them.  Depends on ``n_features`` only:
-    single fits, sweeps and ``predict`` partition a block identically and get
-    bit-identical results.
-    """
-    return int(min(8192, max(256, (1 << 19) // max(1, n_features))))
-
-
-def _shifted(block: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(x - shift)`` in the block's working dtype and its squared row norms."""
-    cd = float_dtype(block.dtype)
-    xs = np.asarray(block, dtype=cd) - shift.astype(cd)
-    xx = np.einsum("ij,ij->i", xs, xs)
-    return xs, xx
-
-
-def _prep_centers(centers: np.ndarray, shift: np.ndarray, cd: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Shifted centres in the working dtype, as ``(-2 c^T, ||c||^2)`` for the distance GEMM."""
-    cs = (centers - shift.astype(cd).astype(np.float64)).astype(cd)
-    cc = np.einsum("ij,ij->i", cs, cs)
-    return np.ascontiguousarray((-2.0 * cs).T), cc  # scaling by -2 is exact
-
-
-def _assign_many(
-    xs: np.ndarray, xx: np.ndarray, models: list, sums: list
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Nearest centre of every row of ``xs`` for several sets of centres.
-
-    Parameters
-    ----------
-    xs : ndarray, shape (r, d)
-        Shifted rows (working dtype).
-    xx : ndarray, shape (r,)
-        Their squared norms.
-    models : list of ``(-2 c^T, ||c||^2)`` from :func:`_prep_centers`
-    sums : list of bool
-        Whether to accumulate per-cluster sums for each model.
-
-    Returns
-    -------
-    list of ``(labels int32 (r,), mind (r,), counts int64 (k,), sums float64 (k, d) or None)``
-        ``mind`` is the squared distance to the nearest centre (>= 0); ``sums``
-        are of the shifted rows.
-    """
-    r, d = xs.shape
-    out = []
-    for (c2, cc), want in zip(models, sums):
-        k = cc.shape[0]
-        out.append(
-            (
-                np.empty(r, dtype=np.int32),
-                np.empty(r, dtype=xs.dtype),
-                np.zeros((k, d), dtype=np.float64) if want else None,
-            )
-        )
-    step = _sub_rows(d)
-    for s in range(0, r, step):
-        e = min(r, s + step)
-        xsub = xs[s:e]
-        xxs = xx[s:e]
-        for (c2, cc), (labels, mind, tot) in zip(models, out):
-            D = xsub @ c2
-            D += cc
-            lab = np.argmin(D, axis=1)
-            labels[s:e] = lab
-            mind[s:e] = np.take_along_axis(D, lab[:, None], axis=1)[:, 0] + xxs
-            if tot is not None:
-                onehot = np.zeros((cc.shape[0], e - s), dtype=xs.dtype)
-                onehot[lab, np.arange(e - s)] = 1.0
-                tot += onehot @ xsub
-    result = []
-    for (c2, cc), (labels, mind, tot) in zip(models, out):
-        np.maximum(mind, 0, out=mind)
-        counts = np.bincount(labels, minlength=cc.shape[0]).astype(np.int64)
-        result.append((labels, mind, counts, tot))
-    return result
-
-
-def _assign(xs, xx, c2, cc, *, sums: bool = False):
-    """:func:`_assign_many` for one set of centres."""
-    return _assign_many(xs, xx, [(c2, cc)], [sums])[0]
 
 
 class _SamplePass:
@@ -173,9 +87,9 @@ class _LloydPass:
         self.keep_labels = keep_labels
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
-        xs, xx = _shifted(block, self.shift)
-        prepped = [_prep_centers(c, self.shift, xs.dtype) for c in self.centers]
-        assigned = _assign_many(xs, xx, prepped, [m == _ACTIVE for m in self.modes])
+        xs, xx = shifted(block, self.shift)
+        prepped = [prep_centers(c, self.shift, xs.dtype) for c in self.centers]
+        assigned = assign_many(xs, xx, prepped, [m == _ACTIVE for m in self.modes])
         out = []
         for centers, mode, (labels, mind, counts, sums) in zip(self.centers, self.modes, assigned):
             res = {
@@ -229,9 +143,9 @@ class _Score:
         self.centers = centers
 
     def __call__(self, block: np.ndarray, rows: slice) -> float:
-        xs, xx = _shifted(block, self.shift)
-        cs, cc = _prep_centers(self.centers, self.shift, xs.dtype)
-        return float(_assign(xs, xx, cs, cc)[1].sum(dtype=np.float64))
+        xs, xx = shifted(block, self.shift)
+        cs, cc = prep_centers(self.centers, self.shift, xs.dtype)
+        return float(assign(xs, xx, cs, cc)[1].sum(dtype=np.float64))
 
 
 class _Predict:
@@ -243,10 +157,10 @@ class _Predict:
         self.what = what
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        xs, xx = _shifted(block, self.shift)
-        cs, cc = _prep_centers(self.centers, self.shift, xs.dtype)
+        xs, xx = shifted(block, self.shift)
+        cs, cc = prep_centers(self.centers, self.shift, xs.dtype)
         if self.what == "labels":
-            return _assign(xs, xx, cs, cc)[0]
+            return assign(xs, xx, cs, cc)[0]
         D = xs @ cs
         D += cc
         D += xx[:, None]
@@ -311,8 +225,8 @@ def _lloyd_in_memory(
     C = np.asarray(centers, dtype=np.float64)
     k = C.shape[0]
     for _ in range(max_iter):
-        c2, cc = _prep_centers(C, zero, xs.dtype)
-        labels, mind, counts, sums = _assign(xs, xx, c2, cc, sums=True)
+        c2, cc = prep_centers(C, zero, xs.dtype)
+        labels, mind, counts, sums = assign(xs, xx, c2, cc, sums=True)
         if np.any(counts == 0):
             m = min(k, xs.shape[0])
             top = np.argpartition(mind, xs.shape[0] - m)[xs.shape[0] - m :]
@@ -326,8 +240,8 @@ def _lloyd_in_memory(
         C = new
         if shift_tot <= tol_abs:
             break
-    c2, cc = _prep_centers(C, zero, xs.dtype)
-    return C, float(_assign(xs, xx, c2, cc)[1].sum(dtype=np.float64))
+    c2, cc = prep_centers(C, zero, xs.dtype)
+    return C, float(assign(xs, xx, c2, cc)[1].sum(dtype=np.float64))
 
 
 def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
@@ -374,7 +288,7 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
     with threadpool_limits(limits=1, user_api="blas"):
         for mi, (m, (idx, seeds)) in enumerate(zip(models, plans)):
             xs64 = sample[np.searchsorted(union, idx)] - shift_c
-            xs, xx = _shifted(xs64.astype(cd), np.zeros(d))
+            xs, xx = shifted(xs64.astype(cd), np.zeros(d))
             for seed in seeds:
                 srng = np.random.RandomState(int(seed))
                 best, best_inertia = None, np.inf
@@ -421,7 +335,7 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
         m.inertia_ = float(best.inertia)
         m.n_iter_ = int(best.n_iter)
         m._counts = best.counts.astype(np.float64)
-        m._shift = mean.copy()
+        m.shift_ = mean.copy()
         if best.labels is not None:
             m.labels_ = best.labels
         elif hasattr(m, "labels_"):
@@ -559,7 +473,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "n_iter_",
             "n_steps_",
             "_counts",
-            "_shift",
+            "shift_",
             "_random_state",
         ):
             if hasattr(self, attr):
@@ -619,17 +533,17 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 if block.shape[0] < k:
                     raise ValueError(f"n_samples={block.shape[0]} should be >= n_clusters={k}.")
                 x64 = np.asarray(block, dtype=np.float64)
-                self._shift = x64.mean(axis=0)
+                self.shift_ = x64.mean(axis=0)
                 cd = float_dtype(block.dtype)
-                shift_c = self._shift.astype(cd).astype(np.float64)
+                shift_c = self.shift_.astype(cd).astype(np.float64)
                 seed = self._random_state.randint(np.iinfo(np.int32).max)
                 centers, _ = kmeans_plusplus(x64 - shift_c, k, random_state=int(seed))
                 self.cluster_centers_ = centers + shift_c
                 self._counts = np.zeros(k, dtype=np.float64)
-            xs, xx = _shifted(block, self._shift)
-            cs, cc = _prep_centers(self.cluster_centers_, self._shift, xs.dtype)
-            _, _, counts, sums = _assign(xs, xx, cs, cc, sums=True)
-            shift_c = self._shift.astype(xs.dtype).astype(np.float64)
+            xs, xx = shifted(block, self.shift_)
+            cs, cc = prep_centers(self.cluster_centers_, self.shift_, xs.dtype)
+            _, _, counts, sums = assign(xs, xx, cs, cc, sums=True)
+            shift_c = self.shift_.astype(xs.dtype).astype(np.float64)
             nz = counts > 0
             old = self._counts[nz]
             new_counts = old + counts[nz]
@@ -664,7 +578,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         check_is_fitted(self, "cluster_centers_")
         X, lazy = check_X(self, X, reset=False)
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
-        f = _Predict(self._shift, self.cluster_centers_, what)
+        f = _Predict(self.shift_, self.cluster_centers_, what)
         if what == "labels":
             return map_rows(f, X, lazy, br, dtype=np.int32)
         return map_rows(f, X, lazy, br, dtype=float_dtype(X.dtype), n_cols=self.n_clusters)
@@ -712,7 +626,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         check_is_fitted(self, "cluster_centers_")
         X, _ = check_X(self, X, reset=False)
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
-        total = fold_blocks(_Score(self._shift, self.cluster_centers_), X, br, lambda a, b: a + b)
+        total = fold_blocks(_Score(self.shift_, self.cluster_centers_), X, br, lambda a, b: a + b)
         return -float(total)
 
 

@@ -30,7 +30,7 @@ from sklearn.utils.random import sample_without_replacement
 
 from streamclust.core.blocks import parse_memory
 from streamclust.estimators.blockwise import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
-from streamclust.estimators.kmeans import _assign_many, _prep_centers, _shifted, _sub_rows
+from streamclust.estimators.kernels import assign_many, prep_centers, shifted, sub_rows
 
 __all__ = ["cluster_metrics", "sweep_metrics", "sampled_silhouette", "silhouette_sample"]
 
@@ -65,9 +65,9 @@ def _block_labels(sources: list[_Source], block: np.ndarray, rows: slice) -> lis
             by_shift.setdefault(src.shift.tobytes(), []).append(i)
     for members in by_shift.values():
         shift = sources[members[0]].shift
-        xs, xx = _shifted(block, shift)
-        prepped = [_prep_centers(sources[i].centers, shift, xs.dtype) for i in members]
-        for i, res in zip(members, _assign_many(xs, xx, prepped, [False] * len(members))):
+        xs, xx = shifted(block, shift)
+        prepped = [prep_centers(sources[i].centers, shift, xs.dtype) for i in members]
+        for i, res in zip(members, assign_many(xs, xx, prepped, [False] * len(members))):
             out[i] = res[0]
     return out
 
@@ -84,7 +84,7 @@ def _add_sums(tot: np.ndarray, x64: np.ndarray, lab: np.ndarray) -> None:
 
 
 def _sub_slices(r: int, d: int) -> list[slice]:
-    step = _sub_rows(d)
+    step = sub_rows(d)
     return [slice(s, min(r, s + step)) for s in range(0, r, step)]
 
 

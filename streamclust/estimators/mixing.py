@@ -106,6 +106,26 @@ class VarianceBalancer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                              "one per group of columns.")
         return widths, weights / weights.sum()
 
+    @classmethod
+    def from_fitted(cls, total_variance: np.ndarray, scale: np.ndarray, n_features: int,
+                    **params: Any) -> VarianceBalancer:
+        """A fitted balancer from a saved one's state (:meth:`fit`'s ``total_variance_`` and ``scale_``).
+
+        Parameters
+        ----------
+        total_variance, scale : ndarray, shape (n_groups,)
+        n_features : int
+            Columns it balances.
+        **params
+            The constructor parameters it was fitted with (``widths`` and ``weights`` among them).
+        """
+        balancer = cls(**params)
+        widths, balancer.share_ = balancer._groups(int(n_features))
+        balancer.total_variance_, balancer.scale_ = np.asarray(total_variance), np.asarray(scale)
+        balancer.column_scale_ = np.repeat(balancer.scale_, widths)
+        balancer.n_features_in_ = int(widths.sum())
+        return balancer
+
     def fit(self, X: Any, y: Any = None) -> VarianceBalancer:
         """Measure the total variance of every group of columns (one pass).
 

@@ -48,7 +48,8 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
 from streamclust.estimators.blockwise import check_finite, check_X, fold_blocks, resolve_block_rows, take_rows, map_rows
-from streamclust.estimators.kmeans import StreamingKMeans, _assign, _prep_centers, _shifted, _sub_rows
+from streamclust.estimators.kernels import assign, prep_centers, shifted, sub_rows
+from streamclust.estimators.kmeans import StreamingKMeans
 
 __all__ = ["StreamingGaussianMixture"]
 
@@ -185,7 +186,7 @@ class _StatsPass:
             k = c.shape[0]
             out.append([0.0, np.zeros(k), np.zeros((k, d)),
                         np.zeros((k, d, d)) if kind == "full" else np.zeros((k, d))])
-        step = _sub_rows(d)
+        step = sub_rows(d)
         for s in range(0, block.shape[0], step):
             x = np.asarray(block[s : s + step], dtype=np.float64) - self.shift
             for i, c in enumerate(self.refs):
@@ -196,9 +197,9 @@ class _StatsPass:
                     resp = np.exp(wlp - lpn[:, None])
                     acc[0] += float(lpn.sum())
                 else:
-                    xs, xx = _shifted(x, np.zeros(d))
-                    c2, cc = _prep_centers(c, np.zeros(d), xs.dtype)
-                    lab = _assign(xs, xx, c2, cc)[0]
+                    xs, xx = shifted(x, np.zeros(d))
+                    c2, cc = prep_centers(c, np.zeros(d), xs.dtype)
+                    lab = assign(xs, xx, c2, cc)[0]
                     resp = np.zeros((x.shape[0], c.shape[0]))
                     resp[np.arange(x.shape[0]), lab] = 1.0
                 nk = resp.sum(axis=0)
@@ -254,7 +255,7 @@ class _Infer:
             out = np.empty((r, k))
         else:
             out = np.empty(r)
-        step = _sub_rows(d)
+        step = sub_rows(d)
         for s in range(0, r, step):
             x = np.asarray(block[s : s + step], dtype=np.float64) - self.shift
             wlp = _weighted_log_prob(x, self.params, self.covariance_type)

@@ -74,10 +74,8 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -90,8 +88,9 @@ from sklearn.utils.validation import check_is_fitted
 from streamclust.core.blocks import block_rows_for, map_blocks_reduce, parse_memory
 from streamclust.errors import MemoryBudgetError, StreamclustWarning
 from streamclust.estimators.blockwise import check_X, chunk_rows_of, rows_outside, take_rows, to_blockable
+from streamclust.estimators.neighbors import QUERY_LOCK, build_index, index_nbytes
 
-__all__ = ["KNNOutlierDetector", "warm_up", "index_nbytes", "RECALL_TARGET"]
+__all__ = ["KNNOutlierDetector", "RECALL_TARGET"]
 
 #: Default cap of the reference sample (rows).
 MAX_REFERENCE = 100_000
@@ -133,140 +132,12 @@ _LRD_EPS = 1e-10
 #: (saves an ``arange(n_samples)`` of 8 bytes a row).
 _TRAINING_ROWS = "training rows"
 
-#: Serialises index queries across the threads of the process (see module doc).
-_QUERY_LOCK = threading.Lock()
-
-
-def index_nbytes(n_reference: int, n_features: int, index_neighbors: int) -> int:
-    """Bytes held while building and querying an NNDescent index (upper estimate).
-
-    Three float32 copies of the sample (``reference_``, the index's reordered copy and
-    the build's working copy) plus the NN-descent heaps (indices, distances and
-    flags for the graph and its candidates) and the pruned search graph, ~40 bytes
-    per edge.  Measured on 100k x 64 with 40 index neighbours: 130-190 MB of peak
-    RSS for the build, vs 246 MB estimated.
-
-    Parameters
-    ----------
-    n_reference : int
-        Rows of the reference sample.
-    n_features : int
-    index_neighbors : int
-        Degree of the NN-descent graph.
-
-    Returns
-    -------
-    int
-    """
-    return int(n_reference) * (12 * int(n_features) + 40 * int(index_neighbors))
-
 
 def _score_row_nbytes(n_features: int, k: int) -> int:
     """Working bytes per query row of a scoring block: the block (input dtype, its
     float32 copy), the (k+1)-heap, int64 indices, float32 distances and the float64
     reachability arithmetic."""
     return 20 * int(n_features) + 48 * (int(k) + 1)
-
-
-def warm_up(verbose: bool = False) -> float:
-    """Compile (or load from numba's disk cache) every kernel the detector uses.
-
-    Builds and queries a tiny index (300 x 8) exactly as :class:`KNNOutlierDetector`
-    does, so that the one-off compilation of its disk-cached kernels (paid once per
-    machine, see :func:`_cache_build_kernels`) and of the few build kernels numba
-    cannot cache (``nn_descent`` takes the distance function as an argument: paid
-    once per process) happen here, visibly, rather than inside the first ``fit``.
-
-    Parameters
-    ----------
-    verbose : bool
-        Print the time taken.
-
-    Returns
-    -------
-    float
-        Seconds spent.
-    """
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(300, 8)).astype(np.float32)
-    index = _build_index(X, n_neighbors=10, seed=0)
-    with _QUERY_LOCK:
-        index.query(X[:20], k=5, epsilon=0.1)
-    elapsed = time.perf_counter() - t0
-    if verbose:
-        print(f"streamclust: numba kernels of the kNN outlier detector ready in {elapsed:.1f} s")
-    return elapsed
-
-
-#: pynndescent build kernels that ship without ``cache=True`` although their
-#: arguments are plain arrays and scalars (no function arguments, no dynamic
-#: globals), so numba can keep them in its disk cache like the rest.
-_UNCACHED_BUILD_KERNELS = {
-    "pynndescent.utils": ("apply_sorted_graph_update_array", "build_candidates_owner",
-                          "deheap_sort", "sort_updates_by_block"),
-    "pynndescent.kernels": ("generate_graph_update_array_batched",),
-    "pynndescent.distances": ("alternative_dot",),
-}
-
-
-def _cache_kernels(kernels: Mapping[str, Sequence[str]]) -> None:
-    """Turn on numba's disk cache for the named njit kernels (``module -> names``).
-
-    Only for kernels whose arguments are plain arrays, scalars and tuples of them
-    (no function arguments, no dynamic globals): numba can then store their machine
-    code on disk and later processes load it instead of compiling.  Modules or
-    kernels a version of the library lacks are skipped; kernels already cached are
-    left alone.
-    """
-    import importlib
-
-    from numba.core.caching import FunctionCache
-
-    for module_name, names in kernels.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for name in names:
-            kernel = getattr(module, name, None)
-            if hasattr(kernel, "enable_caching") and not isinstance(kernel._cache, FunctionCache):
-                kernel.enable_caching()
-
-
-def _cache_build_kernels() -> None:
-    """Turn on numba's disk cache for :data:`_UNCACHED_BUILD_KERNELS`.
-
-    Compiling them costs every fresh process ~17 s and ~85 MB of peak RSS (LLVM)
-    on a 100k x 64 build (measured: 41 s / 609 MB -> 24 s / 525 MB); loading them
-    from the cache costs neither.
-    """
-    _cache_kernels(_UNCACHED_BUILD_KERNELS)
-
-
-def _build_index(reference: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
-    """Single-threaded, deterministic NNDescent over ``reference`` (float32, C)."""
-    import pynndescent
-
-    _cache_build_kernels()
-    with warnings.catch_warnings():
-        # tiny references: "Failed to correctly find n_neighbors for some samples"
-        warnings.filterwarnings("ignore", message="Failed to correctly find n_neighbors")
-        index = pynndescent.NNDescent(
-            reference,
-            metric="euclidean",
-            n_neighbors=int(n_neighbors),
-            random_state=int(seed),
-            n_jobs=1,
-            low_memory=True,
-            compressed=True,
-            parallel_batch_queries=True,
-        )
-        index.prepare()
-    # All-zero Tausworthe state is a fixed point: every random draw of a query is 0,
-    # so a row's neighbours do not depend on the rows queried before it.
-    index.search_rng_state = np.zeros_like(index.search_rng_state)
-    return index
 
 
 def _exact_kneighbors(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -399,7 +270,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
     index_ : pynndescent.NNDescent
         Index over ``reference_`` (neighbour indices are positions in it).
     index_seed_ : int
-        Seed the index was built with: ``_build_index(reference_,
+        Seed the index was built with: ``build_index(reference_,
         n_neighbors=index_neighbors_, seed=index_seed_)`` rebuilds the same index
         (the build is single-threaded and deterministic), e.g. after loading a saved
         model without pickling the index.
@@ -600,7 +471,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
 
         # --- index
         t = time.perf_counter()
-        self.index_ = _build_index(reference, n_neighbors=nn, seed=index_seed)
+        self.index_ = build_index(reference, n_neighbors=nn, seed=index_seed)
         times["build"] = time.perf_counter() - t
 
         # --- query epsilon vs recall on a probe of rows in and out of the reference
@@ -717,7 +588,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
             raise ValueError("Input X contains NaN or infinity.")
         k = self.n_neighbors_
         kq = min(k + 1, self.reference_.shape[0])
-        with _QUERY_LOCK:
+        with QUERY_LOCK:
             import numba
 
             before = numba.get_num_threads()
@@ -749,6 +620,24 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
             ind = np.where(drop, ind[:, -1:], ind)
             dist = np.where(drop, dist[:, -1:], dist)
         return ind, dist
+
+    def score_new_rows(self, block: np.ndarray) -> np.ndarray:
+        """:meth:`outlier_score` of rows of unknown origin, one in-memory block, in the calling thread.
+
+        A row equal to its nearest reference row is taken to be that row (it skips itself, as the
+        reference rows do when the training rows are scored): a saved model gives the rows it was
+        fitted on the scores the study gave them.
+
+        Parameters
+        ----------
+        block : ndarray, shape (n, n_features)
+
+        Returns
+        -------
+        ndarray of float32, shape (n,)
+        """
+        ind, dist = self._kneighbors_block(block, None, identical_is_self=True)
+        return self._score_from(ind, dist)
 
     def _score_from(self, ind: np.ndarray, dist: np.ndarray) -> np.ndarray:
         if self.score == "kdist":

@@ -81,7 +81,7 @@ from streamclust.core.blocks import iter_blocks
 from streamclust.estimators.blockwise import check_data, check_X, resolve_block_rows, take_rows, to_blockable
 
 # one process-wide lock for every pynndescent query; the same deterministic index build
-from streamclust.estimators.outliers import _QUERY_LOCK, _build_index, _cache_build_kernels, _cache_kernels
+from streamclust.estimators.neighbors import QUERY_LOCK, build_index, cache_build_kernels, cache_kernels
 
 __all__ = ["pca_projection", "SampledUMAP", "umap_available", "warm_up_umap", "EXACT_KNN_MAX_SAMPLE"]
 
@@ -114,12 +114,12 @@ _UNCACHED_UMAP_KERNELS = {
 def _cache_umap_kernels() -> None:
     """Turn on numba's disk cache for :data:`_UNCACHED_UMAP_KERNELS` and for the
     pynndescent build kernels UMAP's own neighbour graph uses (see
-    :func:`streamclust.estimators.outliers._cache_build_kernels`).
+    :func:`streamclust.estimators.neighbors.cache_build_kernels`).
 
     Called before every UMAP fit; see the module docstring for the measured effect.
     """
-    _cache_build_kernels()
-    _cache_kernels(_UNCACHED_UMAP_KERNELS)
+    cache_build_kernels()
+    cache_kernels(_UNCACHED_UMAP_KERNELS)
 
 
 def warm_up_umap(verbose: bool = False) -> float:
@@ -395,9 +395,9 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
             if m <= EXACT_KNN_MAX_SAMPLE:
                 self._sample = sample  # exact neighbours by brute force
             else:
-                self._index = _build_index(sample, n_neighbors=int(min(max(k, 15), m - 1)),
+                self._index = build_index(sample, n_neighbors=int(min(max(k, 15), m - 1)),
                                            seed=seed)
-                with _QUERY_LOCK:  # compile / warm the query path once, outside Dask threads
+                with QUERY_LOCK:  # compile / warm the query path once, outside Dask threads
                     self._index.query(sample[: min(m, 8)], k=k, epsilon=0.1)
         return self
 
@@ -407,14 +407,14 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
         if q.shape[0] == 0:
             return np.empty((0, int(self.n_components)), np.float32)
         if self.transform_method == "umap":
-            with _QUERY_LOCK, warnings.catch_warnings():
+            with QUERY_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return np.asarray(self.umap_.transform(q), dtype=np.float32)
         k = int(min(self.n_interp_neighbors, self.embedding_.shape[0]))
         if self._index is None:
             ind = _exact_knn(self._sample, q, k)
         else:
-            with _QUERY_LOCK:
+            with QUERY_LOCK:
                 ind, _ = self._index.query(q, k=k, epsilon=0.1)
         return self.embedding_[ind].mean(axis=1, dtype=np.float64).astype(np.float32)
 

@@ -42,7 +42,7 @@ from streamclust.io.pickle_stream import open_pickled_array
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError, StoreError, one_line
-from streamclust.io.persist import write_atomic
+from streamclust.core.files import write_atomic
 from streamclust.io.store import CaseStore, disk_full_error, now_iso
 
 __all__ = [

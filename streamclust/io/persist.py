@@ -20,35 +20,19 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamclust import __version__
+from streamclust.core.files import write_atomic
 from streamclust.errors import StoreError
 
-__all__ = ["MODEL_FORMAT_VERSION", "save_model_dir", "load_model_dir", "write_atomic"]
+__all__ = ["MODEL_FORMAT_VERSION", "save_model_dir", "load_model_dir"]
 
 MODEL_FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write a file so that readers see either the old or the whole new content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _versions() -> dict[str, str]:

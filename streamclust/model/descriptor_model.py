@@ -37,7 +37,7 @@ import numpy as np
 
 from streamclust.errors import StoreError
 from streamclust.estimators import KNNOutlierDetector, RobustZScreen, StreamingKMeans, StreamingPCA, VarianceBalancer
-from streamclust.estimators.outliers import _build_index
+from streamclust.estimators.neighbors import build_index
 from streamclust.io.persist import load_model_dir, save_model_dir
 
 __all__ = ["DescriptorSetModel", "MixPreprocessing", "DriftReport", "DriftAccumulator", "drift_report",
@@ -200,8 +200,7 @@ class DescriptorSetModel:
         return np.column_stack([labels, scores, dist]).astype(np.float64)
 
     def _outlier_scores(self, reduced: np.ndarray, stats: np.ndarray | None) -> np.ndarray:
-        ind, dist = self.detector._kneighbors_block(reduced, None, identical_is_self=True)  # noqa: SLF001
-        kdist = self.detector._score_from(ind, dist)  # noqa: SLF001 - same scoring as the study
+        kdist = self.detector.score_new_rows(reduced)
         if self.screen is None:
             return kdist
         return self.screen.score(np.column_stack([kdist, stats]))
@@ -260,7 +259,7 @@ class DescriptorSetModel:
         else:
             arrays, params["pca"] = _pca_state(self.pca, "pca_")
         arrays["kmeans_cluster_centers"] = self.kmeans.cluster_centers_
-        arrays["kmeans_shift"] = self.kmeans._shift  # noqa: SLF001 - needed for exact labels
+        arrays["kmeans_shift"] = self.kmeans.shift_
         arrays.update({f"det_{a.rstrip('_')}": getattr(self.detector, a) for a in _DET_ARRAYS})
         if self.screen is not None:
             arrays["screen_location"] = self.screen.location_
@@ -291,17 +290,15 @@ class DescriptorSetModel:
             if "mixture" in params:
                 mix = params["mixture"]
                 pcas = [_pca_from_state(arrays, p, f"mix{i}_pca_") for i, p in enumerate(mix["pca"])]
-                balancer = VarianceBalancer(**mix["balancer"])
-                widths, balancer.share_ = balancer._groups(sum(int(p.n_components_) for p in pcas))  # noqa: SLF001
-                balancer.total_variance_, balancer.scale_ = arrays["mix_total_variance"], arrays["mix_scale"]
-                balancer.column_scale_ = np.repeat(balancer.scale_, widths)
-                balancer.n_features_in_ = int(widths.sum())
+                balancer = VarianceBalancer.from_fitted(
+                    arrays["mix_total_variance"], arrays["mix_scale"],
+                    sum(int(p.n_components_) for p in pcas), **mix["balancer"])
                 pca = MixPreprocessing(list(mix["members"]), pcas, balancer)
             else:
                 pca = _pca_from_state(arrays, params["pca"], "pca_")
             kmeans = StreamingKMeans(**params["kmeans"])
             kmeans.cluster_centers_ = arrays["kmeans_cluster_centers"]
-            kmeans._shift = arrays["kmeans_shift"]  # noqa: SLF001
+            kmeans.shift_ = arrays["kmeans_shift"]
             kmeans.n_features_in_ = int(kmeans.cluster_centers_.shape[1])
             det_params = dict(params["detector"])
             det = KNNOutlierDetector(**{k: v for k, v in det_params.items()
@@ -311,7 +308,7 @@ class DescriptorSetModel:
             for a in _DET_SCALARS:
                 setattr(det, a, det_params[a])
             seed = int(params["index_seed"])
-            det.index_ = _build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed)
+            det.index_ = build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed)
             screen = None
             if "screen" in params:
                 screen = RobustZScreen.from_fitted(arrays["screen_location"], arrays["screen_scale"],

@@ -87,7 +87,7 @@ from streamclust.core.blocks import bound_heaps, parse_memory
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
-from streamclust.io.persist import write_atomic
+from streamclust.core.files import write_atomic
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
 from streamclust.study.outputs import publish, write_results_csv

@@ -12,21 +12,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from streamclust.core.files import atomic_output
+
 __all__ = ["write_results_csv", "top_outliers", "publish"]
 
 
 def write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
     """Stream ``path`` then ``columns`` (name -> (n,) array) for every row into ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
     block = 1 << 16
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path, "w", newline="") as f:
         for start in range(0, ids.shape[0], block):
             stop = min(ids.shape[0], start + block)
             frame = pd.DataFrame({"path": np.asarray(ids[start:stop]).astype(object)})
             for name, arr in columns.items():
                 frame[name] = np.asarray(arr[start:stop])
             frame.to_csv(f, header=start == 0, index=False, float_format="%.6g")
-    os.replace(tmp, path)
 
 
 def top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, ids: Any,
