@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CaseStore": "io.store",
     "convert_case": "io.ingest",
-    "open_source": "io.ingest",
+    "open_source": "io.sources",
     "run_study": "study.driver",
     "assign_new": "model.assign",
     "DescriptorSetModel": "model.descriptor_model",

@@ -17,7 +17,6 @@ from sklearn.cluster import AgglomerativeClustering, HDBSCAN
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamclust.errors import MemoryBudgetError
 from streamclust.estimators.density import SampledHDBSCAN, hdbscan_mst
@@ -313,22 +312,3 @@ def test_sampled_hdbscan_with_pynndescent_is_deterministic(outlier_data):
                            neighbors="brute").fit(X)
     np.testing.assert_array_equal(exact.sample_labels_, a.sample_labels_)
     assert np.mean(exact.labels_ == a.labels_) > 0.99
-
-
-# --------------------------------------------------------------------------- #
-# scikit-learn conventions
-# --------------------------------------------------------------------------- #
-EXPECTED_FAILED: dict[str, dict[str, str]] = {}
-
-
-@parametrize_with_checks(
-    [
-        MicroClusterAgglomerative(n_clusters=3, n_micro=40, random_state=0),
-        StreamingBirch(n_clusters=3, threshold=0.3),
-        StreamingGaussianMixture(n_components=2, random_state=0),
-        SampledHDBSCAN(min_cluster_size=5, random_state=0),
-    ],
-    expected_failed_checks=lambda est: EXPECTED_FAILED.get(type(est).__name__, {}),
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)

@@ -27,7 +27,8 @@ from streamclust.study import steps as study_steps
 from streamclust.cli import main
 from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import StoreError
-from streamclust.io.ingest import convert_case, open_source
+from streamclust.io.ingest import convert_case
+from streamclust.io.sources import open_source
 from streamclust.io.store import CaseStore
 from streamclust.study import run_study
 
@@ -74,9 +75,9 @@ def _case(root: Path, n: int = 4096) -> dict[str, np.ndarray]:
 
 _SLOW_CONVERT = """
 import sys, time
-from streamclust.io import ingest
-read = ingest._NpySource.read_rows
-ingest._NpySource.read_rows = lambda self, a, b: (time.sleep(0.05), read(self, a, b))[1]  # a slow disk
+from streamclust.io import ingest, sources
+read = sources._NpySource.read_rows
+sources._NpySource.read_rows = lambda self, a, b: (time.sleep(0.05), read(self, a, b))[1]  # a slow disk
 ingest.convert_case(sys.argv[1], sys.argv[2], memory="16MB")
 """
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from streamclust.errors import InputError, StoreError
-from streamclust.io.ingest import convert_case, open_source, read_paths_csv
+from streamclust.io.ingest import convert_case, read_paths_csv
+from streamclust.io.sources import open_source
 from streamclust.io.store import CaseStore
 
 

@@ -16,7 +16,6 @@ import pytest
 import zarr
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamclust.errors import MemoryBudgetError
 from streamclust.estimators.neighbors import index_nbytes, warm_up
@@ -328,26 +327,3 @@ def demo_scores(tmp_path_factory):
 def test_demo_case_auc_vs_exact_lof(demo_scores):
     for (name, score), (ours, lof) in demo_scores.items():
         assert ours >= 0.95 and ours >= lof - 0.01, (name, score, ours, lof)
-
-
-_EXPECTED_FAILED_CHECKS = {
-    # The ``score`` parameter (the API asked for: score="lof"|"kdist"|"mean") shadows the
-    # ``score`` *method* these checks (and Pipeline.score) look for.
-    "check_fit_score_takes_y": "the 'score' parameter shadows a score() method",
-    "check_n_features_in_after_fitting": "the 'score' parameter shadows a score() method",
-    "check_pipeline_consistency": "the 'score' parameter shadows a score() method",
-    # fit_predict labels the training rows with reference rows not counting themselves;
-    # predict(X) without row_ids treats X as new rows (pass row_ids=np.arange(n) to match).
-    "check_outliers_fit_predict": "fit_predict excludes self-matches, predict(X) cannot know X is the training set",
-    # same cause: the contamination quantile is fitted on the self-excluded training scores
-    "check_outliers_train": "threshold fitted on self-excluded training scores; predict(X) counts self-matches",
-}
-
-
-@parametrize_with_checks(
-    [KNNOutlierDetector(n_neighbors=5, random_state=0)],
-    expected_failed_checks=lambda est: _EXPECTED_FAILED_CHECKS,
-)
-@pytest.mark.filterwarnings("ignore::streamclust.errors.StreamclustWarning")
-def test_sklearn_compatible(estimator, check):
-    check(estimator)

@@ -3,7 +3,7 @@
 ``NEW_INPUT`` may be a store (``.zarr`` folder, or an fsspec URL, which is always
 read as a store; the set named like the model), a case
 folder (``descriptors/<set>.*`` + ``images_paths.csv``), or one descriptor file
-in any format :func:`streamclust.io.ingest.open_source` reads (paths from
+in any format :func:`streamclust.io.sources.open_source` reads (paths from
 ``--paths CSV``, else ``row:<i>``).  A mixture's model (``vdc_color+vdc_type``)
 reads its members' descriptors side by side, so it needs a store or a case
 folder holding every member set.  Rows are read in blocks; the output CSV
@@ -27,7 +27,8 @@ from streamclust.core.blocks import block_rows_for, bound_heaps, iter_blocks
 from streamclust.core.scheduler import map_ordered, runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError
-from streamclust.io.ingest import discover_case, open_source, read_paths_csv
+from streamclust.io.ingest import discover_case, read_paths_csv
+from streamclust.io.sources import open_source
 from streamclust.model.descriptor_model import DescriptorSetModel, DriftAccumulator, DriftReport
 from streamclust.io.store import CaseStore
 
