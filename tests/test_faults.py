@@ -25,7 +25,6 @@ import streamclust
 from streamclust.study import driver as study_driver
 from streamclust.study import steps as study_steps
 from streamclust.cli import main
-from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import StoreError
 from streamclust.io.ingest import convert_case
 from streamclust.io.sources import open_source
@@ -147,11 +146,8 @@ def test_full_disk_during_conversion_is_one_line_and_the_rerun_resumes(tmp_path,
 
 
 @pytest.fixture(scope="module")
-def small_case(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults")
-    make_demo_case(root / "case", n_rows=1500, seed=0, images=False)
-    convert_case(root / "case", root / "case.zarr")
-    return root
+def small_case(demo_case) -> Path:
+    return demo_case(1500)
 
 
 def _earlier_run(store: CaseStore) -> str:

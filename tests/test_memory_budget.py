@@ -7,19 +7,15 @@ import re
 import pytest
 
 from streamclust.cli import main
-from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import MemoryBudgetError
-from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore
 from streamclust.study import LIBRARY_BASELINE, run_study
 from streamclust.study.rules import block_budget
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("budget")
-    make_demo_case(root / "case", n_rows=300, seed=0, images=False)
-    return convert_case(root / "case", root / "case.zarr").path
+def store(demo_case):
+    return str(demo_case(300) / "case.zarr")
 
 
 def test_study_refuses_a_budget_below_its_needs_up_front(store, tmp_path):

@@ -22,10 +22,8 @@ SET = "osnet"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    make_demo_case(root / "case", n_rows=2500, seed=0, images=False)
-    convert_case(root / "case", root / "case.zarr")
+def trained(demo_case):
+    root = demo_case(2500)
     run_study(root / "case.zarr", root / "study", k="4:8", n_components=32, descriptors=[SET], random_state=0)
     return root
 

@@ -16,7 +16,6 @@ import pytest
 from streamclust.core.urls import is_url
 from streamclust.model.assign import assign_new
 from streamclust.cli import _store_arg, main
-from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import InputError, StoreError
 from streamclust.io.ingest import convert_case, dropped_rows_report_path
 from streamclust.io.store import CaseStore
@@ -37,11 +36,9 @@ def memory_url():
 
 
 @pytest.fixture(scope="module")
-def folder_study(tmp_path_factory):
+def folder_study(demo_case):
     """A 1,200-row demo case, its store in a folder and the study of that store (the reference)."""
-    root = tmp_path_factory.mktemp("urls")
-    make_demo_case(root / "case", n_rows=1200, seed=1, images=False)
-    convert_case(root / "case", root / "case.zarr", progress=False)
+    root = demo_case(1200, seed=1)
     return root, run_study(root / "case.zarr", root / "study", progress=False, **STUDY)
 
 

@@ -9,8 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
 
 from streamclust.study import steps as study_steps
-from streamclust.datasets.synthetic import make_demo_case, load_truth
-from streamclust.io.ingest import convert_case
+from streamclust.datasets.synthetic import load_truth
 from streamclust.io.persist import load_model_dir
 from streamclust.io.store import CaseStore
 from streamclust.errors import InputError
@@ -21,10 +20,8 @@ K = "4:9"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_case(root / "case", n_rows=N_ROWS, seed=0, images=False)
-    convert_case(root / "case", root / "case.zarr")
+def demo(demo_case):
+    root = demo_case(N_ROWS)
     result = run_study(root / "case.zarr", root / "study", k=K, n_components=32, random_state=0,
                        metadata=root / "case" / "vehicle_info.txt")
     return root, result, load_truth(root / "case")
@@ -311,3 +308,21 @@ def test_parse_mix_weights():
     (mix,) = parse_mix("osnet+vdc_color:2,1", ["osnet", "vdc_color"])
     assert mix.name == "osnet+vdc_color" and mix.weights == (2.0, 1.0)
     assert parse_mix(None, []) == []
+
+
+def test_progress_lines_reach_logging_and_the_log_callback(demo, tmp_path, caplog):
+    import logging
+
+    root, _, _ = demo
+    lines: list[str] = []
+    package = logging.getLogger("streamclust")
+    level, handlers = package.level, list(package.handlers)
+    with caplog.at_level(logging.INFO, logger="streamclust"):
+        run_study(root / "case.zarr", tmp_path / "logged", descriptors=["vdc_color"], k="3:4", n_components=8,
+                  report=False, log=lines.append)
+    assert any(line.startswith("vdc_color: PCA 128 -> 8 dims") for line in lines)
+    assert any(line.startswith("vdc_color: k=") and " chosen from 3..4" in line for line in lines)
+    assert any(line.startswith("recommended set: vdc_color") for line in lines)
+    logged = [r for r in caplog.records if r.name.startswith("streamclust.study")]
+    assert [r.getMessage() for r in logged] == lines and all(r.levelno == logging.INFO for r in logged)
+    assert (package.level, package.handlers) == (level, handlers)  # the callback's handler is gone

@@ -10,8 +10,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
 
 from streamclust.cli import main
-from streamclust.datasets.synthetic import load_truth, make_demo_case
-from streamclust.io.ingest import convert_case
+from streamclust.datasets.synthetic import load_truth
 from streamclust.io.store import CaseStore
 from streamclust.study import ALGORITHMS, run_study
 
@@ -20,10 +19,8 @@ ALGS = ("kmeans", "ward", "gmm", "hdbscan")
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("algos")
-    make_demo_case(root / "case", n_rows=2000, images=False)
-    convert_case(root / "case", root / "case.zarr")
+def study(demo_case):
+    root = demo_case(2000)
     result = run_study(root / "case.zarr", root / "study", descriptors=list(SETS), k="5:8", n_components=16,
                        algorithms=ALGS, report=False, random_state=0)
     return root, result, load_truth(root / "case")

@@ -11,10 +11,8 @@ import pandas as pd
 import pytest
 
 from streamclust.cli import main
-from streamclust.datasets.synthetic import make_demo_case
 from streamclust.estimators import warm_up_umap
 from streamclust.estimators.projection import _UNCACHED_UMAP_KERNELS, _cache_umap_kernels
-from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore
 from streamclust.study import run_study
 
@@ -31,12 +29,10 @@ def _run(store: CaseStore, run_id: str):
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory):
+def studies(demo_case):
     """The same study three times: ``--umap`` from the CLI (with the report), ``umap=True`` from
     the API (no report) and without UMAP."""
-    root = tmp_path_factory.mktemp("umap")
-    make_demo_case(root / "case", n_rows=N_ROWS, seed=0, images=False)
-    convert_case(root / "case", root / "case.zarr")
+    root = demo_case(N_ROWS)
     assert main(["study", str(root / "case.zarr"), "-o", str(root / "cli"), "--umap", "--quiet",
                  "--descriptors", "vdc_color,vdc_type", "--mix", "vdc_color+vdc_type", "--k", "4:6",
                  "--components", "16", "--algorithms", "kmeans"]) == 0

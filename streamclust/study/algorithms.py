@@ -11,6 +11,7 @@ its estimator in :mod:`streamclust.estimators`, then one ``_fit_<name>`` functio
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from streamclust.estimators import (
 )
 from streamclust.io.store import RunGroup
 from streamclust.study.rules import choose_k
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ALGORITHMS", "REGISTRY", "Algorithm", "parse_algorithms", "study_algorithms", "score_labels",
            "store_algorithm_labels", "agreement"]
@@ -142,7 +145,7 @@ def score_labels(reduced: Any, labels: Any, sample: tuple[np.ndarray, np.ndarray
 
 def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algorithms: Sequence[str], *,
                      base: dict[str, Any], budget: int, sample: tuple[np.ndarray, np.ndarray],
-                     random_state: int, log: Callable[[str], None]) -> tuple[pd.DataFrame, dict[str, Any]]:
+                     random_state: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The registered algorithms of ``algorithms`` (k-means is skipped: the study runs it first) on the
     stored reduced rows of one set; their silhouettes are estimated on ``sample``, the k-means sweep's.
 
@@ -169,7 +172,7 @@ def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algo
         labels[alg] = store_algorithm_labels(models[chosen].predict(lazy_reduced), reduced, run, name, alg)
         frames.append(metrics)
         row = metrics[metrics["chosen"]].iloc[0]
-        log(f"{name}: {alg} k={chosen} chosen (silhouette {row['silhouette']:.3f}"
+        logger.info(f"{name}: {alg} k={chosen} chosen (silhouette {row['silhouette']:.3f}"
             + (f", noise {row['noise_fraction']:.1%}" if entry.has_noise else "")
             + f") in {time.perf_counter() - t0:.1f} s")
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), labels

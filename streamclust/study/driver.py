@@ -72,6 +72,7 @@ looks finished (a killed one leaves its ``.partial-*`` folder, safe to delete).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -84,6 +85,7 @@ import pandas as pd
 
 from streamclust.analysis import compare_sets, read_metadata
 from streamclust.core.blocks import bound_heaps, parse_memory
+from streamclust.core.logs import forward_log
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
@@ -107,6 +109,8 @@ from streamclust.study.rules import (
 )
 from streamclust.study.steps import Reduced, mix_sets, reduce_set, store_umap, study_set, umap_params
 from streamclust.study.truth import read_outlier_truth
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["run_study"]
 
@@ -159,13 +163,12 @@ def _plan(store_path: Any, *, descriptors: Sequence[str] | None, k: Any, algorit
     return _Plan(store=store, names=names, mixes=mixes, ks=ks, algorithms=algs, budget=budget)
 
 
-def _read_known(store: CaseStore, metadata: Any, outlier_truth: Any,
-                log: Callable[[str], None]) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+def _read_known(store: CaseStore, metadata: Any, outlier_truth: Any) -> tuple[pd.DataFrame | None, np.ndarray | None]:
     """The per-image attributes (rows in store order) and the known outliers ((n,) int8), when given."""
     attributes = read_metadata(metadata, store.ids[:]) if metadata else None
     known = read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
     if attributes is not None:
-        log(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
+        logger.info(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
     return attributes, known
 
 
@@ -187,21 +190,21 @@ class _EverySet:
 
 
 def _study_every_set(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path, projector: SampledUMAP | None,
-                     log: Callable[[str], None], **set_options: Any) -> _EverySet:
+                     **set_options: Any) -> _EverySet:
     """Steps 1-9 of the module docstring for every set, then every mixture, in order."""
     sets = _EverySet()
     prepared: dict[str, Reduced] = {}
     mix_by_name = {m.name: m for m in plan.mixes}
     for name in plan.names + list(mix_by_name):
-        prepared[name] = (mix_sets(run, mix_by_name[name], prepared, budget=plan.budget, log=log)
+        prepared[name] = (mix_sets(run, mix_by_name[name], prepared, budget=plan.budget)
                           if name in mix_by_name else
                           reduce_set(plan.store, run, name, n_components=set_options["n_components"],
-                                     budget=plan.budget, log=log))
+                                     budget=plan.budget))
         outcome = study_set(plan.store, run, name, plan.ks, prepared[name], out=stage, budget=plan.budget,
-                            log=log, **{k: v for k, v in set_options.items() if k != "n_components"})
+                            **{k: v for k, v in set_options.items() if k != "n_components"})
         result.sets[name] = outcome.result
         if projector is not None:
-            outcome.result.umap = store_umap(projector, outcome.reduced, run, name, log)
+            outcome.result.umap = store_umap(projector, outcome.reduced, run, name)
         result.profiles[name] = outcome.profile
         sets.reduced[name] = outcome.reduced
         sets.labels[name], sets.scores[name], sets.flags[name] = outcome.labels, outcome.scores, outcome.flags
@@ -213,14 +216,14 @@ def _study_every_set(plan: _Plan, run: RunGroup, result: StudyResult, stage: Pat
             base = {c: first[c] for c in ("set", "n_rows", "n_features", "n_components")}
             extra, sets.extra_labels[name] = study_algorithms(
                 run, name, outcome.reduced, plan.ks, plan.algorithms, base=base, budget=plan.budget,
-                sample=outcome.silhouette_rows, random_state=set_options["random_state"], log=log)
+                sample=outcome.silhouette_rows, random_state=set_options["random_state"])
             sets.metrics.append(extra)
             sets.agreement.append(agreement(name, {"kmeans": outcome.labels, **sets.extra_labels[name]}))
     return sets
 
 
 def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage: Path, *,
-                       attributes: pd.DataFrame | None, random_state: int, log: Callable[[str], None]) -> None:
+                       attributes: pd.DataFrame | None, random_state: int) -> None:
     """Gather the metrics, compare the sets (recommendation) and write the CSV outputs into ``stage``."""
     metrics_all = pd.concat(sets.metrics, ignore_index=True)
     for col in ("bic", "noise_fraction"):
@@ -238,7 +241,7 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
                               random_state=random_state, memory=plan.budget)
     result.comparison = comparison
     result.recommended = comparison.recommended_set or plan.names[0]
-    log(f"recommended set: {result.recommended} ({comparison.reason})")
+    logger.info(f"recommended set: {result.recommended} ({comparison.reason})")
     write_atomic(stage / "metrics.csv", metrics_all.to_csv(index=False))
     write_atomic(stage / "algorithms.csv", agreement_all.to_csv(index=False))
     write_atomic(stage / "comparison.csv", comparison.recommendation.to_csv())
@@ -344,7 +347,7 @@ def run_study(
     progress : bool
         Progress bars.
     log : callable, optional
-        Receives one line per finished step.
+        Receives one line per finished step (the INFO records of the ``streamclust`` loggers).
     algorithms : str or list of str
         Step 7: the algorithms compared on every set's reduced rows, among
         :data:`~streamclust.study.algorithms.ALGORITHMS` (``"kmeans,ward"`` or a list).  ``kmeans``
@@ -368,42 +371,42 @@ def run_study(
     -------
     StudyResult
     """
-    log = log or (lambda line: None)
-    bound_heaps()
-    plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
-                 outlier_score=outlier_score)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    params = plan.params(n_components=n_components, n_init=n_init, memory=memory,
-                         silhouette_samples=silhouette_samples, outlier_neighbors=outlier_neighbors,
-                         outlier_score=outlier_score, outlier_truth=outlier_truth, random_state=random_state,
-                         metadata=metadata)
-    projector = SampledUMAP(n_components=2, memory=plan.budget, random_state=random_state) if umap else None
-    if projector is not None:
-        params["umap"] = umap_params(projector)
-    attributes, known = _read_known(plan.store, metadata, outlier_truth, log)
-    run = plan.store.new_run(params)
-    result = StudyResult(out_dir=out, run_id=run.run_id)
-    stage = out / f".partial-{run.run_id}"  # outputs go here, then into `out` once all are written
-    stage.mkdir()
-    try:
-        sets = _study_every_set(plan, run, result, stage, projector, log, n_components=n_components,
-                                n_init=n_init, silhouette_samples=silhouette_samples,
-                                outlier_neighbors=outlier_neighbors, outlier_score=outlier_score,
-                                n_top_outliers=n_top_outliers, random_state=random_state,
-                                attributes=attributes, known=known)
-        _compare_and_write(plan, result, sets, stage, attributes=attributes, random_state=random_state, log=log)
-        if report:
-            page = build_study_report(result, plan.store, images=images, memory=plan.budget, out_dir=stage)
-            log(f"report: {out / page.name}")
-        _write_summary(plan, run, result, stage, params)
-        publish(stage, out)
-        _complete(run, result, out)
-    except BaseException as exc:
-        run.fail(f"{type(exc).__name__}: {exc}")
-        shutil.rmtree(stage, ignore_errors=True)
-        full = disk_full_error(exc, out, f"writing study run {run.run_id} (its partial outputs were removed)")
-        if full is not None:
-            raise full from exc
-        raise
-    return result
+    with forward_log(log):  # the steps log to logging; `log` receives their lines too
+        bound_heaps()
+        plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
+                     outlier_score=outlier_score)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        params = plan.params(n_components=n_components, n_init=n_init, memory=memory,
+                             silhouette_samples=silhouette_samples, outlier_neighbors=outlier_neighbors,
+                             outlier_score=outlier_score, outlier_truth=outlier_truth, random_state=random_state,
+                             metadata=metadata)
+        projector = SampledUMAP(n_components=2, memory=plan.budget, random_state=random_state) if umap else None
+        if projector is not None:
+            params["umap"] = umap_params(projector)
+        attributes, known = _read_known(plan.store, metadata, outlier_truth)
+        run = plan.store.new_run(params)
+        result = StudyResult(out_dir=out, run_id=run.run_id)
+        stage = out / f".partial-{run.run_id}"  # outputs go here, then into `out` once all are written
+        stage.mkdir()
+        try:
+            sets = _study_every_set(plan, run, result, stage, projector, n_components=n_components,
+                                    n_init=n_init, silhouette_samples=silhouette_samples,
+                                    outlier_neighbors=outlier_neighbors, outlier_score=outlier_score,
+                                    n_top_outliers=n_top_outliers, random_state=random_state,
+                                    attributes=attributes, known=known)
+            _compare_and_write(plan, result, sets, stage, attributes=attributes, random_state=random_state)
+            if report:
+                page = build_study_report(result, plan.store, images=images, memory=plan.budget, out_dir=stage)
+                logger.info(f"report: {out / page.name}")
+            _write_summary(plan, run, result, stage, params)
+            publish(stage, out)
+            _complete(run, result, out)
+        except BaseException as exc:
+            run.fail(f"{type(exc).__name__}: {exc}")
+            shutil.rmtree(stage, ignore_errors=True)
+            full = disk_full_error(exc, out, f"writing study run {run.run_id} (its partial outputs were removed)")
+            if full is not None:
+                raise full from exc
+            raise
+        return result

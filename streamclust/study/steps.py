@@ -5,8 +5,8 @@ run in the store."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ from streamclust.study.results import SetResult
 from streamclust.study.rules import MixSpec, choose_k, outlier_index_neighbors
 from streamclust.study.truth import outlier_quality
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["Reduced", "SetOutcome", "reduce_set", "mix_sets", "study_set", "store_reduced", "store_labels",
            "store_umap", "umap_params"]
 
@@ -61,8 +63,7 @@ def umap_params(projector: SampledUMAP) -> dict[str, Any]:
     return {k: v for k, v in projector.get_params().items() if k not in ("memory", "block_rows")}
 
 
-def store_umap(projector: SampledUMAP, reduced: Any, run: RunGroup, name: str,
-                log: Callable[[str], None]) -> dict[str, Any]:
+def store_umap(projector: SampledUMAP, reduced: Any, run: RunGroup, name: str) -> dict[str, Any]:
     """Step 9 of the module docstring: a fresh clone of ``projector`` fitted on a sample of the
     reduced rows, every row's position written block by block to ``runs/<id>/<name>/umap``
     (float32, shape (n, 2), row chunks of the labels)."""
@@ -77,7 +78,7 @@ def store_umap(projector: SampledUMAP, reduced: Any, run: RunGroup, name: str,
                               attrs={"descriptor_set": name, "projection": "umap", **info})
     da.store(embedding.rechunk((target.chunks[0], -1)), target, lock=False)
     info["seconds"] = time.perf_counter() - t0
-    log(f"{name}: UMAP of {info['sample_rows']:,} sampled rows, every row placed, "
+    logger.info(f"{name}: UMAP of {info['sample_rows']:,} sampled rows, every row placed, "
         f"in {info['seconds']:.1f} s")
     return info
 
@@ -125,8 +126,7 @@ class Reduced:
     mixture: dict[str, Any] | None = None
 
 
-def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int | float, budget: int,
-                log: Callable[[str], None]) -> Reduced:
+def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int | float, budget: int) -> Reduced:
     """Step 1 of the module docstring for one descriptor set."""
     t0 = time.perf_counter()
     X = store.descriptor(name)
@@ -134,15 +134,14 @@ def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int 
     pca = StreamingPCA(n_components=components, l2_normalize=True, memory=budget)
     pca.fit(da.from_zarr(X))
     reduced, evidence = store_reduced(pca, X, run, name)
-    log(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
+    logger.info(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
         f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
     return Reduced(pca, reduced, int(X.shape[1]), float(pca.explained_variance_ratio_.sum()),
                     time.perf_counter() - t0,
                     {"source_sha256": X.attrs.get("source_sha256"), "source": X.attrs.get("source")}, evidence)
 
 
-def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: int,
-              log: Callable[[str], None]) -> Reduced:
+def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: int) -> Reduced:
     """Step 8 of the module docstring: the balanced mixed rows of ``mix`` into ``runs/<id>/<mix>/reduced``.
 
     The members' reduced rows are read lazily, side by side, twice (the
@@ -164,7 +163,7 @@ def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: 
     # the balanced members' variance is w_i; each kept the fraction e_i of its own, so the mixture
     # keeps sum(w) / sum(w_i / e_i) of the balanced members' full variance
     kept = 1.0 / sum(w / p.explained_variance for w, p in zip(balancer.share_, members))
-    log(f"{mix.name}: {' + '.join(f'{m} ({100 * v:.0f}% of the variance)' for m, v in shares.items())} "
+    logger.info(f"{mix.name}: {' + '.join(f'{m} ({100 * v:.0f}% of the variance)' for m, v in shares.items())} "
         f"-> {target.shape[1]} dims")
     evidence = {f"{key}[{m}]": arr for m, p in zip(mix.members, members) for key, arr in p.evidence.items()}
     return Reduced(MixPreprocessing(list(mix.members), [p.pca for p in members], balancer), target,
@@ -175,8 +174,7 @@ def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: 
 def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepared: Reduced, *, out: Path,
                n_init: int, budget: int, silhouette_samples: int,
                outlier_neighbors: int, outlier_score: str, n_top_outliers: int, random_state: int,
-               attributes: pd.DataFrame | None, known: np.ndarray | None,
-               log: Callable[[str], None]) -> SetOutcome:
+               attributes: pd.DataFrame | None, known: np.ndarray | None) -> SetOutcome:
     """Steps 2-6 of the module docstring for one descriptor set or mixture; saves its model."""
     t0 = time.perf_counter()
     pca, reduced = prepared.pca, prepared.reduced
@@ -222,12 +220,12 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
                                 attrs={"n_flagged": n_flagged, "rule": rule})
     flag_arr[:] = flags
     top = top_outliers(name, outlier_scores, flags, labels, store.ids, n_top_outliers, reasons, known)
-    log(f"{name}: {n_flagged} outliers flagged ({flags.mean():.2%}) by {rule}; "
+    logger.info(f"{name}: {n_flagged} outliers flagged ({flags.mean():.2%}) by {rule}; "
         f"kNN recall {detector.recall_:.3f}")
     truth = None
     if known is not None:
         truth = outlier_quality(outlier_scores, flags, known)
-        log(f"{name}: against the {truth['outliers']:,} known outliers among {truth['rows']:,} listed images: "
+        logger.info(f"{name}: against the {truth['outliers']:,} known outliers among {truth['rows']:,} listed images: "
             f"precision {truth['precision']}, recall {truth['recall']}, ROC AUC {truth['roc_auc']}")
 
     profile = profile_clusters(labels, attributes, outlier_flags=flag_arr, set_name=name, memory=budget)
@@ -246,7 +244,7 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     )
     model_dir = model.save(out / "models" / name)
     seconds = prepared.seconds + time.perf_counter() - t0
-    log(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
+    logger.info(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
         f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
     result = SetResult(name, prepared.n_features, int(pca.n_components_), prepared.explained_variance,
                        chosen, metrics, seconds, model_dir, kmeans.cluster_centers_, n_flagged,
