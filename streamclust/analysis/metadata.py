@@ -153,6 +153,127 @@ def _clean_frame(df: pd.DataFrame, key_col: str) -> pd.DataFrame:
     return pd.DataFrame(out, index=df.index)
 
 
+def _read_raw(p: Path) -> tuple[pd.DataFrame, str]:
+    """The metadata file as read, column names normalised, and its format.
+
+    Returns
+    -------
+    raw : pandas.DataFrame, shape (n_metadata_rows, n_columns)
+        Strings as read (Parquet: its dtypes).  A VeRi-Wild file's key column is
+        named ``__key__``.
+    fmt : str
+        ``"parquet"``, ``"veriwild"`` or ``"csv"``.
+    """
+    if p.suffix.lower() in (".parquet", ".pq"):
+        try:
+            raw = pd.read_parquet(p)
+        except Exception as exc:  # pyarrow raises many types
+            raise InputError(f"{p}: cannot read as Parquet ({exc}).") from exc
+        raw.columns = _normalise_columns([str(c) for c in raw.columns])
+        fmt = "parquet"
+    else:
+        header, first = _read_header(p)
+        head_fields = [f.strip() for f in header.split(";")]
+        key_like = re.compile(r"^\s*\d+/\d+\s*$")
+        if ";" in header and (head_fields[0].lower().replace(" ", "") in ("id/image", "id/img")
+                              or key_like.match(head_fields[0])):
+            has_header = not key_like.match(head_fields[0])
+            names = None
+            if not has_header:
+                default = ["id/image", "Camera ID", "Time", "Model", "Type", "Color"]
+                n_fields = len(head_fields)
+                names = (default + [f"column_{i}" for i in range(6, n_fields)])[:n_fields]
+            raw = _read_table(p, ";", 0 if has_header else None, names, csv.QUOTE_NONE)
+            cols = _normalise_columns([str(c) for c in raw.columns])
+            cols[0] = "__key__"
+            raw.columns = cols
+            fmt = "veriwild"
+        else:
+            counts = {s: header.count(s) for s in (",", ";", "\t", "|")}
+            sep = max(counts, key=counts.get)
+            if counts[sep] == 0:
+                sep = ","
+            raw = _read_table(p, sep, 0, None)
+            raw.columns = _normalise_columns([str(c) for c in raw.columns])
+            fmt = "csv"
+    if len(raw) == 0:
+        raise InputError(f"{p}: the metadata file has a header but no rows.")
+    return raw, fmt
+
+
+def _match_keys(
+    p: Path, raw: pd.DataFrame, fmt: str, ids_norm: pd.Series,
+) -> tuple[str, pd.Series, pd.Series, list[tuple[str, Any, Any]]]:
+    """The key column of ``raw``, the keys of both sides and the matching strategies.
+
+    Returns
+    -------
+    key_col : str
+    meta_base : pandas.Series, shape (n_metadata_rows,)
+        Key of every metadata row.
+    id_base : pandas.Series, shape (n,)
+        Key of every image id.
+    strategies : list of (method, id key function, metadata key function)
+        Tried in order by :func:`_match_rows`.
+    """
+    if fmt == "veriwild":
+        key_col = "__key__"
+        meta_base = _strip_ext(_normalise_paths(raw[key_col].to_numpy()))
+        id_base = _last_two(ids_norm)
+        # (method, key of the ids, key of the metadata rows): tried in order, built lazily
+        strategies = [("key", lambda s: s, lambda s: s),
+                      ("key_without_zeros", _strip_zeros, _strip_zeros)]
+    else:
+        found = [c for c in _PATH_COLUMNS if c in raw.columns]
+        if not found:
+            raise InputError(
+                f"{p}: no path column; name one of {list(_PATH_COLUMNS[:4])} "
+                f"(the file has columns {list(raw.columns)})."
+            )
+        key_col = found[0]
+        meta_base = _normalise_paths(raw[key_col].to_numpy())
+        id_base = ids_norm
+        strategies = [("path", lambda s: s, lambda s: s),
+                      ("basename", _basename, _basename),
+                      ("stem", lambda s: _strip_ext(_basename(s)), lambda s: _strip_ext(_basename(s)))]
+    return key_col, meta_base, id_base, strategies
+
+
+def _match_rows(
+    meta_base: pd.Series, id_base: pd.Series, strategies: list[tuple[str, Any, Any]], n: int,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Metadata row of every id, trying the strategies in order on the ids still unmatched.
+
+    Returns
+    -------
+    pos : ndarray of int64, shape (n,)
+        Row of ``meta_base`` matched by each id, ``-1`` when none.
+    methods : dict of str to int
+        Ids matched by each strategy.
+    """
+    pos = np.full(n, -1, dtype=np.int64)
+    methods: dict[str, int] = {}
+    for i, (method, id_fn, meta_fn) in enumerate(strategies):
+        todo = pos < 0
+        if not todo.any():
+            break
+        mk, ik = meta_fn(meta_base), id_fn(id_base)
+        if i == 0:
+            found_pos = pd.Index(mk).get_indexer(ik[todo])
+        else:  # fallback keys count only where unique on both sides
+            unique_meta = ~mk.duplicated(keep=False).to_numpy()
+            unique_ids = ~ik.duplicated(keep=False).to_numpy()
+            found_pos = pd.Index(mk[unique_meta]).get_indexer(ik[todo])
+            found_pos = np.where((found_pos >= 0) & unique_ids[todo],
+                                 np.flatnonzero(unique_meta)[np.maximum(found_pos, 0)], -1)
+        new = found_pos >= 0
+        if new.any():
+            idx = np.flatnonzero(todo)
+            pos[idx[new]] = found_pos[new]
+            methods[method] = int(new.sum())
+    return pos, methods
+
+
 def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 0.5) -> pd.DataFrame:
     """Read per-image metadata and align it to the image ids of a store.
 
@@ -210,61 +331,8 @@ def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 
     if n == 0:
         raise InputError(f"{p}: no image ids to align the metadata to.")
 
-    if p.suffix.lower() in (".parquet", ".pq"):
-        try:
-            raw = pd.read_parquet(p)
-        except Exception as exc:  # pyarrow raises many types
-            raise InputError(f"{p}: cannot read as Parquet ({exc}).") from exc
-        raw.columns = _normalise_columns([str(c) for c in raw.columns])
-        fmt = "parquet"
-    else:
-        header, first = _read_header(p)
-        head_fields = [f.strip() for f in header.split(";")]
-        key_like = re.compile(r"^\s*\d+/\d+\s*$")
-        if ";" in header and (head_fields[0].lower().replace(" ", "") in ("id/image", "id/img")
-                              or key_like.match(head_fields[0])):
-            has_header = not key_like.match(head_fields[0])
-            names = None
-            if not has_header:
-                default = ["id/image", "Camera ID", "Time", "Model", "Type", "Color"]
-                n_fields = len(head_fields)
-                names = (default + [f"column_{i}" for i in range(6, n_fields)])[:n_fields]
-            raw = _read_table(p, ";", 0 if has_header else None, names, csv.QUOTE_NONE)
-            cols = _normalise_columns([str(c) for c in raw.columns])
-            cols[0] = "__key__"
-            raw.columns = cols
-            fmt = "veriwild"
-        else:
-            counts = {s: header.count(s) for s in (",", ";", "\t", "|")}
-            sep = max(counts, key=counts.get)
-            if counts[sep] == 0:
-                sep = ","
-            raw = _read_table(p, sep, 0, None)
-            raw.columns = _normalise_columns([str(c) for c in raw.columns])
-            fmt = "csv"
-    if len(raw) == 0:
-        raise InputError(f"{p}: the metadata file has a header but no rows.")
-
-    if fmt == "veriwild":
-        key_col = "__key__"
-        meta_base = _strip_ext(_normalise_paths(raw[key_col].to_numpy()))
-        id_base = _last_two(ids_norm)
-        # (method, key of the ids, key of the metadata rows): tried in order, built lazily
-        strategies = [("key", lambda s: s, lambda s: s),
-                      ("key_without_zeros", _strip_zeros, _strip_zeros)]
-    else:
-        found = [c for c in _PATH_COLUMNS if c in raw.columns]
-        if not found:
-            raise InputError(
-                f"{p}: no path column; name one of {list(_PATH_COLUMNS[:4])} "
-                f"(the file has columns {list(raw.columns)})."
-            )
-        key_col = found[0]
-        meta_base = _normalise_paths(raw[key_col].to_numpy())
-        id_base = ids_norm
-        strategies = [("path", lambda s: s, lambda s: s),
-                      ("basename", _basename, _basename),
-                      ("stem", lambda s: _strip_ext(_basename(s)), lambda s: _strip_ext(_basename(s)))]
+    raw, fmt = _read_raw(p)
+    key_col, meta_base, id_base, strategies = _match_keys(p, raw, fmt, ids_norm)
 
     # duplicates: the first row of a key wins
     dup = meta_base.duplicated(keep="first").to_numpy()
@@ -272,26 +340,7 @@ def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 
     raw = raw.loc[~dup].reset_index(drop=True)
     meta_base = meta_base[~dup].reset_index(drop=True)
 
-    pos = np.full(n, -1, dtype=np.int64)
-    methods: dict[str, int] = {}
-    for i, (method, id_fn, meta_fn) in enumerate(strategies):
-        todo = pos < 0
-        if not todo.any():
-            break
-        mk, ik = meta_fn(meta_base), id_fn(id_base)
-        if i == 0:
-            found_pos = pd.Index(mk).get_indexer(ik[todo])
-        else:  # fallback keys count only where unique on both sides
-            unique_meta = ~mk.duplicated(keep=False).to_numpy()
-            unique_ids = ~ik.duplicated(keep=False).to_numpy()
-            found_pos = pd.Index(mk[unique_meta]).get_indexer(ik[todo])
-            found_pos = np.where((found_pos >= 0) & unique_ids[todo],
-                                 np.flatnonzero(unique_meta)[np.maximum(found_pos, 0)], -1)
-        new = found_pos >= 0
-        if new.any():
-            idx = np.flatnonzero(todo)
-            pos[idx[new]] = found_pos[new]
-            methods[method] = int(new.sum())
+    pos, methods = _match_rows(meta_base, id_base, strategies, n)
     matched = int((pos >= 0).sum())
     rate = matched / n
     if rate < min_match:
