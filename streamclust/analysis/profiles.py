@@ -257,6 +257,116 @@ def _contingencies(
     return size_series, tables, flags_t
 
 
+def _attribute_tables(
+    tables: dict[str, Counts], codes: dict[str, tuple[np.ndarray, np.ndarray]], clusters: pd.Index, top: int,
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame, dict[int, dict[str, list]]]:
+    """Per attribute: the full count table, its agreement scores and every cluster's top values.
+
+    Returns
+    -------
+    contingency : dict of str to pandas.DataFrame, shape (n_groups, n_values)
+    table : pandas.DataFrame, shape (n_entries, 8)
+        As :attr:`ClusterProfiles.table`.
+    agreement : pandas.DataFrame, shape (n_attributes, 7)
+        As :attr:`ClusterProfiles.agreement`.
+    tops_by_cluster : dict of int to dict of str to list
+        ``{cluster: {attribute: [(value, count, share, lift)]}}``.
+    """
+    contingency: dict[str, pd.DataFrame] = {}
+    table_parts = []
+    agreement_rows = []
+    tops_by_cluster: dict[int, dict[str, list]] = {int(c): {} for c in clusters}
+    for attr, counts in tables.items():
+        values = codes[attr][1]
+        frame = pd.DataFrame(counts.table, index=pd.Index(counts.rows, name="cluster"),
+                             columns=pd.Index(values[counts.cols], name=attr))
+        frame = frame.reindex(clusters, fill_value=0)
+        contingency[attr] = frame
+        scores = contingency_scores(frame.to_numpy())
+        agreement_rows.append({"attribute": attr, "n": scores["n"], "n_values": frame.shape[1],
+                               "purity": scores["purity"], "nmi": scores["nmi"],
+                               "ami": scores["ami"], "ari": scores["ari"]})
+        overall = frame.sum(axis=0)
+        overall_share = overall / max(1, int(overall.sum()))
+        for c in clusters:
+            tv = _top_values(frame.loc[c], overall_share, top)
+            tops_by_cluster[int(c)][attr] = tv
+            for rank, (v, cnt, s, lift) in enumerate(tv, start=1):
+                table_parts.append((int(c), attr, v, cnt, s, float(overall_share[v]), lift, rank))
+    table = pd.DataFrame(table_parts, columns=["cluster", "attribute", "value", "count",
+                                               "share_in_cluster", "share_overall", "lift", "rank"])
+    agreement = pd.DataFrame(agreement_rows, columns=["attribute", "n", "n_values", "purity",
+                                                      "nmi", "ami", "ari"])
+    return contingency, table, agreement, tops_by_cluster
+
+
+def _outlier_rates(
+    flags_t: Counts | None, clusters: pd.Index, sizes: pd.Series, n: int,
+) -> tuple[pd.Series | None, float | None]:
+    """Fraction of flagged rows per cluster, shape (n_groups,), and overall (``None`` without flags)."""
+    outlier_rate = overall_rate = None
+    if flags_t is not None:
+        flagged = pd.Series(0, index=clusters, dtype=np.int64)
+        if 1 in flags_t.cols:
+            j = int(np.searchsorted(flags_t.cols, 1))
+            flagged = pd.Series(flags_t.table[:, j], index=pd.Index(flags_t.rows, name="cluster"))
+            flagged = flagged.reindex(clusters, fill_value=0)
+        outlier_rate = (flagged / sizes).rename("outlier_rate")
+        overall_rate = float(flagged.sum() / n)
+    return outlier_rate, overall_rate
+
+
+def _spread_ratio(spread: Mapping[int, float] | None, clusters: pd.Index) -> pd.Series | None:
+    """Spread of every cluster over the median spread (noise excluded), shape (n_groups,)."""
+    spread_ratio = None
+    if spread is not None:
+        sp = pd.Series({int(k): float(v) for k, v in dict(spread).items()}, dtype=np.float64)
+        sp = sp.reindex(clusters)
+        base = sp.drop(index=-1, errors="ignore").median()
+        spread_ratio = (sp / base if base and np.isfinite(base) and base > 0 else sp * np.nan)
+        spread_ratio = spread_ratio.rename("spread_ratio")
+    return spread_ratio
+
+
+def _cluster_sentences(
+    sizes: pd.Series, shares: pd.Series, tops_by_cluster: dict[int, dict[str, list]], *,
+    dominant: float, top: int, outlier_rate: pd.Series | None, overall_rate: float | None,
+    spread_ratio: pd.Series | None, has_meta: bool, set_name: str | None,
+) -> dict[int, str]:
+    """One sentence per cluster (see :func:`_sentence`), in the order of ``sizes``."""
+    sentences = {}
+    for c in sizes.index:
+        ci = int(c)
+        sentences[ci] = _sentence(
+            ci, int(sizes[c]), float(shares[c]), tops_by_cluster[ci], dominant=dominant, top=top,
+            outlier_rate=None if outlier_rate is None else float(outlier_rate[c]),
+            overall_rate=overall_rate,
+            spread_ratio=None if spread_ratio is None else float(spread_ratio[c]),
+            has_metadata=has_meta, set_name=set_name,
+        )
+    return sentences
+
+
+def _summary(
+    sizes: pd.Series, shares: pd.Series, outlier_rate: pd.Series | None, spread_ratio: pd.Series | None,
+    attributes: list[str], tops_by_cluster: dict[int, dict[str, list]], sentences: dict[int, str],
+) -> pd.DataFrame:
+    """One row per cluster, shape (n_groups, ...): as :attr:`ClusterProfiles.clusters`."""
+    clusters = sizes.index
+    summary = pd.DataFrame({"size": sizes, "share": shares})
+    if outlier_rate is not None:
+        summary["outlier_rate"] = outlier_rate
+    if spread_ratio is not None:
+        summary["spread_ratio"] = spread_ratio
+    for attr in attributes:
+        summary[f"top_{attr}"] = [tops_by_cluster[int(c)][attr][0][0] if tops_by_cluster[int(c)][attr]
+                                  else None for c in clusters]
+        summary[f"top_{attr}_share"] = [tops_by_cluster[int(c)][attr][0][2]
+                                        if tops_by_cluster[int(c)][attr] else np.nan for c in clusters]
+    summary["sentence"] = [sentences[int(c)] for c in clusters]
+    return summary
+
+
 def profile_clusters(
     labels: Any,
     attributes: pd.DataFrame | None = None,
@@ -335,73 +445,13 @@ def profile_clusters(
     clusters = sizes.index
     shares = (sizes / n).rename("share")
 
-    contingency: dict[str, pd.DataFrame] = {}
-    table_parts = []
-    agreement_rows = []
-    tops_by_cluster: dict[int, dict[str, list]] = {int(c): {} for c in clusters}
-    for attr, counts in tables.items():
-        values = codes[attr][1]
-        frame = pd.DataFrame(counts.table, index=pd.Index(counts.rows, name="cluster"),
-                             columns=pd.Index(values[counts.cols], name=attr))
-        frame = frame.reindex(clusters, fill_value=0)
-        contingency[attr] = frame
-        scores = contingency_scores(frame.to_numpy())
-        agreement_rows.append({"attribute": attr, "n": scores["n"], "n_values": frame.shape[1],
-                               "purity": scores["purity"], "nmi": scores["nmi"],
-                               "ami": scores["ami"], "ari": scores["ari"]})
-        overall = frame.sum(axis=0)
-        overall_share = overall / max(1, int(overall.sum()))
-        for c in clusters:
-            tv = _top_values(frame.loc[c], overall_share, top)
-            tops_by_cluster[int(c)][attr] = tv
-            for rank, (v, cnt, s, lift) in enumerate(tv, start=1):
-                table_parts.append((int(c), attr, v, cnt, s, float(overall_share[v]), lift, rank))
-    table = pd.DataFrame(table_parts, columns=["cluster", "attribute", "value", "count",
-                                               "share_in_cluster", "share_overall", "lift", "rank"])
-    agreement = pd.DataFrame(agreement_rows, columns=["attribute", "n", "n_values", "purity",
-                                                      "nmi", "ami", "ari"])
-
-    outlier_rate = overall_rate = None
-    if flags_t is not None:
-        flagged = pd.Series(0, index=clusters, dtype=np.int64)
-        if 1 in flags_t.cols:
-            j = int(np.searchsorted(flags_t.cols, 1))
-            flagged = pd.Series(flags_t.table[:, j], index=pd.Index(flags_t.rows, name="cluster"))
-            flagged = flagged.reindex(clusters, fill_value=0)
-        outlier_rate = (flagged / sizes).rename("outlier_rate")
-        overall_rate = float(flagged.sum() / n)
-
-    spread_ratio = None
-    if spread is not None:
-        sp = pd.Series({int(k): float(v) for k, v in dict(spread).items()}, dtype=np.float64)
-        sp = sp.reindex(clusters)
-        base = sp.drop(index=-1, errors="ignore").median()
-        spread_ratio = (sp / base if base and np.isfinite(base) and base > 0 else sp * np.nan)
-        spread_ratio = spread_ratio.rename("spread_ratio")
-
-    has_meta = bool(codes)
-    sentences = {}
-    for c in clusters:
-        ci = int(c)
-        sentences[ci] = _sentence(
-            ci, int(sizes[c]), float(shares[c]), tops_by_cluster[ci], dominant=dominant, top=top,
-            outlier_rate=None if outlier_rate is None else float(outlier_rate[c]),
-            overall_rate=overall_rate,
-            spread_ratio=None if spread_ratio is None else float(spread_ratio[c]),
-            has_metadata=has_meta, set_name=set_name,
-        )
-
-    summary = pd.DataFrame({"size": sizes, "share": shares})
-    if outlier_rate is not None:
-        summary["outlier_rate"] = outlier_rate
-    if spread_ratio is not None:
-        summary["spread_ratio"] = spread_ratio
-    for attr in codes:
-        summary[f"top_{attr}"] = [tops_by_cluster[int(c)][attr][0][0] if tops_by_cluster[int(c)][attr]
-                                  else None for c in clusters]
-        summary[f"top_{attr}_share"] = [tops_by_cluster[int(c)][attr][0][2]
-                                        if tops_by_cluster[int(c)][attr] else np.nan for c in clusters]
-    summary["sentence"] = [sentences[int(c)] for c in clusters]
+    contingency, table, agreement, tops_by_cluster = _attribute_tables(tables, codes, clusters, top)
+    outlier_rate, overall_rate = _outlier_rates(flags_t, clusters, sizes, n)
+    spread_ratio = _spread_ratio(spread, clusters)
+    sentences = _cluster_sentences(
+        sizes, shares, tops_by_cluster, dominant=dominant, top=top, outlier_rate=outlier_rate,
+        overall_rate=overall_rate, spread_ratio=spread_ratio, has_meta=bool(codes), set_name=set_name)
+    summary = _summary(sizes, shares, outlier_rate, spread_ratio, list(codes), tops_by_cluster, sentences)
 
     return ClusterProfiles(
         n_rows=n, sizes=sizes, shares=shares, table=table, agreement=agreement,
