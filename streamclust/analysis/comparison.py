@@ -7,6 +7,55 @@ neighbours share an attribute value) and by their clustering metrics
 normalised to be comparable, and recommends a set.  Labels are read in row
 blocks; outlier scores and reduced rows only through seeded samples (20k rows
 by default).
+
+How :func:`compare_sets` computes its tables and recommends a set:
+
+**Tables.**
+
+* **label_agreement** -- ARI and AMI between every pair of sets' labels, from
+  contingency tables accumulated in one block-wise pass over all label arrays
+  (exact, all rows).
+* **attribute_agreement / ami_table** -- purity, NMI, AMI, ARI of each set's
+  labels with each metadata attribute (same pass; rows with a missing value
+  left out).
+* **score_correlation** -- Spearman rank correlation of the outlier scores
+  between sets on a seeded sample of ``sample_size`` rows (the same rows for
+  every set).  A sample estimate: its standard error is about
+  ``1 / sqrt(sample_size)``.
+* **knn_overlap** -- a seeded reference sample of ``reference_size`` rows
+  (the same rows for every set) is read from every set's reduced rows;
+  ``sample_size`` of them are queries.  For each query, the exact
+  (brute-force, Euclidean) ``n_neighbors`` nearest rows among the reference
+  sample (itself excluded) are found in each set's space, and the table is
+  the mean Jaccard overlap of these neighbour sets between two sets (1 on the
+  diagonal; chance level is about ``n_neighbors / reference_size``).  Because
+  the reference is a sample, the neighbourhoods are those of a
+  ``n / reference_size`` times sparser data set: coarser than the true
+  nearest neighbours, but comparable between sets.
+* **normalized_metrics** -- per set: ``silhouette`` (in [-1, 1], already
+  scale free) and ``davies_bouldin`` (a ratio of distances, scale free) as
+  given; the Calinski-Harabasz index grows with the number of rows and
+  depends on k, so it is replaced by ``between_within_ratio`` =
+  ``CH * (k - 1) / (n - k)`` = between-cluster over within-cluster sum of
+  squares, and ``variance_explained`` = ``ratio / (1 + ratio)`` (the share
+  of the variance the clustering explains, R^2); plus cluster-size shares.
+  Without ``metrics`` and with ``reduced_by_set``, a silhouette is estimated
+  here on the reference sample (``silhouette_source = "sampled here"``).
+* **neighbour_agreement** -- with metadata and reduced rows: for the same
+  kNN queries, the chance-corrected share of neighbours with the query's
+  attribute value (clustering-free evidence of what each space encodes).
+
+**Recommendation.** Per attribute, the set whose labels have the highest AMI with it
+(reason like ``"vdc_color: AMI 0.71 with color vs 0.22 for osnet"``). Sets within
+``tie_tolerance`` of the best AMI are a tie (``tie`` column, said in the reason); a tie
+goes to the most *specific* set, the one whose clusters have the lowest mean AMI with
+the other vehicle attributes (its clusters are about this attribute, not a mix).
+Overall, the set with the best mean AMI over the vehicle attributes present
+(:data:`~streamclust.analysis.metadata.VEHICLE_ATTRIBUTES` and other non-condition
+attributes), ties within ``tie_tolerance`` broken by the higher silhouette; acquisition
+conditions (:data:`~streamclust.analysis.metadata.CONDITION_ATTRIBUTES`, e.g. camera)
+are reported but never rewarded -- a set that groups images by camera is not better for
+it. Without metadata, the set with the best silhouette.
 """
 
 from __future__ import annotations
@@ -273,6 +322,247 @@ def _recommend_overall(
     return None, "nothing to recommend on: give vehicle metadata, metrics or reduced rows", None
 
 
+def _check_inputs(
+    labels_by_set: Mapping[str, Any], outlier_scores_by_set: Mapping[str, Any] | None,
+    reduced_by_set: Mapping[str, Any] | None,
+) -> tuple[list[str], dict[str, Any], int]:
+    """The set names, every set's ``(n,)`` labels as plain arrays, and ``n``.
+
+    Raises
+    ------
+    InputError
+        If no set is given, lengths differ, or a mapping names a set without labels.
+    """
+    sets = list(labels_by_set)
+    if not sets:
+        raise InputError("labels_by_set is empty; give the labels of at least one set.")
+    labels = {s: as_plain(labels_by_set[s]) for s in sets}
+    n = count_rows(labels[sets[0]])
+    for s in sets:
+        if count_rows(labels[s]) != n:
+            raise InputError(f"labels of {s!r} have {count_rows(labels[s]):,} rows, those of "
+                             f"{sets[0]!r} {n:,}; all sets must label the same rows.")
+    for what, mapping in (("outlier_scores_by_set", outlier_scores_by_set),
+                          ("reduced_by_set", reduced_by_set)):
+        for s in (mapping or {}):
+            if s not in labels:
+                raise InputError(f"{what} names set {s!r} that has no labels; sets: {sets}.")
+            if count_rows(mapping[s]) != n:
+                raise InputError(f"{what}[{s!r}] has {count_rows(mapping[s]):,} rows, the labels {n:,}.")
+    return sets, labels, n
+
+
+def _count_tables(
+    sets: list[str], labels: dict[str, Any], codes: dict[str, tuple[np.ndarray, np.ndarray]],
+    rows_per_block: int,
+) -> tuple[dict[str, pd.Series], dict[tuple[str, str], Counts], dict[tuple[str, str], Counts]]:
+    """One pass: sizes, set x set and set x attribute contingency tables.
+
+    Returns
+    -------
+    sizes : dict of str to pandas.Series, shape (n_groups,)
+        Rows per cluster of every set, indexed by label.
+    pair_t : dict of (set, set) to Counts
+        Every pair of sets (in ``sets`` order, each pair once).
+    attr_t : dict of (set, attribute) to Counts
+    """
+    sizes_t = {s: Counts() for s in sets}
+    pair_t = {(a, b): Counts() for i, a in enumerate(sets) for b in sets[i + 1:]}
+    attr_t = {(s, a): Counts() for s in sets for a in codes}
+    for rows, blocks in iter_aligned([labels[s] for s in sets], rows_per_block):
+        labs = {s: as_labels(b, f"labels of {s!r}", rows.start) for s, b in zip(sets, blocks)}
+        zeros = np.zeros(rows.stop - rows.start, np.int64)
+        for s in sets:
+            sizes_t[s].add(labs[s], zeros)
+        for (a, b), t in pair_t.items():
+            t.add(labs[a], labs[b])
+        for attr, (c, _) in codes.items():
+            cb = c[rows]
+            known = cb >= 0
+            for s in sets:
+                attr_t[s, attr].add(labs[s][known], cb[known])
+    sizes = {s: pd.Series(sizes_t[s].table[:, 0], index=sizes_t[s].rows) for s in sets}
+    return sizes, pair_t, attr_t
+
+
+def _label_agreement(sets: list[str], pair_t: dict[tuple[str, str], Counts]) -> pd.DataFrame:
+    """ARI and AMI between every pair of sets: shape (n_sets, 2 * n_sets), as
+    :attr:`SetComparison.label_agreement`."""
+    ari = pd.DataFrame(np.eye(len(sets)), index=sets, columns=sets)
+    ami = ari.copy()
+    for (a, b), t in pair_t.items():
+        sc = contingency_scores(t.table)
+        ari.loc[a, b] = ari.loc[b, a] = sc["ari"]
+        ami.loc[a, b] = ami.loc[b, a] = sc["ami"]
+    label_agreement = pd.concat({"ari": ari, "ami": ami}, axis=1)
+    label_agreement.index.name = "set"
+    return label_agreement
+
+
+def _attribute_agreement(
+    sets: list[str], codes: dict[str, tuple[np.ndarray, np.ndarray]],
+    attr_t: dict[tuple[str, str], Counts],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores of every set's labels with every attribute: the long table and the
+    ``(n_sets, n_attributes)`` AMI table (see :class:`SetComparison`)."""
+    agree_rows = []
+    for (s, attr), t in attr_t.items():
+        sc = contingency_scores(t.table)
+        agree_rows.append({"set": s, "attribute": attr, "n": sc["n"], "n_values": len(t.cols),
+                           "purity": sc["purity"], "nmi": sc["nmi"], "ami": sc["ami"], "ari": sc["ari"]})
+    attribute_agreement = pd.DataFrame(agree_rows, columns=["set", "attribute", "n", "n_values",
+                                                            "purity", "nmi", "ami", "ari"])
+    if agree_rows:
+        ami_table = attribute_agreement.pivot(index="set", columns="attribute", values="ami")
+        ami_table = ami_table.loc[sets, list(codes)]
+    else:
+        ami_table = pd.DataFrame(index=pd.Index(sets, name="set"))
+    return attribute_agreement, ami_table
+
+
+def _score_correlation(
+    outlier_scores_by_set: Mapping[str, Any] | None, n: int, sample_size: int,
+    rng: np.random.Generator, random_state: int, memory: str | int | None, block_rows: int | None,
+    notes: dict[str, str],
+) -> pd.DataFrame | None:
+    """Spearman correlation of the ``(n,)`` outlier scores on a sample drawn from ``rng``,
+    shape (n_sets, n_sets); ``None`` without scores.  Adds its note to ``notes``."""
+    # ---- outlier score correlation on a sample
+    score_correlation = None
+    if outlier_scores_by_set:
+        m = min(int(sample_size), n)
+        idx = np.sort(rng.choice(n, size=m, replace=False))
+        sample = {}
+        for s, arr in outlier_scores_by_set.items():
+            br = label_block_rows(memory, block_rows, 1)
+            sample[s] = gather_rows(arr, idx, br).astype(np.float64).reshape(-1)
+        score_correlation = pd.DataFrame(sample).corr(method="spearman")
+        score_correlation.index.name = "set"
+        notes["score_correlation"] = (f"Spearman rank correlation on {m:,} rows sampled with "
+                                      f"seed {random_state} (same rows for every set).")
+    else:
+        rng.random()  # keep the kNN sample independent of whether scores were given
+    return score_correlation
+
+
+def _reference_rows(
+    reduced_by_set: Mapping[str, Any], ref: np.ndarray, q_pos: np.ndarray, k: int,
+    memory: str | int | None, block_rows: int | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every set's reduced rows at ``ref``, shape (r, c_set) float32, and the ``k`` nearest
+    of them, shape (q, k), for the queries ``q_pos`` (none when ``r == 1``)."""
+    r = len(ref)
+    neigh = {}
+    ref_rows = {}
+    for s, arr in reduced_by_set.items():
+        arr = as_plain(arr)
+        br = block_rows or block_rows_for(int(arr.shape[1]), memory)
+        R = gather_rows(arr, ref, br).astype(np.float32)
+        ref_rows[s] = R
+        if r > 1:
+            neigh[s] = _knn_indices(R, q_pos, k)
+    return ref_rows, neigh
+
+
+def _knn_tables(
+    sets: list[str], codes: dict[str, tuple[np.ndarray, np.ndarray]], ref: np.ndarray,
+    q_pos: np.ndarray, k: int, neigh: dict[str, np.ndarray], random_state: int, notes: dict[str, str],
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """kNN overlap between sets, shape (n_sets, n_sets), and neighbour agreement with every
+    attribute, shape (n_sets, n_attributes) (``None`` without neighbours / metadata).
+    Adds their notes to ``notes``."""
+    r, q = len(ref), len(q_pos)
+    knn_overlap = None
+    neighbour_agreement = None
+    have = [s for s in sets if s in neigh]
+    if have:
+        knn_overlap = pd.DataFrame(np.eye(len(have)), index=have, columns=have)
+        for i, a in enumerate(have):
+            for b in have[i + 1:]:
+                knn_overlap.loc[a, b] = knn_overlap.loc[b, a] = _jaccard(neigh[a], neigh[b])
+        knn_overlap.index.name = "set"
+        notes["knn_overlap"] = (
+            f"mean Jaccard overlap of the {k} nearest neighbours (exact, Euclidean, in each "
+            f"set's reduced space) of {q:,} query rows among a reference sample of {r:,} rows "
+            f"(seed {random_state}); chance level ~{k / max(1, r - 1):.4f}.")
+        if codes:
+            neighbour_agreement = pd.DataFrame(
+                {attr: [_neighbour_kappa(c[ref], q_pos, neigh[s]) for s in have]
+                 for attr, (c, _) in codes.items()},
+                index=pd.Index(have, name="set"))
+            notes["neighbour_agreement"] = (
+                "chance-corrected share of the same kNN neighbours (as knn_overlap) having the "
+                "query's attribute value: (observed - chance) / (1 - chance), chance = sum of "
+                "squared value shares in the reference sample; 1 = neighbours always agree, "
+                "0 = no better than chance.  Independent of any clustering.")
+    return knn_overlap, neighbour_agreement
+
+
+def _sampled_silhouette(
+    ref_rows: dict[str, np.ndarray], labels: dict[str, Any], ref: np.ndarray, sub: np.ndarray,
+    rows_per_block: int,
+) -> dict[str, float]:
+    """Silhouette of every set's labels on the reference rows ``sub`` (noise left out;
+    ``nan`` with fewer than two clusters)."""
+    from sklearn.metrics import silhouette_score
+
+    sampled_sil = {}
+    for s, R in ref_rows.items():
+        lab = as_labels(gather_rows(labels[s], ref[sub], rows_per_block), s, 0)
+        keep = lab >= 0
+        if len(np.unique(lab[keep])) >= 2 and keep.sum() > len(np.unique(lab[keep])):
+            sampled_sil[s] = float(silhouette_score(R[sub][keep].astype(np.float64), lab[keep]))
+        else:
+            sampled_sil[s] = float("nan")
+    return sampled_sil
+
+
+def _neighbourhood_tables(
+    reduced_by_set: Mapping[str, Any], sets: list[str], labels: dict[str, Any],
+    codes: dict[str, tuple[np.ndarray, np.ndarray]], n: int, *, sample_silhouette: bool,
+    sample_size: int, reference_size: int, n_neighbors: int, random_state: int,
+    memory: str | int | None, block_rows: int | None, rows_per_block: int, notes: dict[str, str],
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, float] | None]:
+    """kNN overlap, neighbour agreement and (when ``sample_silhouette``) a sampled silhouette
+    per set, all on one seeded reference sample of the reduced rows."""
+    sampled_sil: dict[str, float] | None = None
+    knn_rng = np.random.default_rng([random_state, 1])
+    r = min(int(reference_size), n)
+    ref = np.sort(knn_rng.choice(n, size=r, replace=False))
+    q = min(int(sample_size), r)
+    q_pos = np.sort(knn_rng.choice(r, size=q, replace=False))
+    k = max(1, min(int(n_neighbors), r - 1))
+    ref_rows, neigh = _reference_rows(reduced_by_set, ref, q_pos, k, memory, block_rows)
+    knn_overlap, neighbour_agreement = _knn_tables(sets, codes, ref, q_pos, k, neigh, random_state, notes)
+    if sample_silhouette:
+        m = min(int(sample_size), r)
+        sub = np.sort(knn_rng.choice(r, size=m, replace=False))
+        sampled_sil = _sampled_silhouette(ref_rows, labels, ref, sub, rows_per_block)
+        notes["silhouette"] = (f"silhouette estimated here on {m:,} sampled rows of the "
+                               "reduced space (noise left out).")
+    return knn_overlap, neighbour_agreement, sampled_sil
+
+
+def _recommendation(
+    codes: dict[str, tuple[np.ndarray, np.ndarray]], ami_table: pd.DataFrame,
+    normalized: pd.DataFrame, tie_tolerance: float,
+) -> tuple[pd.DataFrame, str | None, str]:
+    """The recommendation table (index ``attribute``), the recommended set and the reason."""
+    # ---- recommendation
+    vehicle_attrs = [a for a in codes if a not in CONDITION_ATTRIBUTES]
+    sil = normalized["silhouette"] if "silhouette" in normalized.columns else None
+    rec_rows = [_recommend_attribute(attr, ami_table, vehicle_attrs, tie_tolerance) for attr in codes]
+    rec_rows = [r for r in rec_rows if r is not None]
+    recommended, reason, overall_row = _recommend_overall(
+        ami_table, vehicle_attrs, rec_rows, sil, tie_tolerance)
+    if overall_row is not None:
+        rec_rows.append(overall_row)
+    recommendation = pd.DataFrame(rec_rows, columns=["attribute", "best_set", "score", "runner_up",
+                                                     "runner_up_score", "metric", "tie", "reason"])
+    recommendation = recommendation.set_index("attribute")
+    return recommendation, recommended, reason
+
+
 def compare_sets(
     labels_by_set: Mapping[str, Any],
     *,
@@ -338,187 +628,32 @@ def compare_sets(
 
     Notes
     -----
-    **Tables.**
-
-    * **label_agreement** -- ARI and AMI between every pair of sets' labels, from
-      contingency tables accumulated in one block-wise pass over all label arrays
-      (exact, all rows).
-    * **attribute_agreement / ami_table** -- purity, NMI, AMI, ARI of each set's
-      labels with each metadata attribute (same pass; rows with a missing value
-      left out).
-    * **score_correlation** -- Spearman rank correlation of the outlier scores
-      between sets on a seeded sample of ``sample_size`` rows (the same rows for
-      every set).  A sample estimate: its standard error is about
-      ``1 / sqrt(sample_size)``.
-    * **knn_overlap** -- a seeded reference sample of ``reference_size`` rows
-      (the same rows for every set) is read from every set's reduced rows;
-      ``sample_size`` of them are queries.  For each query, the exact
-      (brute-force, Euclidean) ``n_neighbors`` nearest rows among the reference
-      sample (itself excluded) are found in each set's space, and the table is
-      the mean Jaccard overlap of these neighbour sets between two sets (1 on the
-      diagonal; chance level is about ``n_neighbors / reference_size``).  Because
-      the reference is a sample, the neighbourhoods are those of a
-      ``n / reference_size`` times sparser data set: coarser than the true
-      nearest neighbours, but comparable between sets.
-    * **normalized_metrics** -- per set: ``silhouette`` (in [-1, 1], already
-      scale free) and ``davies_bouldin`` (a ratio of distances, scale free) as
-      given; the Calinski-Harabasz index grows with the number of rows and
-      depends on k, so it is replaced by ``between_within_ratio`` =
-      ``CH * (k - 1) / (n - k)`` = between-cluster over within-cluster sum of
-      squares, and ``variance_explained`` = ``ratio / (1 + ratio)`` (the share
-      of the variance the clustering explains, R^2); plus cluster-size shares.
-      Without ``metrics`` and with ``reduced_by_set``, a silhouette is estimated
-      here on the reference sample (``silhouette_source = "sampled here"``).
-    * **neighbour_agreement** -- with metadata and reduced rows: for the same
-      kNN queries, the chance-corrected share of neighbours with the query's
-      attribute value (clustering-free evidence of what each space encodes).
-
-    **Recommendation.**  Per attribute, the set whose labels have the highest
-    AMI with it (reason like ``"vdc_color: AMI 0.71 with color vs 0.22 for
-    osnet"``).  Sets within ``tie_tolerance`` of the best AMI are a tie (``tie``
-    column, said in the reason); a tie goes to the most *specific* set, the one whose clusters
-    have the lowest mean AMI with the other vehicle attributes (its clusters
-    are about this attribute, not a mix).  Overall, the set with the best mean
-    AMI over the vehicle attributes present (:data:`VEHICLE_ATTRIBUTES` and
-    other non-condition attributes), ties within ``tie_tolerance`` broken by
-    the higher silhouette; acquisition conditions (:data:`CONDITION_ATTRIBUTES`,
-    e.g. camera) are reported but never rewarded -- a set that groups images
-    by camera is not better for it.  Without metadata, the set with the best
-    silhouette.
+    How every table is computed and how the set is recommended: see
+    :mod:`streamclust.analysis.comparison`.
     """
-    sets = list(labels_by_set)
-    if not sets:
-        raise InputError("labels_by_set is empty; give the labels of at least one set.")
-    labels = {s: as_plain(labels_by_set[s]) for s in sets}
-    n = count_rows(labels[sets[0]])
-    for s in sets:
-        if count_rows(labels[s]) != n:
-            raise InputError(f"labels of {s!r} have {count_rows(labels[s]):,} rows, those of "
-                             f"{sets[0]!r} {n:,}; all sets must label the same rows.")
-    for what, mapping in (("outlier_scores_by_set", outlier_scores_by_set),
-                          ("reduced_by_set", reduced_by_set)):
-        for s in (mapping or {}):
-            if s not in labels:
-                raise InputError(f"{what} names set {s!r} that has no labels; sets: {sets}.")
-            if count_rows(mapping[s]) != n:
-                raise InputError(f"{what}[{s!r}] has {count_rows(mapping[s]):,} rows, the labels {n:,}.")
+    sets, labels, n = _check_inputs(labels_by_set, outlier_scores_by_set, reduced_by_set)
     codes = attribute_codes(attributes, attribute_columns, n)
     rows_per_block = label_block_rows(memory, block_rows, len(sets) + len(codes) + 1)
     notes: dict[str, str] = {}
 
-    # ---- one pass: sizes, set x set and set x attribute contingency tables
-    sizes_t = {s: Counts() for s in sets}
-    pair_t = {(a, b): Counts() for i, a in enumerate(sets) for b in sets[i + 1:]}
-    attr_t = {(s, a): Counts() for s in sets for a in codes}
-    for rows, blocks in iter_aligned([labels[s] for s in sets], rows_per_block):
-        labs = {s: as_labels(b, f"labels of {s!r}", rows.start) for s, b in zip(sets, blocks)}
-        zeros = np.zeros(rows.stop - rows.start, np.int64)
-        for s in sets:
-            sizes_t[s].add(labs[s], zeros)
-        for (a, b), t in pair_t.items():
-            t.add(labs[a], labs[b])
-        for attr, (c, _) in codes.items():
-            cb = c[rows]
-            known = cb >= 0
-            for s in sets:
-                attr_t[s, attr].add(labs[s][known], cb[known])
-    sizes = {s: pd.Series(sizes_t[s].table[:, 0], index=sizes_t[s].rows) for s in sets}
-
-    ari = pd.DataFrame(np.eye(len(sets)), index=sets, columns=sets)
-    ami = ari.copy()
-    for (a, b), t in pair_t.items():
-        sc = contingency_scores(t.table)
-        ari.loc[a, b] = ari.loc[b, a] = sc["ari"]
-        ami.loc[a, b] = ami.loc[b, a] = sc["ami"]
-    label_agreement = pd.concat({"ari": ari, "ami": ami}, axis=1)
-    label_agreement.index.name = "set"
-
-    agree_rows = []
-    for (s, attr), t in attr_t.items():
-        sc = contingency_scores(t.table)
-        agree_rows.append({"set": s, "attribute": attr, "n": sc["n"], "n_values": len(t.cols),
-                           "purity": sc["purity"], "nmi": sc["nmi"], "ami": sc["ami"], "ari": sc["ari"]})
-    attribute_agreement = pd.DataFrame(agree_rows, columns=["set", "attribute", "n", "n_values",
-                                                            "purity", "nmi", "ami", "ari"])
-    if agree_rows:
-        ami_table = attribute_agreement.pivot(index="set", columns="attribute", values="ami")
-        ami_table = ami_table.loc[sets, list(codes)]
-    else:
-        ami_table = pd.DataFrame(index=pd.Index(sets, name="set"))
+    sizes, pair_t, attr_t = _count_tables(sets, labels, codes, rows_per_block)
+    label_agreement = _label_agreement(sets, pair_t)
+    attribute_agreement, ami_table = _attribute_agreement(sets, codes, attr_t)
 
     rng = np.random.default_rng(random_state)
-    # ---- outlier score correlation on a sample
-    score_correlation = None
-    if outlier_scores_by_set:
-        m = min(int(sample_size), n)
-        idx = np.sort(rng.choice(n, size=m, replace=False))
-        sample = {}
-        for s, arr in outlier_scores_by_set.items():
-            br = label_block_rows(memory, block_rows, 1)
-            sample[s] = gather_rows(arr, idx, br).astype(np.float64).reshape(-1)
-        score_correlation = pd.DataFrame(sample).corr(method="spearman")
-        score_correlation.index.name = "set"
-        notes["score_correlation"] = (f"Spearman rank correlation on {m:,} rows sampled with "
-                                      f"seed {random_state} (same rows for every set).")
-    else:
-        rng.random()  # keep the kNN sample independent of whether scores were given
+    score_correlation = _score_correlation(outlier_scores_by_set, n, sample_size, rng, random_state,
+                                           memory, block_rows, notes)
 
     # ---- kNN overlap on a reference sample
     knn_overlap = None
     neighbour_agreement = None
     sampled_sil: dict[str, float] | None = None
     if reduced_by_set:
-        knn_rng = np.random.default_rng([random_state, 1])
-        r = min(int(reference_size), n)
-        ref = np.sort(knn_rng.choice(n, size=r, replace=False))
-        q = min(int(sample_size), r)
-        q_pos = np.sort(knn_rng.choice(r, size=q, replace=False))
-        k = max(1, min(int(n_neighbors), r - 1))
-        neigh = {}
-        ref_rows = {}
-        for s, arr in reduced_by_set.items():
-            arr = as_plain(arr)
-            br = block_rows or block_rows_for(int(arr.shape[1]), memory)
-            R = gather_rows(arr, ref, br).astype(np.float32)
-            ref_rows[s] = R
-            if r > 1:
-                neigh[s] = _knn_indices(R, q_pos, k)
-        have = [s for s in sets if s in neigh]
-        if have:
-            knn_overlap = pd.DataFrame(np.eye(len(have)), index=have, columns=have)
-            for i, a in enumerate(have):
-                for b in have[i + 1:]:
-                    knn_overlap.loc[a, b] = knn_overlap.loc[b, a] = _jaccard(neigh[a], neigh[b])
-            knn_overlap.index.name = "set"
-            notes["knn_overlap"] = (
-                f"mean Jaccard overlap of the {k} nearest neighbours (exact, Euclidean, in each "
-                f"set's reduced space) of {q:,} query rows among a reference sample of {r:,} rows "
-                f"(seed {random_state}); chance level ~{k / max(1, r - 1):.4f}.")
-            if codes:
-                neighbour_agreement = pd.DataFrame(
-                    {attr: [_neighbour_kappa(c[ref], q_pos, neigh[s]) for s in have]
-                     for attr, (c, _) in codes.items()},
-                    index=pd.Index(have, name="set"))
-                notes["neighbour_agreement"] = (
-                    "chance-corrected share of the same kNN neighbours (as knn_overlap) having the "
-                    "query's attribute value: (observed - chance) / (1 - chance), chance = sum of "
-                    "squared value shares in the reference sample; 1 = neighbours always agree, "
-                    "0 = no better than chance.  Independent of any clustering.")
-        if metrics is None:
-            from sklearn.metrics import silhouette_score
-
-            sampled_sil = {}
-            m = min(int(sample_size), r)
-            sub = np.sort(knn_rng.choice(r, size=m, replace=False))
-            for s, R in ref_rows.items():
-                lab = as_labels(gather_rows(labels[s], ref[sub], rows_per_block), s, 0)
-                keep = lab >= 0
-                if len(np.unique(lab[keep])) >= 2 and keep.sum() > len(np.unique(lab[keep])):
-                    sampled_sil[s] = float(silhouette_score(R[sub][keep].astype(np.float64), lab[keep]))
-                else:
-                    sampled_sil[s] = float("nan")
-            notes["silhouette"] = (f"silhouette estimated here on {m:,} sampled rows of the "
-                                   "reduced space (noise left out).")
+        knn_overlap, neighbour_agreement, sampled_sil = _neighbourhood_tables(
+            reduced_by_set, sets, labels, codes, n, sample_silhouette=metrics is None,
+            sample_size=sample_size, reference_size=reference_size, n_neighbors=n_neighbors,
+            random_state=random_state, memory=memory, block_rows=block_rows,
+            rows_per_block=rows_per_block, notes=notes)
 
     normalized = _normalized_metrics(_metrics_by_set(metrics, sets), sizes, n, sampled_sil)
     for key, frame in (("score_correlation", score_correlation), ("knn_overlap", knn_overlap),
@@ -527,18 +662,7 @@ def compare_sets(
         if frame is not None and key in notes:
             frame.attrs["note"] = notes[key]
 
-    # ---- recommendation
-    vehicle_attrs = [a for a in codes if a not in CONDITION_ATTRIBUTES]
-    sil = normalized["silhouette"] if "silhouette" in normalized.columns else None
-    rec_rows = [_recommend_attribute(attr, ami_table, vehicle_attrs, tie_tolerance) for attr in codes]
-    rec_rows = [r for r in rec_rows if r is not None]
-    recommended, reason, overall_row = _recommend_overall(
-        ami_table, vehicle_attrs, rec_rows, sil, tie_tolerance)
-    if overall_row is not None:
-        rec_rows.append(overall_row)
-    recommendation = pd.DataFrame(rec_rows, columns=["attribute", "best_set", "score", "runner_up",
-                                                     "runner_up_score", "metric", "tie", "reason"])
-    recommendation = recommendation.set_index("attribute")
+    recommendation, recommended, reason = _recommendation(codes, ami_table, normalized, tie_tolerance)
 
     return SetComparison(
         sets=sets, label_agreement=label_agreement, attribute_agreement=attribute_agreement,
