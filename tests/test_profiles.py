@@ -18,13 +18,10 @@ from sklearn.preprocessing import normalize
 from streamclust.analysis import profiles
 from streamclust.datasets.synthetic import COLORS, DESCRIPTOR_DIMS, TYPES, load_truth, make_demo_case
 from streamclust.errors import InputError
-from streamclust.analysis.profiles import (
-    cluster_spread,
-    compare_sets,
-    contingency_scores,
-    profile_clusters,
-    read_metadata,
-)
+from streamclust.analysis.comparison import compare_sets
+from streamclust.analysis.contingency import contingency_scores
+from streamclust.analysis.metadata import read_metadata
+from streamclust.analysis.profiles import cluster_spread, profile_clusters
 
 N_ROWS = 4000
 ATTRS = ("color", "type", "model", "camera")
