@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from sklearn.preprocessing import normalize
 
-from streamclust.analysis import profiles
+from streamclust.analysis import comparison, contingency, profiles
 from streamclust.datasets.synthetic import COLORS, DESCRIPTOR_DIMS, TYPES, load_truth, make_demo_case
 from streamclust.errors import InputError
 from streamclust.analysis.comparison import compare_sets
@@ -122,7 +122,7 @@ def test_contingency_scores_equal_sklearn(seed, r, c, n):
     assert got["ari"] == pytest.approx(adjusted_rand_score(b, a), abs=1e-9)
     assert got["purity"] == pytest.approx(C.max(axis=1).sum() / n)
     if C.size > 1:  # the numpy EMI used when sklearn's private one is missing
-        got_np = contingency_scores(C, emi=profiles._emi_numpy)
+        got_np = contingency_scores(C, emi=contingency._emi_numpy)
         assert got_np["ami"] == pytest.approx(got["ami"], abs=1e-9)
 
 
@@ -286,13 +286,13 @@ def test_sentence_grammar_on_a_small_table():
 def test_recommendation_tie_rule():
     ami = pd.DataFrame({"color": [0.90, 0.89, 0.30], "type": [0.20, 0.05, 0.90],
                         "camera": [0.30, 0.31, 0.0]}, index=["general", "colour_net", "type_net"])
-    color = profiles._recommend_attribute("color", ami, ["color", "type"], 0.02)
+    color = comparison._recommend_attribute("color", ami, ["color", "type"], 0.02)
     assert color["best_set"] == "colour_net" and color["tie"] and "specificity" in color["reason"]
-    assert profiles._recommend_attribute("color", ami, ["color", "type"], 0.005)["best_set"] == "general"
-    camera = profiles._recommend_attribute("camera", ami, ["color", "type"], 0.02)
+    assert comparison._recommend_attribute("color", ami, ["color", "type"], 0.005)["best_set"] == "general"
+    camera = comparison._recommend_attribute("camera", ami, ["color", "type"], 0.02)
     assert camera["best_set"] == "colour_net" and "not rewarded" in camera["reason"]
-    best, reason, _ = profiles._recommend_overall(ami, ["color", "type"], [color], None, 0.02)
+    best, reason, _ = comparison._recommend_overall(ami, ["color", "type"], [color], None, 0.02)
     assert best == "type_net" and "mean AMI 0.60" in reason  # camera never counts
     sil = pd.Series({"general": 0.5, "colour_net": 0.1, "type_net": 0.2})
-    best, reason, _ = profiles._recommend_overall(ami, ["color", "type"], [color], sil, 0.06)
+    best, reason, _ = comparison._recommend_overall(ami, ["color", "type"], [color], sil, 0.06)
     assert best == "general" and "broken by the higher silhouette" in reason
