@@ -487,7 +487,7 @@ def _cluster_card(assets: _Assets, set_slug: str, card: ClusterCard, color: str,
 
 def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
                  known: Mapping[str, str]) -> str:
-    from streamclust.report.figures import _hex, cluster_colors
+    from streamclust.report.figures import cluster_colors, hex_color
 
     out = []
     badges = ""
@@ -543,7 +543,7 @@ def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
                    "draw, and border cases (closest to another cluster).</p>")
         out.append('<div class="cards">')
         for i, card in enumerate(order):
-            out.append(_cluster_card(assets, slug, card, _hex(colors[i]), data.n_rows))
+            out.append(_cluster_card(assets, slug, card, hex_color(colors[i]), data.n_rows))
         out.append("</div>")
     if rep.outliers is not None:
         o = rep.outliers
