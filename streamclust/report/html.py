@@ -56,7 +56,6 @@ __all__ = [
     "ComparisonTable",
     "ReportData",
     "write_report",
-    "describe_cluster",
     "collect_versions",
 ]
 
@@ -74,7 +73,8 @@ class ClusterCard:
     n_rows : int
         Rows in the cluster.
     sentence : str
-        One plain sentence describing it (see :func:`describe_cluster`).
+        One plain sentence describing it (the study passes the sentences of
+        :func:`streamclust.analysis.profile_clusters`).
     montage : path, optional
         PNG montage of its images (nearest the centre, random, border cases).
     profile : DataFrame, optional
@@ -245,46 +245,6 @@ def collect_versions(extra: Iterable[str] = ()) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
-
-
-def describe_cluster(
-    cluster: int,
-    n_rows: int,
-    n_total: int,
-    profile: pd.DataFrame | None = None,
-    *,
-    max_items: int = 3,
-    min_share: float = 0.4,
-    name: str | None = None,
-) -> str:
-    """One plain sentence about a cluster.
-
-    E.g. ``"Cluster 3 holds 12,345 images (8.1 % of the case); most are white
-    (81 %) and sedan (64 %)."``
-
-    Parameters
-    ----------
-    profile : DataFrame, optional
-        Columns ``attribute``, ``value``, ``share`` (0-1, share of the
-        cluster's rows with that value); per attribute the most common value is
-        used when its share is at least ``min_share``.
-    """
-    label = name or f"Cluster {int(cluster)}"
-    share = n_rows / n_total if n_total else float("nan")
-    text = f"{label} holds {int(n_rows):,} images ({share:.1%} of the case)"
-    traits = []
-    if profile is not None and len(profile) and {"attribute", "value", "share"} <= set(profile.columns):
-        best = (profile.sort_values("share", ascending=False)
-                .drop_duplicates("attribute").sort_values("share", ascending=False))
-        for _, row in best.iterrows():
-            if float(row["share"]) >= min_share and len(traits) < max_items:
-                traits.append(f"{row['value']} ({float(row['share']):.0%} {row['attribute']})")
-    if traits:
-        text += "; most are " + (", ".join(traits[:-1]) + " and " + traits[-1] if len(traits) > 1
-                                 else traits[0])
-    elif profile is not None and len(profile):
-        text += "; no attribute value dominates it"
-    return text + "."
 
 
 # --------------------------------------------------------------------------
