@@ -1,4 +1,4 @@
-"""Tests of streamclust.report.html: a report built from a small demo case, checked as
+"""Tests of streamclust.report (write_report): a report built from a small demo case, checked as
 HTML and rendered in headless Chromium (no console errors, every image loaded)."""
 
 from __future__ import annotations
@@ -30,21 +30,22 @@ from streamclust.analysis import profile_clusters
 from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import InputError
 from streamclust.estimators.projection import pca_projection
-from streamclust.report.montage import ImageSource, montage, pick_montage_rows, top_outlier_rows
-from streamclust.report.html import (
+from streamclust.report import (
     ClusterCard,
     ComparisonTable,
+    ImageSource,
     OutlierInfo,
     ReportData,
     SetReport,
-    write_report,
-)
-from streamclust.report.figures import (
     density_histograms,
+    montage,
+    pick_montage_rows,
     render_density_overview,
     render_metrics_vs_k,
     render_small_multiples,
     sample_points,
+    top_outlier_rows,
+    write_report,
     write_scatter3d_html,
 )
 

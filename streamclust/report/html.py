@@ -765,8 +765,8 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
     sections = [section for build in _SECTION_BUILDERS for section in build(page)]
 
     body = [f"<h1>{_e(data.title)}</h1>",
-            f'<p class="muted">Case {_e(data.case)} &middot; run {_e(data.run_id)} &middot; '
-            f"{_e(data.created)}</p>",
+            (f'<p class="muted">Case {_e(data.case)} &middot; run {_e(data.run_id)} &middot; '
+             f"{_e(data.created)}</p>"),
             _toc(section.toc for section in sections),
             *(section.html for section in sections)]
     if assets.missing:
