@@ -487,11 +487,11 @@ class _Page:
     assets: _Assets
     set_anchors: dict[str, str]
 
-    def set_link(self, name: str, suffix: str = "") -> str:
-        """A link to set ``name`` (``suffix`` appended to its anchor), or its plain name if not in the report."""
+    def set_link(self, name: str) -> str:
+        """A link to the section of set ``name``, or its plain name when the report has no such set."""
         if name not in self.set_anchors:
             return _e(name)
-        return f'<a href="#{_e(self.set_anchors[name])}{suffix}">{_e(name)}</a>'
+        return f'<a href="#{_e(self.set_anchors[name])}">{_e(name)}</a>'
 
 
 def _chosen_rows(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -509,7 +509,8 @@ def _toc(entries: Iterable[_TocEntry]) -> str:
 
 
 def _sets_at_a_glance(data: ReportData) -> pd.DataFrame:
-    """One row per set: dimensions, k, metrics at the chosen k, outliers, mixture, recommended."""
+    """Shape ``(n_sets, 10)``: set, dims, PCA, k, the three metrics at the chosen k, outliers
+    flagged, mixture, recommended."""
     rows = []
     for s in data.sets:
         chosen = _chosen_rows(s.metrics)
