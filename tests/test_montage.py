@@ -1,4 +1,5 @@
-"""Tests of streamclust.report.montage: safe image reading, row picking, montages."""
+"""Tests of streamclust.report.images (safe image reading) and streamclust.report.montage
+(row picking, montages)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ import zarr
 from PIL import Image
 
 from streamclust.errors import InputError
-from streamclust.report.montage import (
+from streamclust.report.images import (
     ImageSource,
     UnsafePathError,
     ZipImageSource,
-    _random_keys,
-    _sq_dists,
+    safe_relpath,
+)
+from streamclust.report.montage import (
     montage,
     pick_montage_rows,
-    safe_relpath,
+    random_row_keys,
+    squared_distances,
     top_outlier_rows,
 )
 
@@ -232,12 +235,12 @@ def test_montage_draws_grid_with_missing_tiles(tmp_path):
 # --------------------------------------------------------------------------
 def _brute_force_picks(X, labels, centers, n_nearest, n_random, n_border, seed):
     X = np.asarray(X, np.float64)
-    d2 = _sq_dists(X, centers)
+    d2 = squared_distances(X, centers)
     rows = np.arange(len(X))
     own = np.sqrt(d2[rows, labels])
     two = np.sqrt(np.sort(d2, axis=1)[:, :2])
     margin = two[:, 1] - two[:, 0]
-    key = _random_keys(rows, seed).astype(np.float64) / 2.0**64
+    key = random_row_keys(rows, seed).astype(np.float64) / 2.0**64
     out = []
     for c in range(len(centers)):
         m = labels == c
@@ -254,7 +257,7 @@ def test_pick_montage_rows_equals_brute_force_on_zarr(tmp_path):
     n, d, k = 12_345, 12, 6
     centers = rng.normal(0, 3, (k, d))
     X = (centers[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
-    labels = _sq_dists(X, centers).argmin(axis=1).astype(np.int32)
+    labels = squared_distances(X, centers).argmin(axis=1).astype(np.int32)
     labels[rng.random(n) < 0.05] = rng.integers(0, k)  # some rows not in their nearest cluster
     zX = zarr.create_array(str(tmp_path / "X.zarr"), shape=X.shape, chunks=(1000, d), dtype="float32")
     zX[:] = X
@@ -274,8 +277,8 @@ def test_pick_montage_rows_equals_brute_force_on_zarr(tmp_path):
     assert not np.array_equal(other[other.kind == "random"].row, expected[expected.kind == "random"].row)
 
 
-def test_random_keys_are_uniform():
-    keys = _random_keys(np.arange(100_000), 7).astype(np.float64) / 2.0**64
+def testrandom_row_keys_are_uniform():
+    keys = random_row_keys(np.arange(100_000), 7).astype(np.float64) / 2.0**64
     hist, _ = np.histogram(keys, bins=10, range=(0, 1))
     assert np.all(np.abs(hist - 10_000) < 500)
 

@@ -1,4 +1,4 @@
-"""Tests of streamclust.report.html: a report built from a small demo case, checked as
+"""Tests of streamclust.report (write_report): a report built from a small demo case, checked as
 HTML and rendered in headless Chromium (no console errors, every image loaded)."""
 
 from __future__ import annotations
@@ -26,25 +26,26 @@ from sklearn.metrics import (
 from sklearn.neighbors import LocalOutlierFactor
 from threadpoolctl import threadpool_limits
 
+from streamclust.analysis import profile_clusters
 from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import InputError
 from streamclust.estimators.projection import pca_projection
-from streamclust.report.montage import ImageSource, montage, pick_montage_rows, top_outlier_rows
-from streamclust.report.html import (
+from streamclust.report import (
     ClusterCard,
     ComparisonTable,
+    ImageSource,
     OutlierInfo,
     ReportData,
     SetReport,
-    describe_cluster,
-    write_report,
-)
-from streamclust.report.figures import (
     density_histograms,
+    montage,
+    pick_montage_rows,
     render_density_overview,
     render_metrics_vs_k,
     render_small_multiples,
     sample_points,
+    top_outlier_rows,
+    write_report,
     write_scatter3d_html,
 )
 
@@ -102,6 +103,7 @@ def _study_set(name: str, X: np.ndarray, truth: pd.DataFrame, source: ImageSourc
     rep.scatter3d = write_scatter3d_html(pts, lab, files / f"{slug}-3d.html", title=f"{name} in 3-D")
     picks = pick_montage_rows(reduced, labels, models[k].cluster_centers_, n_nearest=4, n_random=4,
                               n_border=4, random_state=0)
+    sentences = profile_clusters(labels, truth[["color", "type", "view"]], outlier_flags=flags).sentences
     for c in range(k):
         mask = labels == c
         sel = picks[picks.cluster == c]
@@ -110,7 +112,7 @@ def _study_set(name: str, X: np.ndarray, truth: pd.DataFrame, source: ImageSourc
         img.save(files / f"{slug}-c{c}.png")
         prof = _profile(truth, mask)
         rep.clusters.append(ClusterCard(cluster=c, n_rows=int(mask.sum()),
-                                        sentence=describe_cluster(c, int(mask.sum()), N_ROWS, prof),
+                                        sentence=sentences[c],
                                         montage=files / f"{slug}-c{c}.png", profile=prof))
     top = top_outlier_rows(scores, 12)
     top["path"] = truth.path.to_numpy()[top.row.to_numpy()]
@@ -203,6 +205,9 @@ def test_report_is_static_self_contained_and_escaped(report_dir):
     assert "<b>markup</b>" not in text and "demo &lt;1500 rows&gt;" in text
     assert "echo &#x27;&lt;done&gt;&#x27;" in text
     assert "mixture" in text and "vdc_color+vdc_type" in text
+    # the cluster sentences (made by profile_clusters, as in the study) are on the page
+    sentences = [card.sentence for s in data.sets for card in s.clusters]
+    assert all(sentences) and all(html.escape(s) in text for s in sentences)
     # a second write reuses report_files without piling up copies
     n_files = len(list((path.parent / "report_files").iterdir()))
     write_report(path.parent, data)
@@ -217,16 +222,6 @@ def test_report_embedded_images_single_file(report_dir, tmp_path):
     assert imgs and all(s.startswith("data:image/png;base64,") for s in imgs)
     with pytest.raises(InputError):
         write_report(tmp_path / "empty", ReportData(case="x", n_rows=0, run_id="r", sets=[]))
-
-
-def test_describe_cluster():
-    prof = pd.DataFrame({"attribute": ["color", "color", "type"], "value": ["white", "red", "sedan"],
-                         "share": [0.81, 0.1, 0.64]})
-    s = describe_cluster(3, 12_345, 152_000, prof)
-    assert s == "Cluster 3 holds 12,345 images (8.1% of the case); most are white (81% color) and sedan (64% type)."
-    assert describe_cluster(1, 5, 10).endswith("(50.0% of the case).")
-    flat = prof.assign(share=[0.2, 0.1, 0.3])
-    assert "no attribute value dominates" in describe_cluster(1, 5, 10, flat)
 
 
 # --------------------------------------------------------------------------

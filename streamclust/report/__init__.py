@@ -1,8 +1,56 @@
 """The study's report: figures (PNG, interactive 3-D), image montages and the HTML page.
 
 - :mod:`~streamclust.report.figures`: density overviews, small multiples, metric curves, the 3-D view.
-- :mod:`~streamclust.report.montage`: image montages read from a zip or folder.
+- :mod:`~streamclust.report.images`: images read safely from a zip or folder (path checks, size limits).
+- :mod:`~streamclust.report.montage`: which rows to show per cluster, the top outliers, image montages.
 - :mod:`~streamclust.report.html`: the report's data classes and :func:`write_report`.
 
 The report knows nothing of how a study runs: :mod:`streamclust.study` fills its data classes.
 """
+
+from streamclust.report.figures import (
+    DensityHistograms,
+    cluster_colors,
+    density_histograms,
+    projection_extent,
+    render_density_overview,
+    render_metrics_vs_k,
+    render_small_multiples,
+    sample_points,
+    write_scatter3d_html,
+)
+from streamclust.report.html import (
+    ClusterCard,
+    ComparisonTable,
+    OutlierInfo,
+    ReportData,
+    SetReport,
+    collect_versions,
+    write_report,
+)
+from streamclust.report.images import ImageSource, UnsafePathError
+from streamclust.report.montage import montage, pick_montage_rows, top_outlier_rows
+
+__all__ = [
+    "ClusterCard",
+    "ComparisonTable",
+    "DensityHistograms",
+    "ImageSource",
+    "OutlierInfo",
+    "ReportData",
+    "SetReport",
+    "UnsafePathError",
+    "cluster_colors",
+    "collect_versions",
+    "density_histograms",
+    "montage",
+    "pick_montage_rows",
+    "projection_extent",
+    "render_density_overview",
+    "render_metrics_vs_k",
+    "render_small_multiples",
+    "sample_points",
+    "top_outlier_rows",
+    "write_report",
+    "write_scatter3d_html",
+]

@@ -54,6 +54,7 @@ __all__ = [
     "density_histograms",
     "projection_extent",
     "cluster_colors",
+    "hex_color",
     "render_density_overview",
     "render_small_multiples",
     "render_metrics_vs_k",
@@ -80,7 +81,8 @@ def cluster_colors(n: int) -> np.ndarray:
     return np.vstack([_PALETTE, np.array(extra)])
 
 
-def _hex(rgb: Sequence[float]) -> str:
+def hex_color(rgb: Sequence[float]) -> str:
+    """``"#rrggbb"`` of an RGB colour in [0, 1] (the first three of ``rgb``), e.g. for HTML."""
     return "#" + "".join(f"{int(round(255 * float(c))):02x}" for c in rgb[:3])
 
 
@@ -560,7 +562,7 @@ def render_small_multiples(
         ax.set_xlim(hist.extent[0], hist.extent[1])
         ax.set_ylim(hist.extent[2], hist.extent[3])
         ax.set_title(f"{names[i]}: {sizes[i]:,} ({sizes[i] / max(1, hist.n_rows):.1%})",
-                     fontsize=8, color=_hex(colors[i] * 0.8))
+                     fontsize=8, color=hex_color(colors[i] * 0.8))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
@@ -768,7 +770,7 @@ def write_scatter3d_html(
     pts, lab = pts[finite], lab[finite]
     values = np.unique(lab)
     colors = cluster_colors(len(values))
-    color_of = {str(int(v)): _hex(colors[i]) for i, v in enumerate(values)}
+    color_of = {str(int(v)): hex_color(colors[i]) for i, v in enumerate(values)}
     names = cluster_names or {}
     data = {"points": [round(float(v), 4) for v in pts.ravel()],
             "labels": [str(int(v)) for v in lab], "colors": color_of}

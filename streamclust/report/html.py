@@ -32,12 +32,13 @@ import base64
 import datetime as _dt
 import html
 import importlib.metadata
+import itertools
 import math
 import os
 import platform
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from streamclust.errors import InputError
+from streamclust.report.figures import cluster_colors, hex_color
 
 __all__ = [
     "ClusterCard",
@@ -54,7 +56,6 @@ __all__ = [
     "ComparisonTable",
     "ReportData",
     "write_report",
-    "describe_cluster",
     "collect_versions",
 ]
 
@@ -72,7 +73,8 @@ class ClusterCard:
     n_rows : int
         Rows in the cluster.
     sentence : str
-        One plain sentence describing it (see :func:`describe_cluster`).
+        One plain sentence describing it (the study passes the sentences of
+        :func:`streamclust.analysis.profile_clusters`).
     montage : path, optional
         PNG montage of its images (nearest the centre, random, border cases).
     profile : DataFrame, optional
@@ -243,46 +245,6 @@ def collect_versions(extra: Iterable[str] = ()) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
-
-
-def describe_cluster(
-    cluster: int,
-    n_rows: int,
-    n_total: int,
-    profile: pd.DataFrame | None = None,
-    *,
-    max_items: int = 3,
-    min_share: float = 0.4,
-    name: str | None = None,
-) -> str:
-    """One plain sentence about a cluster.
-
-    E.g. ``"Cluster 3 holds 12,345 images (8.1 % of the case); most are white
-    (81 %) and sedan (64 %)."``
-
-    Parameters
-    ----------
-    profile : DataFrame, optional
-        Columns ``attribute``, ``value``, ``share`` (0-1, share of the
-        cluster's rows with that value); per attribute the most common value is
-        used when its share is at least ``min_share``.
-    """
-    label = name or f"Cluster {int(cluster)}"
-    share = n_rows / n_total if n_total else float("nan")
-    text = f"{label} holds {int(n_rows):,} images ({share:.1%} of the case)"
-    traits = []
-    if profile is not None and len(profile) and {"attribute", "value", "share"} <= set(profile.columns):
-        best = (profile.sort_values("share", ascending=False)
-                .drop_duplicates("attribute").sort_values("share", ascending=False))
-        for _, row in best.iterrows():
-            if float(row["share"]) >= min_share and len(traits) < max_items:
-                traits.append(f"{row['value']} ({float(row['share']):.0%} {row['attribute']})")
-    if traits:
-        text += "; most are " + (", ".join(traits[:-1]) + " and " + traits[-1] if len(traits) > 1
-                                 else traits[0])
-    elif profile is not None and len(profile):
-        text += "; no attribute value dominates it"
-    return text + "."
 
 
 # --------------------------------------------------------------------------
@@ -485,23 +447,115 @@ def _cluster_card(assets: _Assets, set_slug: str, card: ClusterCard, color: str,
     return "".join(parts)
 
 
-def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
-                 known: Mapping[str, str]) -> str:
-    from streamclust.report.figures import _hex, cluster_colors
+# --------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------
+#: Anchors of the page's fixed sections; the sets' anchors never take them.
+_FIXED_ANCHORS = ("overview", "outliers", "comparison", "mixtures", "reproduce")
 
-    out = []
+
+@dataclass(frozen=True)
+class _TocEntry:
+    """One line of the table of contents.
+
+    ``group`` names a heading the entry is listed under (consecutive entries of
+    the same group share it); ``note`` is plain text shown after the link.
+    """
+
+    anchor: str
+    title: str
+    note: str = ""
+    group: str | None = None
+
+    def html(self) -> str:
+        return f'<li><a href="#{_e(self.anchor)}">{_e(self.title)}</a>{_e(self.note)}</li>'
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One section of the page: its HTML and its entry in the table of contents."""
+
+    html: str
+    toc: _TocEntry
+
+
+@dataclass
+class _Page:
+    """What every section builder reads: the data, the pictures and the sets' anchors."""
+
+    data: ReportData
+    assets: _Assets
+    set_anchors: dict[str, str]
+
+    def set_link(self, name: str) -> str:
+        """A link to the section of set ``name``, or its plain name when the report has no such set."""
+        if name not in self.set_anchors:
+            return _e(name)
+        return f'<a href="#{_e(self.set_anchors[name])}">{_e(name)}</a>'
+
+
+def _chosen_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``metrics`` marked ``chosen`` (none without that column)."""
+    return metrics[metrics["chosen"].astype(bool)] if "chosen" in metrics.columns else metrics.iloc[:0]
+
+
+def _toc(entries: Iterable[_TocEntry]) -> str:
+    """The table of contents: entries in order, those of one group nested under its heading."""
+    items = []
+    for group, members in itertools.groupby(entries, key=lambda entry: entry.group):
+        links = "".join(entry.html() for entry in members)
+        items.append(links if group is None else f"<li>{_e(group)}<ol>{links}</ol></li>")
+    return f'<nav class="toc"><strong>Contents</strong><ol>{"".join(items)}</ol></nav>'
+
+
+def _sets_at_a_glance(data: ReportData) -> pd.DataFrame:
+    """Shape ``(n_sets, 10)``: set, dims, PCA, k, the three metrics at the chosen k, outliers
+    flagged, mixture, recommended."""
+    rows = []
+    for s in data.sets:
+        chosen = _chosen_rows(s.metrics)
+        row = {"set": s.name, "dims": s.n_features, "PCA": s.n_components, "k": s.k}
+        for col, label in (("silhouette", "silhouette"), ("calinski_harabasz", "Calinski-Harabasz"),
+                           ("davies_bouldin", "Davies-Bouldin")):
+            row[label] = float(chosen[col].iloc[0]) if len(chosen) and col in chosen.columns else None
+        row["outliers flagged"] = None if s.outliers is None else int(s.outliers.n_flagged)
+        row["mixture"] = s.is_mixture
+        row["recommended"] = s.name == data.recommendation
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _overview_sections(page: _Page) -> list[_Section]:
+    """Case, run, notes, one summary row per set and the software versions."""
+    data = page.data
+    summary = _sets_at_a_glance(data)
+    body = ['<section id="overview"><h2>Overview</h2>',
+            _facts([("case", data.case), ("images (rows)", data.n_rows),
+                    ("descriptor sets", ", ".join(s.name for s in data.sets)),
+                    ("run id", data.run_id), ("date", data.created),
+                    ("recommended set", data.recommendation)]),
+            *(f"<p>{_e(note)}</p>" for note in data.notes),
+            "<h3>Sets at a glance</h3>",
+            _table(summary, highlight=summary["recommended"].tolist()),
+            "<h3>Software</h3>",
+            _facts(sorted(data.versions.items())),
+            "</section>"]
+    return [_Section("".join(body), _TocEntry("overview", "Overview"))]
+
+
+def _set_facts(page: _Page, rep: SetReport, anchor: str) -> str:
+    """Heading with badges, what a mixture mixes, the facts table and the set's notes."""
     badges = ""
     if rep.is_mixture:
         badges += '<span class="badge">mixture</span>'
-    if data.recommendation and rep.name == data.recommendation:
+    if page.data.recommendation and rep.name == page.data.recommendation:
         badges += '<span class="badge rec">recommended</span>'
-    out.append(f'<section id="{_e(slug)}"><h2>Set {_e(rep.name)}{badges}</h2>')
+    out = [f'<section id="{_e(anchor)}"><h2>Set {_e(rep.name)}{badges}</h2>']
     if rep.is_mixture:
-        links = ", ".join(f'<a href="#{_e(known[c])}">{_e(c)}</a>' if c in known else _e(c)
-                          for c in rep.components)
+        links = ", ".join(page.set_link(c) for c in rep.components)
         out.append(f"<p>This set is a <strong>mixture</strong> of the descriptor sets {links}: "
                    "their rows concatenated feature-wise and studied like any other set.</p>")
-    chosen = rep.metrics[rep.metrics["chosen"].astype(bool)] if "chosen" in rep.metrics.columns else rep.metrics.iloc[:0]
+    chosen = _chosen_rows(rep.metrics)
     sil = float(chosen["silhouette"].iloc[0]) if len(chosen) and "silhouette" in chosen.columns else None
     out.append(_facts([
         ("descriptor dimensions", rep.n_features),
@@ -512,57 +566,169 @@ def _set_section(assets: _Assets, data: ReportData, rep: SetReport, slug: str,
         ("how k was chosen", rep.k_rule),
         ("outliers flagged", None if rep.outliers is None else rep.outliers.n_flagged),
     ]))
-    for note in rep.notes:
-        out.append(f'<p class="muted">{_e(note)}</p>')
-    out.append("<h3>Metrics for every k</h3>")
-    out.append(_metrics_table(rep.metrics))
-    out.append(_figure(assets, rep.metrics_plot, f"{slug}-metrics", f"metrics against k for {rep.name}",
-                       "Silhouette (sampled), Calinski-Harabasz, Davies-Bouldin and inertia against k; "
-                       "the star marks the chosen k."))
+    out += [f'<p class="muted">{_e(note)}</p>' for note in rep.notes]
+    return "".join(out)
+
+
+def _set_metrics(page: _Page, rep: SetReport, anchor: str) -> str:
+    """The metrics table and the metrics-vs-k plot."""
+    return ("<h3>Metrics for every k</h3>" + _metrics_table(rep.metrics)
+            + _figure(page.assets, rep.metrics_plot, f"{anchor}-metrics", f"metrics against k for {rep.name}",
+                      "Silhouette (sampled), Calinski-Harabasz, Davies-Bouldin and inertia against k; "
+                      "the star marks the chosen k."))
+
+
+def _set_pictures(page: _Page, rep: SetReport, anchor: str) -> str:
+    """Density overviews (PCA, and UMAP side by side when present), small multiples, 3-D link."""
+    assets = page.assets
+    out = []
     if rep.density_overview or rep.small_multiples or rep.scatter3d or rep.umap_overview:
         out.append("<h3>Where the clusters lie</h3>")
-    overviews = [_figure(assets, rep.density_overview, f"{slug}-density", f"density of all rows of {rep.name}",
+    overviews = [_figure(assets, rep.density_overview, f"{anchor}-density", f"density of all rows of {rep.name}",
                          "Every row of the case in a 2-D projection, binned: colour = cluster (blended where "
                          "clusters overlap), darker = denser (log scale); crosses = flagged outliers."),
-                 _figure(assets, rep.umap_overview, f"{slug}-umap", f"UMAP density of all rows of {rep.name}",
+                 _figure(assets, rep.umap_overview, f"{anchor}-umap", f"UMAP density of all rows of {rep.name}",
                          "The same rows in UMAP coordinates (UMAP fitted on a seeded sample, every other row "
                          "placed at the mean of its nearest sampled rows), binned and coloured the same way.")]
     overviews = [f for f in overviews if f]
     out.append(f'<div class="pair">{"".join(overviews)}</div>' if len(overviews) > 1 else "".join(overviews))
-    out.append(_figure(assets, rep.small_multiples, f"{slug}-clusters", f"each cluster of {rep.name}",
+    out.append(_figure(assets, rep.small_multiples, f"{anchor}-clusters", f"each cluster of {rep.name}",
                        "One panel per cluster over all rows in grey."))
-    url3d = assets.url(rep.scatter3d, f"{slug}-3d", embed_ok=False)
+    url3d = assets.url(rep.scatter3d, f"{anchor}-3d", embed_ok=False)
     if url3d:
         out.append(f'<p><a href="{_e(url3d)}">Interactive 3-D view of a sample of rows</a> '
                    "(opens offline; drag to rotate).</p>")
-    if rep.clusters:
-        colors = cluster_colors(max(1, len(rep.clusters)))
-        order = sorted(rep.clusters, key=lambda c: int(c.cluster))
-        out.append(f"<h3>The {len(order)} clusters</h3>")
-        out.append('<p class="muted">Each montage shows images nearest the cluster centre, a random '
-                   "draw, and border cases (closest to another cluster).</p>")
-        out.append('<div class="cards">')
-        for i, card in enumerate(order):
-            out.append(_cluster_card(assets, slug, card, _hex(colors[i]), data.n_rows))
-        out.append("</div>")
-    if rep.outliers is not None:
-        o = rep.outliers
-        out.append(f'<h3 id="{_e(slug)}-outliers">Outliers</h3>')
-        share = f" ({o.n_flagged / data.n_rows:.2%} of the case)" if data.n_rows else ""
-        out.append(f"<p><strong>{int(o.n_flagged):,}</strong> images flagged{_e(share)}. "
-                   f"Rule: {_e(o.rule)}</p>")
-        if o.known:
-            out.append(f"<p>{_e(o.known)}</p>")
-        out.append(_figure(assets, o.montage, f"{slug}-outliers", f"top outliers of {rep.name}",
-                           f"The highest {o.score_name} scores, most outlying first."))
-        if o.top is not None and len(o.top):
-            out.append(_table(o.top.reset_index(drop=True)))
-    out.append("</section>")
     return "".join(out)
+
+
+def _set_clusters(page: _Page, rep: SetReport, anchor: str) -> str:
+    """One card per cluster, by label value, each with its density-picture colour."""
+    if not rep.clusters:
+        return ""
+    colors = cluster_colors(max(1, len(rep.clusters)))
+    order = sorted(rep.clusters, key=lambda c: int(c.cluster))
+    cards = "".join(_cluster_card(page.assets, anchor, card, hex_color(colors[i]), page.data.n_rows)
+                    for i, card in enumerate(order))
+    return (f"<h3>The {len(order)} clusters</h3>"
+            '<p class="muted">Each montage shows images nearest the cluster centre, a random '
+            "draw, and border cases (closest to another cluster).</p>"
+            f'<div class="cards">{cards}</div>')
+
+
+def _set_outliers(page: _Page, rep: SetReport, anchor: str) -> str:
+    """Rule, count flagged, agreement with known outliers, montage and table of the top outliers."""
+    o = rep.outliers
+    if o is None:
+        return ""
+    n_rows = page.data.n_rows
+    share = f" ({o.n_flagged / n_rows:.2%} of the case)" if n_rows else ""
+    out = [f'<h3 id="{_e(anchor)}-outliers">Outliers</h3>',
+           f"<p><strong>{int(o.n_flagged):,}</strong> images flagged{_e(share)}. Rule: {_e(o.rule)}</p>"]
+    if o.known:
+        out.append(f"<p>{_e(o.known)}</p>")
+    out.append(_figure(page.assets, o.montage, f"{anchor}-outliers", f"top outliers of {rep.name}",
+                       f"The highest {o.score_name} scores, most outlying first."))
+    if o.top is not None and len(o.top):
+        out.append(_table(o.top.reset_index(drop=True)))
+    return "".join(out)
+
+
+def _set_sections(page: _Page) -> list[_Section]:
+    """One section per descriptor set, listed under "Descriptor sets" in the contents."""
+    sections = []
+    for rep in page.data.sets:
+        anchor = page.set_anchors[rep.name]
+        parts = [build(page, rep, anchor)
+                 for build in (_set_facts, _set_metrics, _set_pictures, _set_clusters, _set_outliers)]
+        sections.append(_Section("".join(parts) + "</section>",
+                                 _TocEntry(anchor, rep.name, " (mixture)" if rep.is_mixture else "",
+                                           group="Descriptor sets")))
+    return sections
+
+
+def _outliers_sections(page: _Page) -> list[_Section]:
+    """Flagged counts of every screened set side by side (nothing when no set was screened)."""
+    data = page.data
+    flagged = [s for s in data.sets if s.outliers is not None]
+    if not flagged:
+        return []
+    df = pd.DataFrame([{"set": s.name, "flagged": int(s.outliers.n_flagged),
+                        "share": f"{s.outliers.n_flagged / data.n_rows:.2%}" if data.n_rows else "",
+                        "rule": s.outliers.rule,
+                        **({"against known outliers": s.outliers.known} if s.outliers.known else {})}
+                       for s in flagged])
+    links = " ".join(f'<a href="#{_e(page.set_anchors[s.name])}-outliers">Top outliers of {_e(s.name)}</a>.'
+                     for s in flagged)
+    return [_Section(f'<section id="outliers"><h2>Outliers</h2>{_table(df)}<p>{links}</p></section>',
+                     _TocEntry("outliers", "Outliers"))]
+
+
+def _comparison_sections(page: _Page) -> list[_Section]:
+    """The comparison tables, then the recommended set with its reasons."""
+    data = page.data
+    out = ['<section id="comparison"><h2>Comparison and recommendation</h2>']
+    if not data.comparisons:
+        out.append('<p class="muted">No comparison tables were computed.</p>')
+    for t in data.comparisons:
+        out.append(f"<h3>{_e(t.title)}</h3>")
+        if t.caption:
+            out.append(f"<p>{_e(t.caption)}</p>")
+        out.append(_table(t.table, index=t.index))
+    if data.recommendation:
+        out.append(f"<h3>Recommendation: {_e(data.recommendation)}</h3>")
+        if data.recommendation_reasons:
+            out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in data.recommendation_reasons) + "</ul>")
+    out.append("</section>")
+    return [_Section("".join(out), _TocEntry("comparison", "Comparison and recommendation"))]
+
+
+def _mixtures_sections(page: _Page) -> list[_Section]:
+    """Which sets are mixtures of which (nothing when no set is a mixture)."""
+    mixtures = [s for s in page.data.sets if s.is_mixture]
+    if not mixtures:
+        return []
+    items = "".join(f"<li>{page.set_link(s.name)} mixes {', '.join(page.set_link(c) for c in s.components)}; "
+                    f"k = {int(s.k)}.</li>" for s in mixtures)
+    return [_Section('<section id="mixtures"><h2>Mixtures</h2>'
+                     "<p>Sets whose name joins other sets with <code>+</code> are mixtures: the rows of "
+                     f"the named sets side by side, studied like any other set.</p><ul>{items}</ul></section>",
+                     _TocEntry("mixtures", "Mixtures"))]
+
+
+def _reproduce_sections(page: _Page) -> list[_Section]:
+    """The command lines that reproduce the study and the report."""
+    commands = page.data.reproduce
+    if commands:
+        text = ("<p>Run these commands, in order, from the project folder:</p>"
+                "<pre>" + _e("\n".join(commands)) + "</pre>")
+    else:
+        text = '<p class="muted">The commands were not recorded.</p>'
+    return [_Section(f'<section id="reproduce"><h2>How to reproduce</h2>{text}</section>',
+                     _TocEntry("reproduce", "How to reproduce"))]
+
+
+#: The page's sections, top to bottom: each builder returns its sections (none when it has
+#: nothing to show), and the table of contents lists them in this order.
+_SECTION_BUILDERS = (_overview_sections, _set_sections, _outliers_sections, _comparison_sections,
+                     _mixtures_sections, _reproduce_sections)
+
+
+def _picture_sources(data: ReportData) -> list[PathLike | None]:
+    """Every picture and 3-D view the sets refer to."""
+    sources: list[PathLike | None] = []
+    for s in data.sets:
+        sources += [s.metrics_plot, s.density_overview, s.umap_overview, s.small_multiples, s.scatter3d]
+        sources += [c.montage for c in s.clusters]
+        if s.outliers is not None:
+            sources.append(s.outliers.montage)
+    return sources
 
 
 def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = False) -> Path:
     """Write ``out_dir/report.html`` (and ``out_dir/report_files/``).
+
+    The page is a title, the table of contents, the sections of
+    ``_SECTION_BUILDERS`` in order, a note on missing pictures and a footer.
 
     Parameters
     ----------
@@ -594,113 +760,16 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
         raise InputError("the report needs at least one descriptor set.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sources: list[PathLike | None] = []
-    for s in data.sets:
-        sources += [s.metrics_plot, s.density_overview, s.umap_overview, s.small_multiples, s.scatter3d]
-        sources += [c.montage for c in s.clusters]
-        if s.outliers is not None:
-            sources.append(s.outliers.montage)
-    assets = _Assets(out, embed_images, sources)
-    used: set[str] = {"overview", "outliers", "comparison", "mixtures", "reproduce"}
-    slugs = {rep.name: _slug(f"set-{rep.name}", used) for rep in data.sets}
-    mixtures = [s for s in data.sets if s.is_mixture]
+    assets = _Assets(out, embed_images, _picture_sources(data))
+    used = set(_FIXED_ANCHORS)
+    page = _Page(data, assets, {rep.name: _slug(f"set-{rep.name}", used) for rep in data.sets})
+    sections = [section for build in _SECTION_BUILDERS for section in build(page)]
 
     body = [f"<h1>{_e(data.title)}</h1>",
-            f'<p class="muted">Case {_e(data.case)} &middot; run {_e(data.run_id)} &middot; '
-            f"{_e(data.created)}</p>"]
-    toc = ['<li><a href="#overview">Overview</a></li>']
-    toc.append("<li>Descriptor sets<ol>" + "".join(
-        f'<li><a href="#{_e(slugs[s.name])}">{_e(s.name)}</a>{" (mixture)" if s.is_mixture else ""}</li>'
-        for s in data.sets) + "</ol></li>")
-    if any(s.outliers is not None for s in data.sets):
-        toc.append('<li><a href="#outliers">Outliers</a></li>')
-    toc.append('<li><a href="#comparison">Comparison and recommendation</a></li>')
-    if mixtures:
-        toc.append('<li><a href="#mixtures">Mixtures</a></li>')
-    toc.append('<li><a href="#reproduce">How to reproduce</a></li>')
-    body.append(f'<nav class="toc"><strong>Contents</strong><ol>{"".join(toc)}</ol></nav>')
-
-    # -- overview
-    body.append('<section id="overview"><h2>Overview</h2>')
-    body.append(_facts([
-        ("case", data.case), ("images (rows)", data.n_rows),
-        ("descriptor sets", ", ".join(s.name for s in data.sets)),
-        ("run id", data.run_id), ("date", data.created),
-        ("recommended set", data.recommendation),
-    ]))
-    for note in data.notes:
-        body.append(f"<p>{_e(note)}</p>")
-    summary = []
-    for s in data.sets:
-        chosen = s.metrics[s.metrics["chosen"].astype(bool)] if "chosen" in s.metrics.columns else s.metrics.iloc[:0]
-        row = {"set": s.name, "dims": s.n_features, "PCA": s.n_components, "k": s.k}
-        for col, label in (("silhouette", "silhouette"), ("calinski_harabasz", "Calinski-Harabasz"),
-                           ("davies_bouldin", "Davies-Bouldin")):
-            row[label] = float(chosen[col].iloc[0]) if len(chosen) and col in chosen.columns else None
-        row["outliers flagged"] = None if s.outliers is None else int(s.outliers.n_flagged)
-        row["mixture"] = s.is_mixture
-        row["recommended"] = s.name == data.recommendation
-        summary.append(row)
-    summary_df = pd.DataFrame(summary)
-    body.append("<h3>Sets at a glance</h3>")
-    body.append(_table(summary_df, highlight=summary_df["recommended"].tolist()))
-    body.append("<h3>Software</h3>")
-    body.append(_facts(sorted(data.versions.items())))
-    body.append("</section>")
-
-    # -- sets
-    for s in data.sets:
-        body.append(_set_section(assets, data, s, slugs[s.name], slugs))
-
-    # -- outliers across sets
-    flagged = [s for s in data.sets if s.outliers is not None]
-    if flagged:
-        body.append('<section id="outliers"><h2>Outliers</h2>')
-        df = pd.DataFrame([{"set": s.name, "flagged": int(s.outliers.n_flagged),
-                            "share": f"{s.outliers.n_flagged / data.n_rows:.2%}" if data.n_rows else "",
-                            "rule": s.outliers.rule,
-                            **({"against known outliers": s.outliers.known} if s.outliers.known else {})}
-                           for s in flagged])
-        body.append(_table(df))
-        body.append("<p>" + " ".join(
-            f'<a href="#{_e(slugs[s.name])}-outliers">Top outliers of {_e(s.name)}</a>.' for s in flagged)
-            + "</p></section>")
-
-    # -- comparison
-    body.append('<section id="comparison"><h2>Comparison and recommendation</h2>')
-    if not data.comparisons:
-        body.append('<p class="muted">No comparison tables were computed.</p>')
-    for t in data.comparisons:
-        body.append(f"<h3>{_e(t.title)}</h3>")
-        if t.caption:
-            body.append(f"<p>{_e(t.caption)}</p>")
-        body.append(_table(t.table, index=t.index))
-    if data.recommendation:
-        body.append(f"<h3>Recommendation: {_e(data.recommendation)}</h3>")
-        if data.recommendation_reasons:
-            body.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in data.recommendation_reasons) + "</ul>")
-    body.append("</section>")
-
-    # -- mixtures
-    if mixtures:
-        body.append('<section id="mixtures"><h2>Mixtures</h2>')
-        body.append("<p>Sets whose name joins other sets with <code>+</code> are mixtures: the rows of "
-                    "the named sets side by side, studied like any other set.</p><ul>")
-        for s in mixtures:
-            parts = ", ".join(f'<a href="#{_e(slugs[c])}">{_e(c)}</a>' if c in slugs else _e(c)
-                              for c in s.components)
-            body.append(f'<li><a href="#{_e(slugs[s.name])}">{_e(s.name)}</a> mixes {parts}; '
-                        f"k = {int(s.k)}.</li>")
-        body.append("</ul></section>")
-
-    # -- reproduce
-    body.append('<section id="reproduce"><h2>How to reproduce</h2>')
-    if data.reproduce:
-        body.append("<p>Run these commands, in order, from the project folder:</p>")
-        body.append("<pre>" + _e("\n".join(data.reproduce)) + "</pre>")
-    else:
-        body.append('<p class="muted">The commands were not recorded.</p>')
-    body.append("</section>")
+            (f'<p class="muted">Case {_e(data.case)} &middot; run {_e(data.run_id)} &middot; '
+             f"{_e(data.created)}</p>"),
+            _toc(section.toc for section in sections),
+            *(section.html for section in sections)]
     if assets.missing:
         body.append('<p class="muted">Missing pictures (not found when the report was written): '
                     + _e(", ".join(assets.missing)) + "</p>")
@@ -708,12 +777,12 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
     body.append(f"<footer>Written by streamclust {_e(version)} on "
                 f"{_e(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'))}.</footer>")
 
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_e(data.title)} - {_e(data.case)}</title><style>{_CSS}</style></head>"
-            f"<body><main>{''.join(body)}</main></body></html>\n")
+    html_text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                 "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+                 f"<title>{_e(data.title)} - {_e(data.case)}</title><style>{_CSS}</style></head>"
+                 f"<body><main>{''.join(body)}</main></body></html>\n")
     path = out / "report.html"
     tmp = out / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(html_text, encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -5,7 +5,7 @@ block: density plots are 2-D histograms of the first two principal components
 of EVERY row (:mod:`streamclust.report.figures`) and, for a study run with ``umap=True``,
 of every row's stored UMAP position (``<set>/umap``), with a 3-D view of a
 sample of rows (first three principal components) beside; montages come straight from the image zip
-or folder (:mod:`streamclust.report.montage`, paths checked against the root), and the
+or folder (:mod:`streamclust.report.images`, paths checked against the root), and the
 text comes from the cluster profiles and the set comparison
 (:mod:`streamclust.analysis.profiles`).  Everything is written under
 ``OUT_DIR/report_files/`` next to ``OUT_DIR/report.html``.
@@ -22,16 +22,24 @@ import numpy as np
 import pandas as pd
 
 from streamclust.estimators import pca_projection
-from streamclust.report.montage import ImageSource, montage, pick_montage_rows
-from streamclust.report.html import ClusterCard, ComparisonTable, OutlierInfo, ReportData, SetReport, write_report
-from streamclust.report.figures import (
+from streamclust.report import (
+    ClusterCard,
+    ComparisonTable,
+    ImageSource,
+    OutlierInfo,
+    ReportData,
+    SetReport,
     density_histograms,
+    montage,
+    pick_montage_rows,
     render_density_overview,
     render_metrics_vs_k,
     render_small_multiples,
     sample_points,
+    write_report,
     write_scatter3d_html,
 )
+from streamclust.study.rules import K_RULE, MIX_RULE
 
 if TYPE_CHECKING:
     from streamclust.io.store import CaseStore, RunGroup
@@ -41,6 +49,10 @@ __all__ = ["build_study_report"]
 
 #: Rows drawn for the 3-D view of a set whose study stored a UMAP (``umap=True``).
 SCATTER3D_ROWS = 2000
+
+#: How the report names each outlier score of the study.
+SCORE_NAMES = {"combined": "combined z-score (neighbours, norm, residual)", "kdist": "k-distance",
+               "lof": "kNN LOF", "mean": "mean kNN distance"}
 
 
 def _montage_png(source: ImageSource | None, paths: list[str], captions: list[str], path: Path,
@@ -102,19 +114,12 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     outliers = OutlierInfo(res.n_outliers, res.outlier_rule, out_png,
                            top[[c for c in columns if c in top]].reset_index(drop=True),
                            score_name=SCORE_NAMES[res.outlier_score], known=_known_text(res.outlier_truth))
-    from streamclust.study.rules import K_RULE, MIX_RULE
-
     notes = []
     if res.mixture:
         shares = ", ".join(f"{m} {v:.0%}" for m, v in res.mixture["variance_share"].items())
         notes.append(f"Balanced mixture ({MIX_RULE}); variance shares: {shares}.")
     return SetReport(name, res.n_features, res.n_components, res.k, res.metrics, metrics_png, overview,
                      multiples, scatter, cards, outliers, res.explained_variance, K_RULE, notes, umap_png)
-
-
-#: How the report names each outlier score of the study.
-SCORE_NAMES = {"combined": "combined z-score (neighbours, norm, residual)", "kdist": "k-distance",
-               "lof": "kNN LOF", "mean": "mean kNN distance"}
 
 
 def _known_text(truth: dict | None) -> str | None:
