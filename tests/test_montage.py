@@ -1,4 +1,4 @@
-"""Tests of streamclust.report.images (safe image reading) and streamclust.report.montage
+"""Tests of streamclust.report.images (safe image reading) and streamclust.report.montages
 (row picking, montages)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from streamclust.report.images import (
     ZipImageSource,
     safe_relpath,
 )
-from streamclust.report.montage import (
+from streamclust.report.montages import (
     montage,
     pick_montage_rows,
     random_row_keys,

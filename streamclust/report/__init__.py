@@ -2,7 +2,7 @@
 
 - :mod:`~streamclust.report.figures`: density overviews, small multiples, metric curves, the 3-D view.
 - :mod:`~streamclust.report.images`: images read safely from a zip or folder (path checks, size limits).
-- :mod:`~streamclust.report.montage`: which rows to show per cluster, the top outliers, image montages.
+- :mod:`~streamclust.report.montages`: which rows to show per cluster, the top outliers, image montages.
 - :mod:`~streamclust.report.html`: the report's data classes and :func:`write_report`.
 
 The report knows nothing of how a study runs: :mod:`streamclust.study` fills its data classes.
@@ -29,7 +29,7 @@ from streamclust.report.html import (
     write_report,
 )
 from streamclust.report.images import ImageSource, UnsafePathError
-from streamclust.report.montage import montage, pick_montage_rows, top_outlier_rows
+from streamclust.report.montages import montage, pick_montage_rows, top_outlier_rows
 
 __all__ = [
     "ClusterCard",

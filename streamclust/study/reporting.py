@@ -7,7 +7,7 @@ of every row's stored UMAP position (``<set>/umap``), with a 3-D view of a
 sample of rows (first three principal components) beside; montages come straight from the image zip
 or folder (:mod:`streamclust.report.images`, paths checked against the root), and the
 text comes from the cluster profiles and the set comparison
-(:mod:`streamclust.analysis.profiles`).  Everything is written under
+(:mod:`streamclust.analysis`).  Everything is written under
 ``OUT_DIR/report_files/`` next to ``OUT_DIR/report.html``.
 """
 
