@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["measure", "machine_facts", "format_table"]
@@ -58,7 +58,7 @@ def machine_facts() -> dict:
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores {mem:.0f} GiB",
         "python": platform.python_version(),
         "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,

@@ -223,8 +223,9 @@ def stage_tradeoff(path: str, reference: int = 100_000, k: int = 20,
 def stage_warm_up() -> dict:
     """Import time and warm_up() time in a fresh process (compile or load from cache)."""
     t = time.perf_counter()
-    import streamclust.estimators.outliers as outliers
     import pynndescent  # noqa: F401
+
+    import streamclust.estimators.outliers as outliers
 
     imp = time.perf_counter() - t
     first = outliers.warm_up()

@@ -3,7 +3,7 @@
 
     python benchmarks/run.py all      [--quick]          # convert, study, stages, scale, assign
     python benchmarks/run.py convert  [--rows 416314]    # pickle -> Zarr, 2560-d float32 and float64
-    python benchmarks/run.py study    [--rows 416314]    # demo case, 4 sets: run_study (with UMAP views) vs in-memory sklearn
+    python benchmarks/run.py study    [--rows 416314]    # demo case, 4 sets: run_study (UMAP views) vs sklearn
     python benchmarks/run.py stages   [--rows 416314]    # convert, preprocess, k sweep, outliers, projection per set
     python benchmarks/run.py scale    [--scale-base 416314]   # peak RSS of the pipeline at 1x, 4x, 10x rows
     python benchmarks/run.py assign   [--rows 416314]    # saved model on new rows vs the study's labelling pass
@@ -135,7 +135,8 @@ def bench_study(data: Path, rows: int, k: str, memory: str, lof_rows: int | None
         verdicts.append(f"--memory {budget}: time_ratio <= 1.0 {'PASS' if t <= 1.0 else 'FAIL'} ({t:.2f}), "
                         f"rss_ratio <= 0.1 {'PASS' if m <= 0.1 else 'FAIL'} ({m:.3f})")
     out.append({"stage": f"study k={k} (4 sets)",
-                "method": f"in-memory scikit-learn (pickle.load, PCA, MiniBatchKMeans, exact LOF on {_cap(lof_rows, rows)})",
+                "method": "in-memory scikit-learn (pickle.load, PCA, MiniBatchKMeans, exact LOF on "
+                          f"{_cap(lof_rows, rows)})",
                 "wall_s": base["wall_s"], "peak_rss_mb": base["peak_rss_mb"], "chosen_k": _chosen_k(base)})
     _report(f"study: demo case, {rows:,} rows, 4 descriptor sets", out,
             ["stage", "method", "wall_s", "peak_rss_mb", "time_ratio", "rss_ratio", "chosen_k"],
@@ -179,7 +180,8 @@ def _stage_plan(stage: str, name: str, *, case: str, store: str, work: str, k: s
                  ("faiss", "faiss Kmeans in memory (nredo=3, all rows)", "stages:kmeans_faiss", kw)]
         return [group], ("stages:kmeans_quality", {**w, "methods": [g[0] for g in group]})
     if stage == "outliers":
-        group = [("streamclust", "streamclust combined score: kNN k-distance + row norm + residual (fit + score all rows)",
+        group = [("streamclust",
+                  "streamclust combined score: kNN k-distance + row norm + residual (fit + score all rows)",
                   "stages:outliers_streamclust", {**w, "memory": memory}),
                  ("lof", f"scikit-learn LocalOutlierFactor exact, {_cap(lof_rows, rows)}", "stages:outliers_lof",
                   {**w, "rows": lof_rows}),
@@ -221,8 +223,9 @@ STAGE_TABLES = {
                   "recall", "auc_planted", "spearman_vs_exact", "top1%_overlap", "exact_reference", "note"],
                  "streamclust: the study's default (robust z-scores of the k-distance in the reduced rows, "
                  "the raw row norm and the residual off the principal subspace); recall: its recall@20 against "
-                 "exact neighbours in its reference sample (measured at fit); auc_planted: ROC AUC of the scores against the demo case's planted outliers (glare, "
-                 "blur, no vehicle, ...), over the rows scored; spearman_vs_exact / top1%_overlap: agreement of the scores with the exact LOF (k=20) of "
+                 "exact neighbours in its reference sample (measured at fit); auc_planted: ROC AUC of the scores "
+                 "against the demo case's planted outliers (glare, blur, no vehicle, ...), over the rows scored; "
+                 "spearman_vs_exact / top1%_overlap: agreement of the scores with the exact LOF (k=20) of "
                  "the most rows (exact_reference: scikit-learn's LOF, or faiss' exact kNN of all rows with "
                  "the same LOF formula when the LOF baseline is capped), over the rows both scored."),
     "projection": ("projection: 2-D views of every row",
@@ -315,11 +318,13 @@ def bench_scale(data: Path, rows: int, base: int, factors: list[int], k: str, me
     ok = abs(out[-1]["rss vs 1x"] - 1) <= 0.15 and worst["peak_rss_mb"] < 1024
     notes = (f"{name} rows of the demo case tiled with 5% noise; 1x = {base:,} rows.  "
              f"Promise: peak RSS at {top}x within 15% of 1x and under 1 GiB: "
-             f"{'PASS' if ok else 'FAIL'} ({top}x/1x = {out[-1]['rss vs 1x']:.2f}, max {worst['peak_rss_mb']:,.0f} MB).  "
+             f"{'PASS' if ok else 'FAIL'} ({top}x/1x = {out[-1]['rss vs 1x']:.2f}, "
+             f"max {worst['peak_rss_mb']:,.0f} MB).  "
              f"The in-memory baseline at {top}x would need about {need_gb:.1f} GB (its 1x peak above the "
              f"{floor:.0f} MB of its imports, times {top // factors[0]}), and exact LOF time grows with rows^2.  "
              + RATIO_NOTE)
-    _report(f"scale: streaming pipeline at {', '.join(f'{f}x' for f in factors)} of {base:,} rows ({name}, 128-d), k={k}",
+    times = ", ".join(f"{f}x" for f in factors)
+    _report(f"scale: streaming pipeline at {times} of {base:,} rows ({name}, 128-d), k={k}",
             out + [base_row], ["factor", "method", "rows", "wall_s", "peak_rss_mb", "rows/s", "rss vs 1x",
                                "time vs 1x", "sc/base time", "sc/base rss"], notes)
 
@@ -381,10 +386,12 @@ def main() -> None:
                              "(one row per budget against one baseline run)")
     parser.add_argument("--sets", default=None,
                         help=f"descriptor sets of 'stages' (default: all four; --quick {','.join(QUICK_SETS)})")
-    parser.add_argument("--only", default=",".join(STAGES), help=f"stages of 'stages', in order (default {','.join(STAGES)})")
+    parser.add_argument("--only", default=",".join(STAGES),
+                        help=f"stages of 'stages', in order (default {','.join(STAGES)})")
     parser.add_argument("--skip", default="", help="baselines to skip, e.g. daskml,daskml-incremental,umap-full")
     parser.add_argument("--lof-rows", type=int, default=None, help="cap of the exact LOF baselines (default: all rows)")
-    parser.add_argument("--umap-rows", type=int, default=None, help="cap of the UMAP-of-all-rows baseline (default: all)")
+    parser.add_argument("--umap-rows", type=int, default=None,
+                        help="cap of the UMAP-of-all-rows baseline (default: all)")
     parser.add_argument("--no-umap", action="store_true",
                         help="'study' without the UMAP view of every row (its report keeps the PCA density views)")
     parser.add_argument("--scale-base", type=int, default=None, help="1x rows of 'scale' (default 416,314)")

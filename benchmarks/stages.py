@@ -89,7 +89,7 @@ def _load(work: str, name: str, what: str) -> dict | None:
 def _load_pickle(path: str | Path) -> np.ndarray:
     """What a user does with a descriptor pickle: ``pickle.load`` the whole array."""
     with open(path, "rb") as f:
-        return pickle.load(f)  # noqa: S301 - the baseline being measured
+        return pickle.load(f)
 
 
 def _lof_from_knn(ind: np.ndarray, dist: np.ndarray) -> np.ndarray:
@@ -101,7 +101,8 @@ def _lof_from_knn(ind: np.ndarray, dist: np.ndarray) -> np.ndarray:
 
 
 def _lof_sklearn(Z: np.ndarray) -> np.ndarray:
-    """Exact scikit-learn LocalOutlierFactor(n_neighbors=20) on all rows of ``Z`` (all cores); higher = more outlying."""
+    """Exact scikit-learn LocalOutlierFactor(n_neighbors=20) on all rows of ``Z`` (all cores);
+    higher = more outlying."""
     from sklearn.neighbors import LocalOutlierFactor
 
     return (-LocalOutlierFactor(n_neighbors=N_NEIGHBORS, n_jobs=-1).fit(Z).negative_outlier_factor_).astype(np.float32)
@@ -140,7 +141,7 @@ def _sklearn_pipeline(load, ks: list[int], lof_rows: int | None = None) -> dict:
 
 def imports_only() -> dict:
     """Peak RSS of a process that only imports numpy, pandas, scikit-learn and zarr (the baselines' floor)."""
-    import sklearn.cluster  # noqa: F401
+    import sklearn.cluster
     import sklearn.neighbors  # noqa: F401
     import zarr  # noqa: F401
 
@@ -257,8 +258,8 @@ def labelling_pass(store: str, model_dir: str, name: str) -> dict:
     """The study's own labelling pass: PCA transform + nearest centre of every row (Dask, parallel)."""
     import dask.array as da
 
-    from streamclust.model.descriptor_model import DescriptorSetModel
     from streamclust.io.store import CaseStore
+    from streamclust.model.descriptor_model import DescriptorSetModel
 
     model = DescriptorSetModel.load(model_dir)
     X = da.from_zarr(CaseStore(store).descriptor(name))
@@ -385,7 +386,8 @@ def kmeans_streamclust(work: str, name: str, k: str = "2:15", memory: str = "1GB
     centers = {kk: m.cluster_centers_ for kk, m in models.items()}
     scores = sweep_metrics(reduced, centers, memory=budget)
     metrics = pd.DataFrame([{"k": kk, "davies_bouldin": scores[kk]["davies_bouldin"],
-                             "silhouette": sampled_silhouette(reduced, centers=centers[kk], n_samples=SILHOUETTE_SAMPLES,
+                             "silhouette": sampled_silhouette(reduced, centers=centers[kk],
+                                                              n_samples=SILHOUETTE_SAMPLES,
                                                               random_state=SEED)} for kk in ks])
     chosen = choose_k(metrics)
     store_labels(models[chosen], reduced, run, name)
@@ -496,11 +498,11 @@ def outliers_faiss(work: str, name: str) -> dict:
     ind = np.empty((n, N_NEIGHBORS), np.int64)
     dist = np.empty((n, N_NEIGHBORS), np.float32)
     for s in range(0, n, BLOCK // 4):
-        D, I = index.search(Z[s:s + BLOCK // 4], N_NEIGHBORS + 1)
-        drop = I == np.arange(s, s + len(I))[:, None]
+        D, found = index.search(Z[s:s + BLOCK // 4], N_NEIGHBORS + 1)
+        drop = found == np.arange(s, s + len(found))[:, None]
         drop[~drop.any(axis=1), -1] = True  # a duplicate came first: drop the farthest instead
-        ind[s:s + len(I)] = I[~drop].reshape(len(I), N_NEIGHBORS)
-        dist[s:s + len(I)] = np.sqrt(np.maximum(D[~drop], 0)).reshape(len(I), N_NEIGHBORS)
+        ind[s:s + len(found)] = found[~drop].reshape(len(found), N_NEIGHBORS)
+        dist[s:s + len(found)] = np.sqrt(np.maximum(D[~drop], 0)).reshape(len(found), N_NEIGHBORS)
     scores = _lof_from_knn(ind, dist)
     _save(work, name, "outliers-faiss", scores=scores)
     return {"rows": n, "threads": faiss.omp_get_max_threads()}

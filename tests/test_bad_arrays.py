@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamclust.io import ingest
 from streamclust.cli import main
 from streamclust.errors import InputError, StoreError
 from streamclust.estimators import StreamingKMeans, StreamingPCA, StreamingScaler
+from streamclust.io import ingest
 from streamclust.io.ingest import (
     _DroppedRows,
     convert_case,

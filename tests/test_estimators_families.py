@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from scipy.cluster.hierarchy import linkage as scipy_linkage
-from sklearn.cluster import AgglomerativeClustering, HDBSCAN
+from sklearn.cluster import HDBSCAN, AgglomerativeClustering
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture

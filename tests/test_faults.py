@@ -22,14 +22,14 @@ import zarr
 import zarr.storage._local as zarr_local
 
 import streamclust
-from streamclust.study import driver as study_driver
-from streamclust.study import steps as study_steps
 from streamclust.cli import main
 from streamclust.errors import StoreError
 from streamclust.io.ingest import convert_case
 from streamclust.io.sources import open_source
 from streamclust.io.store import CaseStore
+from streamclust.study import driver as study_driver
 from streamclust.study import run_study
+from streamclust.study import steps as study_steps
 
 _ENV = {**os.environ, "PYTHONPATH": str(Path(streamclust.__file__).resolve().parents[1])}
 

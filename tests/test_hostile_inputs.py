@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamclust.io.pickle_stream import open_pickled_array
 from streamclust.cli import main
 from streamclust.errors import InputError, UnsafePickleError
+from streamclust.io.pickle_stream import open_pickled_array
 from streamclust.io.sources import open_source
 from streamclust.io.store import CaseStore
 

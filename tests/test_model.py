@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamclust.model.assign import assign_new
 from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import StoreError
 from streamclust.io.ingest import convert_case
 from streamclust.io.sources import open_source
+from streamclust.model.assign import assign_new
 from streamclust.model.descriptor_model import DescriptorSetModel, drift_report
 from streamclust.study import run_study
 
@@ -46,7 +46,7 @@ def test_assign_in_a_fresh_process_reproduces_the_study(trained):
 def test_assign_a_raw_case_folder_and_a_single_file(trained, tmp_path):
     result = assign_new(trained / "study" / "models" / SET, trained / "case", tmp_path / "a.csv")
     assert result.n_rows == 2500 and not result.drift.drifted
-    single = assign_new(trained / "study" / "models" / SET, trained / "case" / "descriptors" / f"{SET}.pickle",
+    assign_new(trained / "study" / "models" / SET, trained / "case" / "descriptors" / f"{SET}.pickle",
                         tmp_path / "b.csv")
     b = pd.read_csv(tmp_path / "b.csv")
     assert b["path"].iloc[0] == "row:0" and (b["cluster"] == pd.read_csv(tmp_path / "a.csv")["cluster"]).all()

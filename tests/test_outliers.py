@@ -38,7 +38,7 @@ def make_mixture(n=20_000, d=32, seed=0, outlier_frac=0.01, n_dup_groups=5, dup_
     X[out] = rng.uniform(-1, 1, size=(len(out), d)) * scales * 12
     y[out] = True
     inliers = np.flatnonzero(~y)
-    for g in range(n_dup_groups):
+    for _g in range(n_dup_groups):
         rows = rng.choice(inliers, dup_size, replace=False)
         X[rows] = X[rows[0]] + rng.normal(size=(dup_size, d)) * 1e-3
     return X.astype(np.float32), y

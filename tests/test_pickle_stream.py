@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamclust.io.pickle_stream import open_pickled_array, write_pickled_array
 from streamclust.errors import InputError, UnsafePickleError
+from streamclust.io.pickle_stream import open_pickled_array, write_pickled_array
 
 SHAPE = (37, 11)
 DTYPES = ["float16", "float32", "float64", ">f4"]

@@ -16,12 +16,12 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, nor
 from sklearn.preprocessing import normalize
 
 from streamclust.analysis import comparison, contingency, profiles
-from streamclust.datasets.synthetic import COLORS, DESCRIPTOR_DIMS, TYPES, load_truth, make_demo_case
-from streamclust.errors import InputError
 from streamclust.analysis.comparison import compare_sets
 from streamclust.analysis.contingency import contingency_scores
 from streamclust.analysis.metadata import read_metadata
 from streamclust.analysis.profiles import cluster_spread, profile_clusters
+from streamclust.datasets.synthetic import COLORS, DESCRIPTOR_DIMS, TYPES, load_truth, make_demo_case
+from streamclust.errors import InputError
 
 N_ROWS = 4000
 ATTRS = ("color", "type", "model", "camera")
@@ -185,7 +185,7 @@ def test_sentences_without_metadata_invent_nothing(demo):
     prof = profile_clusters(lab, None, outlier_flags=demo["truth"]["is_outlier"].to_numpy(),
                             spread=spread)
     assert prof.table.empty and prof.agreement.empty
-    for c, sentence in prof.sentences.items():
+    for _c, sentence in prof.sentences.items():
         assert "no metadata: see the montage" in sentence
         assert "flagged as outliers" in sentence and "spread" in sentence
         assert not _WORDS.search(sentence), sentence

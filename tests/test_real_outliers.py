@@ -22,9 +22,9 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import LocalOutlierFactor
 
+from streamclust.datasets.real import OOD_KINDS, load_fashion_mnist, load_real_truth, make_real_case
 from streamclust.errors import InputError
 from streamclust.io.ingest import convert_case
-from streamclust.datasets.real import OOD_KINDS, load_fashion_mnist, load_real_truth, make_real_case
 from streamclust.study import run_study
 
 SETS = ("pixels", "hog")

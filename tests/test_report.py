@@ -236,7 +236,9 @@ window.addEventListener('error', function (e) {
 window.addEventListener('unhandledrejection', function (e) { window.__errors.push(String(e.reason)); });
 (function () {
   var ce = console.error;
-  console.error = function () { window.__errors.push(Array.prototype.join.call(arguments, ' ')); ce.apply(console, arguments); };
+  console.error = function () {
+    window.__errors.push(Array.prototype.join.call(arguments, ' ')); ce.apply(console, arguments);
+  };
 })();
 window.addEventListener('load', function () {
   setTimeout(function () {

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamclust.core.urls import is_url
-from streamclust.model.assign import assign_new
 from streamclust.cli import _store_arg, main
+from streamclust.core.urls import is_url
 from streamclust.errors import InputError, StoreError
 from streamclust.io.ingest import convert_case, dropped_rows_report_path
 from streamclust.io.store import CaseStore
+from streamclust.model.assign import assign_new
 from streamclust.study import run_study
 
 STUDY = {"k": "3:4", "n_components": 8, "algorithms": ["kmeans"], "report": False, "random_state": 0,

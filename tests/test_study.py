@@ -8,12 +8,12 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
 
-from streamclust.study import steps as study_steps
 from streamclust.datasets.synthetic import load_truth
+from streamclust.errors import InputError
 from streamclust.io.persist import load_model_dir
 from streamclust.io.store import CaseStore
-from streamclust.errors import InputError
 from streamclust.study import choose_k, parse_k_range, parse_mix, run_study
+from streamclust.study import steps as study_steps
 
 N_ROWS = 3000
 K = "4:9"
@@ -67,7 +67,7 @@ def test_streaming_metrics_equal_sklearn(demo):
     root, result, _ = demo
     run = CaseStore(root / "case.zarr").run(result.run_id)
     metrics = pd.read_csv(root / "study" / "metrics.csv")
-    for name, set_result in result.sets.items():
+    for name, _set_result in result.sets.items():
         reduced = run.array(f"{name}/reduced")[:].astype(np.float64)
         labels = run.array(f"{name}/labels")[:]
         row = metrics[(metrics["set"] == name) & metrics["chosen"]].iloc[0]

@@ -13,13 +13,13 @@ import pytest
 from dask.utils import key_split
 
 from streamclust.cli import main
+from streamclust.core.scheduler import parse_scheduler
 from streamclust.datasets.synthetic import make_demo_case
 from streamclust.errors import InputError, SchedulerError
 from streamclust.estimators import blockwise as _utils
 from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore, RunGroup
 from streamclust.study import run_study
-from streamclust.core.scheduler import parse_scheduler
 
 N_ROWS = 2000
 SETS = ["efficientnet-b7", "osnet", "vdc_color", "vdc_type"]

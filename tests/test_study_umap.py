@@ -9,14 +9,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from test_report import _check_page
 
 from streamclust.cli import main
 from streamclust.estimators import warm_up_umap
 from streamclust.estimators.projection import _UNCACHED_UMAP_KERNELS, _cache_umap_kernels
 from streamclust.io.store import CaseStore
 from streamclust.study import run_study
-
-from test_report import _check_page
 
 N_ROWS = 2000
 SETS = ["vdc_color", "vdc_type", "vdc_color+vdc_type"]

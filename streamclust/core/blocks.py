@@ -211,7 +211,7 @@ def n_rows_of(X: Any) -> int:
     return int(X.shape[0])
 
 
-def as_dask(X: Any, block_rows: int | None = None) -> "da.Array":
+def as_dask(X: Any, block_rows: int | None = None) -> da.Array:
     """View ``X`` as a Dask array chunked along rows only.
 
     Parameters

@@ -5,17 +5,17 @@ budget; ``transform``/``predict`` return numpy for in-memory input and lazy
 Dask arrays otherwise.
 """
 
+from streamclust.estimators.density import SampledHDBSCAN
+from streamclust.estimators.hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
 from streamclust.estimators.kmeans import StreamingKMeans, kmeans_sweep
 from streamclust.estimators.metrics import cluster_metrics, sampled_silhouette, silhouette_sample, sweep_metrics
+from streamclust.estimators.mixing import VarianceBalancer
+from streamclust.estimators.mixture import StreamingGaussianMixture
 from streamclust.estimators.neighbors import warm_up
 from streamclust.estimators.outliers import KNNOutlierDetector
-from streamclust.estimators.screening import RobustZScreen
-from streamclust.estimators.projection import SampledUMAP, pca_projection, warm_up_umap
-from streamclust.estimators.hierarchy import MicroClusterAgglomerative, StreamingBirch, hierarchy_sweep
-from streamclust.estimators.mixture import StreamingGaussianMixture
-from streamclust.estimators.density import SampledHDBSCAN
 from streamclust.estimators.preprocessing import StreamingPCA, StreamingScaler, l2_normalize
-from streamclust.estimators.mixing import VarianceBalancer
+from streamclust.estimators.projection import SampledUMAP, pca_projection, warm_up_umap
+from streamclust.estimators.screening import RobustZScreen
 
 __all__ = [
     "StreamingPCA",

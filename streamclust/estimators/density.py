@@ -61,7 +61,14 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from streamclust.core.blocks import iter_blocks, map_blocks_reduce, parse_memory
-from streamclust.estimators.blockwise import check_finite, check_X, resolve_block_rows, rows_outside, take_rows, to_blockable
+from streamclust.estimators.blockwise import (
+    check_finite,
+    check_X,
+    resolve_block_rows,
+    rows_outside,
+    take_rows,
+    to_blockable,
+)
 from streamclust.estimators.neighbors import QUERY_LOCK, build_index
 
 __all__ = ["SampledHDBSCAN", "hdbscan_mst"]
@@ -307,7 +314,7 @@ class _Neighbors:
 class _Assign:
     """Per-block labels by the rule of the module documentation."""
 
-    def __init__(self, est: "SampledHDBSCAN", override: bool) -> None:
+    def __init__(self, est: SampledHDBSCAN, override: bool) -> None:
         self.neighbors = est._neighbors
         self.sample_labels = est.sample_labels_
         self.sample_core = est.sample_core_distances_
@@ -565,7 +572,7 @@ class SampledHDBSCAN(ClusterMixin, BaseEstimator):
         """
         return self.fit(X).labels_
 
-    def __sklearn_tags__(self):  # noqa: D105
+    def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags

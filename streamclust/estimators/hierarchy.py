@@ -73,7 +73,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from streamclust.core.blocks import iter_blocks, parse_memory
 from streamclust.errors import MemoryBudgetError
-from streamclust.estimators.blockwise import check_finite, check_X, float_dtype, fold_blocks, resolve_block_rows, map_rows
+from streamclust.estimators.blockwise import (
+    check_finite,
+    check_X,
+    float_dtype,
+    fold_blocks,
+    map_rows,
+    resolve_block_rows,
+)
 from streamclust.estimators.kernels import assign, prep_centers, shifted, sub_rows
 from streamclust.estimators.kmeans import StreamingKMeans
 
@@ -656,7 +663,7 @@ class MicroClusterAgglomerative(_TreeMixin, ClusterMixin, BaseEstimator):
         """
         return self.fit(X).labels_
 
-    def __sklearn_tags__(self):  # noqa: D105
+    def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags

@@ -64,7 +64,7 @@ def assign_many(
     """
     r, d = xs.shape
     out = []
-    for (c2, cc), want in zip(models, sums):
+    for (_, cc), want in zip(models, sums):
         k = cc.shape[0]
         out.append(
             (
@@ -89,7 +89,7 @@ def assign_many(
                 onehot[lab, np.arange(e - s)] = 1.0
                 tot += onehot @ xsub
     result = []
-    for (c2, cc), (labels, mind, tot) in zip(models, out):
+    for (_, cc), (labels, mind, tot) in zip(models, out):
         np.maximum(mind, 0, out=mind)
         counts = np.bincount(labels, minlength=cc.shape[0]).astype(np.int64)
         result.append((labels, mind, counts, tot))

@@ -33,13 +33,13 @@ from threadpoolctl import threadpool_limits
 from streamclust.core.blocks import iter_blocks, parse_memory
 from streamclust.estimators.blockwise import (
     check_finite,
-    column_moments,
-    merge_moments,
     check_X,
+    column_moments,
     float_dtype,
     fold_blocks,
-    resolve_block_rows,
     map_rows,
+    merge_moments,
+    resolve_block_rows,
 )
 from streamclust.estimators.kernels import assign, assign_many, prep_centers, shifted
 

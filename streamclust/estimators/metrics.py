@@ -29,7 +29,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
 from streamclust.core.blocks import parse_memory
-from streamclust.estimators.blockwise import as_labels, check_data, check_finite, fold_blocks, resolve_block_rows, take_rows
+from streamclust.estimators.blockwise import (
+    as_labels,
+    check_data,
+    check_finite,
+    fold_blocks,
+    resolve_block_rows,
+    take_rows,
+)
 from streamclust.estimators.kernels import assign_many, prep_centers, shifted, sub_rows
 
 __all__ = ["cluster_metrics", "sweep_metrics", "sampled_silhouette", "silhouette_sample"]

@@ -47,7 +47,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from streamclust.estimators.blockwise import check_finite, check_X, fold_blocks, resolve_block_rows, take_rows, map_rows
+from streamclust.estimators.blockwise import check_finite, check_X, fold_blocks, map_rows, resolve_block_rows, take_rows
 from streamclust.estimators.kernels import assign, prep_centers, shifted, sub_rows
 from streamclust.estimators.kmeans import StreamingKMeans
 
@@ -320,7 +320,8 @@ class StreamingGaussianMixture(DensityMixin, BaseEstimator):
     init : {"kmeans", "k-means++"}, default="kmeans"
         ``"kmeans"``: a :class:`~streamclust.estimators.kmeans.StreamingKMeans` fit
         per start (3 k-means starts sharing passes; scikit-learn uses 1), its hard
-        assignment giving the initial M-step (as scikit-learn).  ``"k-means++"``: k-means++ centres of a seeded row sample
+        assignment giving the initial M-step (as scikit-learn).  ``"k-means++"``: k-means++ centres of a
+        seeded row sample
         (no Lloyd passes), then the same hard-assignment M-step over all rows
         (scikit-learn instead uses the single seed rows as responsibilities).
     memory : str or int, optional
@@ -478,7 +479,7 @@ class StreamingGaussianMixture(DensityMixin, BaseEstimator):
                 f"Best performing initialization did not converge after max_iter={self.max_iter} "
                 "EM passes. Try different init parameters, or increase max_iter, tol, or check "
                 "for degenerate data.",
-                ConvergenceWarning,
+                ConvergenceWarning, stacklevel=2,
             )
         p = best.params
         self._shift = shift

@@ -174,7 +174,7 @@ def _recall(approx_dist: np.ndarray, exact_dist: np.ndarray) -> float:
 class _ScoreBlock:
     """Picklable per-block function ``(block, rows) -> scores`` for ``map_blocks_reduce``."""
 
-    def __init__(self, est: "KNNOutlierDetector", row_ids: Any, what: str,
+    def __init__(self, est: KNNOutlierDetector, row_ids: Any, what: str,
                  eps: float | None = None, ref_scores: np.ndarray | None = None) -> None:
         self.est, self.row_ids, self.what, self.eps = est, row_ids, what, eps
         self.ref_scores = ref_scores
@@ -418,7 +418,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         return m, max(2, min(nn, m - 1))
 
     # --------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Any = None) -> "KNNOutlierDetector":
+    def fit(self, X: Any, y: Any = None) -> KNNOutlierDetector:
         """Sample the reference, index it, and score every row once to fit the threshold.
 
         Parameters
@@ -851,7 +851,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         X, lazy, row_ids = self._prepare(X, row_ids)
         return self._run(X, row_ids, "noise", lazy_out=lazy, eps=float(eps))
 
-    def __sklearn_tags__(self):  # noqa: D105
+    def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         tags.non_deterministic = False

@@ -32,14 +32,14 @@ from sklearn.utils.validation import check_is_fitted
 from streamclust.core.blocks import iter_blocks
 from streamclust.estimators.blockwise import (
     check_finite,
-    column_moments,
-    merge_moments,
     check_X,
+    column_moments,
     float_dtype,
     fold_blocks,
+    map_rows,
+    merge_moments,
     resolve_block_rows,
     to_blockable,
-    map_rows,
 )
 
 __all__ = ["l2_normalize", "StreamingScaler", "StreamingPCA"]

@@ -233,7 +233,7 @@ def _exact_knn(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray
 class _PlaceBlock:
     """Picklable per-block function placing rows in the embedding."""
 
-    def __init__(self, est: "SampledUMAP", exact_sample: bool) -> None:
+    def __init__(self, est: SampledUMAP, exact_sample: bool) -> None:
         self.est = est
         self.exact_sample = exact_sample
 
@@ -343,7 +343,7 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
             raise ValueError("transform_method='umap' needs method='umap'.")
         return method
 
-    def fit(self, X: Any, y: Any = None) -> "SampledUMAP":
+    def fit(self, X: Any, y: Any = None) -> SampledUMAP:
         """Embed a seeded sample of the rows of ``X`` (one block-wise read).
 
         Parameters

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from streamclust.core.blocks import bound_heaps, parse_memory, rows_not_in
+from streamclust.core.files import write_atomic
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError, StoreError, one_line
-from streamclust.core.files import write_atomic
 from streamclust.io.sources import DESCRIPTOR_SUFFIXES, ArraySource, open_source
 from streamclust.io.store import CaseStore, disk_full_error, now_iso
 
@@ -356,9 +356,12 @@ def convert_descriptor(
                 arr[out : out + len(block)] = block
                 arr.attrs.update({"rows_written": out + len(block), **imputed})
             except OSError as exc:
-                raise disk_full_error(exc, store.path, f"writing descriptors/{name} rows "
-                                      f"{out}-{out + len(block)} (rows before {out} are kept; the "
-                                      "conversion resumes there)") or exc
+                full = disk_full_error(exc, store.path, f"writing descriptors/{name} rows "
+                                       f"{out}-{out + len(block)} (rows before {out} are kept; the "
+                                       "conversion resumes there)")
+                if full is None:
+                    raise
+                raise full from exc
             out += len(block)
             if bar is not None:
                 bar.update(len(block))
@@ -519,7 +522,7 @@ def convert_case(
         for name, path in files.descriptors.items()
     }
     n, blocks = read_paths_csv(files.paths_csv)
-    for name, src in sources.items():
+    for src in sources.values():
         if src.shape[0] != n:
             raise InputError(
                 f"{src.path}: has {src.shape[0]} rows but {files.paths_csv} lists {n} images; "
@@ -560,7 +563,10 @@ def convert_case(
                 "dropped_rows_report": str(report) if n_kept != n else None,
             })
         except OSError as exc:
-            raise disk_full_error(exc, store.path, "writing the image paths (ids)") or exc
+            full = disk_full_error(exc, store.path, "writing the image paths (ids)")
+            if full is None:
+                raise
+            raise full from exc
     for name, src in sources.items():
         convert_descriptor(store, name, src, memory=memory, progress=progress, nan_policy=nan_policy,
                            dropped=dropped)

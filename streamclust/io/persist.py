@@ -83,7 +83,8 @@ def save_model_dir(
     return directory
 
 
-def load_model_dir(directory: str | os.PathLike[str], kind: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def load_model_dir(directory: str | os.PathLike[str],
+                   kind: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Load and verify a model folder written by :func:`save_model_dir`.
 
     Returns

@@ -56,7 +56,7 @@ _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 def now_iso() -> str:
     """Current UTC time as an ISO-8601 string (seconds)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def disk_full_error(exc: BaseException, path: str | os.PathLike[str], doing: str) -> StoreError | None:
@@ -326,7 +326,7 @@ class CaseStore:
     # ----------------------------------------------------------------- runs
     def new_run(self, params: dict[str, Any]) -> RunGroup:
         """Start a run ``runs/<timestamp>-<random>`` with ``status="running"``."""
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         run_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
         try:
             runs = self.root.require_group("runs")

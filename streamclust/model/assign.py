@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from streamclust.core.files import atomic_output
 from streamclust.core.blocks import block_rows_for, bound_heaps, iter_blocks
+from streamclust.core.files import atomic_output
 from streamclust.core.scheduler import map_ordered, runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError
 from streamclust.io.ingest import discover_case, read_paths_csv
 from streamclust.io.sources import open_source
-from streamclust.model.descriptor_model import DescriptorSetModel, DriftAccumulator, DriftReport
 from streamclust.io.store import CaseStore
+from streamclust.model.descriptor_model import DescriptorSetModel, DriftAccumulator, DriftReport
 
 __all__ = ["AssignResult", "assign_new"]
 

@@ -151,7 +151,7 @@ class DensityHistograms:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "DensityHistograms":
+    def load(cls, path: str | os.PathLike[str]) -> DensityHistograms:
         """Read grids written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as z:
             bins, n_rows, n_clipped = (int(v) for v in z["meta"])
@@ -302,7 +302,7 @@ class _Dense:
         self.clipped = 0
         self.n = 0
 
-    def add(self, r: dict) -> "_Dense":
+    def add(self, r: dict) -> _Dense:
         self._add(self.grids, *r["t"])
         if r["f"] is not None:
             self._add(self.flagged, *r["f"])

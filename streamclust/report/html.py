@@ -223,7 +223,7 @@ class ReportData:
     n_rows: int
     run_id: str
     sets: list[SetReport]
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC)
                          .isoformat(timespec="seconds"))
     versions: dict[str, str] = field(default_factory=lambda: collect_versions())
     comparisons: list[ComparisonTable] = field(default_factory=list)
@@ -775,7 +775,7 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
                     + _e(", ".join(assets.missing)) + "</p>")
     version = data.versions.get("streamclust", "")
     body.append(f"<footer>Written by streamclust {_e(version)} on "
-                f"{_e(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'))}.</footer>")
+                f"{_e(_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds'))}.</footer>")
 
     html_text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                  "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -115,7 +115,7 @@ class ImageSource:
 
     @staticmethod
     def open(root: str | os.PathLike[str], *, max_bytes: int = MAX_IMAGE_BYTES,
-             max_pixels: int = MAX_IMAGE_PIXELS, prefix: str = "") -> "ImageSource":
+             max_pixels: int = MAX_IMAGE_PIXELS, prefix: str = "") -> ImageSource:
         """An image source for a ``.zip`` file or a folder.
 
         Parameters
@@ -205,7 +205,7 @@ class ImageSource:
     def close(self) -> None:
         """Release the underlying file (zip)."""
 
-    def __enter__(self) -> "ImageSource":
+    def __enter__(self) -> ImageSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -16,7 +16,8 @@ For each descriptor set, in bounded memory:
 6. **Score outliers** of every row (``runs/<id>/<set>/outlier_score``, ``is_outlier``).
    The default (``outlier_score="combined"``, :data:`OUTLIER_SCORES`) combines robust
    z-scores (:class:`~streamclust.estimators.RobustZScreen`: the Euclidean norm of the
-   positive ones) of three kinds of evidence: the distance to the ``k``-th (50th) nearest row of a bounded reference sample
+   positive ones) of three kinds of evidence: the distance to the ``k``-th (50th) nearest row of a
+   bounded reference sample
    of the reduced rows (:class:`~streamclust.estimators.KNNOutlierDetector`,
    ``score="kdist"``), the raw row norm (both sides) and the residual off the
    principal subspace, the last two written by step 1's transform pass
@@ -61,7 +62,8 @@ columns are the recommended set's), ``outliers.csv`` (the top outliers of each
 set with score, rank and flag), ``metrics.csv`` (one row per set x algorithm x
 k, with ``bic`` for gmm and ``noise_fraction`` for hdbscan), ``algorithms.csv``
 (``set, algorithm_a, algorithm_b, ari, ami``), ``cluster_<set>_<algorithm>``
-columns at the end of ``results.csv`` for the algorithms other than k-means, ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.io.persist`) and
+columns at the end of ``results.csv`` for the algorithms other than k-means,
+``models/<set>/`` (arrays + JSON, see :mod:`streamclust.io.persist`) and
 ``summary.json``.  They are written into ``out_dir/.partial-<run id>/`` and moved
 into ``out_dir`` (``summary.json`` last) only when everything is written, and the
 run in the store is marked complete after that: a study that fails or is killed
@@ -85,11 +87,11 @@ import pandas as pd
 
 from streamclust.analysis import compare_sets, read_metadata
 from streamclust.core.blocks import bound_heaps, parse_memory
+from streamclust.core.files import write_atomic
 from streamclust.core.logs import forward_log
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
-from streamclust.core.files import write_atomic
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
 from streamclust.study.outputs import publish, write_results_csv
@@ -168,7 +170,8 @@ def _read_known(store: CaseStore, metadata: Any, outlier_truth: Any) -> tuple[pd
     attributes = read_metadata(metadata, store.ids[:]) if metadata else None
     known = read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
     if attributes is not None:
-        logger.info(f"metadata: {Path(metadata).name} matched {attributes.attrs.get('match_rate', 1.0):.1%} of the images")
+        rate = attributes.attrs.get("match_rate", 1.0)
+        logger.info(f"metadata: {Path(metadata).name} matched {rate:.1%} of the images")
     return attributes, known
 
 

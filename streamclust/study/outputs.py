@@ -37,7 +37,8 @@ def top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, 
     ``known`` (:func:`read_outlier_truth`) a ``known_outlier`` column."""
     top = np.argsort(-scores, kind="stable")[:n_top]
     order = np.sort(top)  # read ids and labels in store order
-    frame = pd.DataFrame({"set": name, "row": order, "path": np.asarray(ids.get_orthogonal_selection(order)).astype(object),
+    paths = np.asarray(ids.get_orthogonal_selection(order)).astype(object)
+    frame = pd.DataFrame({"set": name, "row": order, "path": paths,
                           "outlier_score": scores[order], "is_outlier": flags[order],
                           "reason": reasons(order) if reasons is not None else "",
                           **({"known_outlier": np.array(["", "False", "True"])[known[order] + 1]}
