@@ -62,7 +62,7 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ClusterCard:
     """One cluster of one set.
 
@@ -92,7 +92,7 @@ class ClusterCard:
     name: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OutlierInfo:
     """The outlier screening of one set.
 
@@ -120,7 +120,7 @@ class OutlierInfo:
     known: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SetReport:
     """Everything shown for one descriptor set.
 
@@ -191,7 +191,7 @@ class ComparisonTable:
     index: bool = True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReportData:
     """What :func:`write_report` shows.
 

@@ -104,22 +104,24 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
                 ["attribute", "value", "share_in_cluster", "lift"]].reset_index(drop=True)
         size = int(profile.sizes.get(cluster, 0)) if profile is not None else 0
         sentence = profile.sentences.get(cluster, "") if profile is not None else ""
-        cards.append(ClusterCard(cluster, size, sentence, png, table))
+        cards.append(ClusterCard(cluster=cluster, n_rows=size, sentence=sentence, montage=png, profile=table))
     top = pd.read_csv(files.parent / "outliers.csv")
     top = top[top["set"] == name].head(24)
     out_png = _montage_png(source, top["path"].astype(str).tolist(),
                            [f"#{r} {s:.2f}" for r, s in zip(top["rank"], top["outlier_score"])],
                            files / f"{name}-outliers.png", f"{name}: top outliers")
     columns = ["rank", "path", "outlier_score", "reason", "cluster"] + (["known_outlier"] if res.outlier_truth else [])
-    outliers = OutlierInfo(res.n_outliers, res.outlier_rule, out_png,
-                           top[[c for c in columns if c in top]].reset_index(drop=True),
+    outliers = OutlierInfo(n_flagged=res.n_outliers, rule=res.outlier_rule, montage=out_png,
+                           top=top[[c for c in columns if c in top]].reset_index(drop=True),
                            score_name=SCORE_NAMES[res.outlier_score], known=_known_text(res.outlier_truth))
     notes = []
     if res.mixture:
         shares = ", ".join(f"{m} {v:.0%}" for m, v in res.mixture["variance_share"].items())
         notes.append(f"Balanced mixture ({MIX_RULE}); variance shares: {shares}.")
-    return SetReport(name, res.n_features, res.n_components, res.k, res.metrics, metrics_png, overview,
-                     multiples, scatter, cards, outliers, res.explained_variance, K_RULE, notes, umap_png)
+    return SetReport(name=name, n_features=res.n_features, n_components=res.n_components, k=res.k,
+                     metrics=res.metrics, metrics_plot=metrics_png, density_overview=overview,
+                     small_multiples=multiples, scatter3d=scatter, clusters=cards, outliers=outliers,
+                     explained_variance=res.explained_variance, k_rule=K_RULE, notes=notes, umap_overview=umap_png)
 
 
 def _known_text(truth: dict | None) -> str | None:

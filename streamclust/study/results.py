@@ -15,7 +15,7 @@ from streamclust.analysis import ClusterProfiles, SetComparison
 __all__ = ["SetResult", "StudyResult"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SetResult:
     """What the study found for one descriptor set."""
 
@@ -43,7 +43,7 @@ class SetResult:
     umap: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyResult:
     """The outcome of :func:`run_study`."""
 

@@ -91,7 +91,7 @@ def store_labels(model: StreamingKMeans, reduced: Any, run: RunGroup, name: str)
     return target
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SetOutcome:
     result: SetResult
     labels: Any
@@ -110,7 +110,7 @@ def _sample_rows(n: int, size: int, random_state: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Reduced:
     """Step 1's outcome for a set or a mixture: the preprocessing and the stored reduced rows."""
 
@@ -136,9 +136,10 @@ def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int 
     reduced, evidence = store_reduced(pca, X, run, name)
     logger.info(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
         f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
-    return Reduced(pca, reduced, int(X.shape[1]), float(pca.explained_variance_ratio_.sum()),
-                    time.perf_counter() - t0,
-                    {"source_sha256": X.attrs.get("source_sha256"), "source": X.attrs.get("source")}, evidence)
+    return Reduced(pca=pca, reduced=reduced, n_features=int(X.shape[1]),
+                   explained_variance=float(pca.explained_variance_ratio_.sum()), seconds=time.perf_counter() - t0,
+                   info={"source_sha256": X.attrs.get("source_sha256"), "source": X.attrs.get("source")},
+                   evidence=evidence)
 
 
 def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: int) -> Reduced:
@@ -166,9 +167,11 @@ def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: 
     logger.info(f"{mix.name}: {' + '.join(f'{m} ({100 * v:.0f}% of the variance)' for m, v in shares.items())} "
         f"-> {target.shape[1]} dims")
     evidence = {f"{key}[{m}]": arr for m, p in zip(mix.members, members) for key, arr in p.evidence.items()}
-    return Reduced(MixPreprocessing(list(mix.members), [p.pca for p in members], balancer), target,
-                    sum(p.n_features for p in members), kept, time.perf_counter() - t0,
-                    {"members": {m: p.info for m, p in zip(mix.members, members)}}, evidence, mixture)
+    return Reduced(pca=MixPreprocessing(list(mix.members), [p.pca for p in members], balancer), reduced=target,
+                   n_features=sum(p.n_features for p in members), explained_variance=kept,
+                   seconds=time.perf_counter() - t0,
+                   info={"members": {m: p.info for m, p in zip(mix.members, members)}}, evidence=evidence,
+                   mixture=mixture)
 
 
 def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepared: Reduced, *, out: Path,
@@ -246,7 +249,10 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     seconds = prepared.seconds + time.perf_counter() - t0
     logger.info(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
         f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
-    result = SetResult(name, prepared.n_features, int(pca.n_components_), prepared.explained_variance,
-                       chosen, metrics, seconds, model_dir, kmeans.cluster_centers_, n_flagged,
-                       rule, outlier_score, truth, prepared.mixture)
-    return SetOutcome(result, labels, score_arr, flag_arr, reduced, profile, top, sil_sample)
+    result = SetResult(name=name, n_features=prepared.n_features, n_components=int(pca.n_components_),
+                       explained_variance=prepared.explained_variance, k=chosen, metrics=metrics, seconds=seconds,
+                       model_dir=model_dir, centers=kmeans.cluster_centers_, n_outliers=n_flagged,
+                       outlier_rule=rule, outlier_score=outlier_score, outlier_truth=truth,
+                       mixture=prepared.mixture)
+    return SetOutcome(result=result, labels=labels, scores=score_arr, flags=flag_arr, reduced=reduced,
+                      profile=profile, top_outliers=top, silhouette_rows=sil_sample)
