@@ -323,6 +323,7 @@ def iter_blocks(
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read_rows, X, slices[0]) if slices else None
         for i, rows in enumerate(slices):
+            assert pending is not None  # set for slices[0], then for every following slice
             block = pending.result()
             pending = pool.submit(read_rows, X, slices[i + 1]) if i + 1 < len(slices) else None
             yield rows, block
@@ -376,7 +377,7 @@ def map_blocks_reduce(
                                       dask_key_name=(name, i))
         for i, blk in enumerate(delayed_blocks)
     ]
-    results = list(dask.compute(*tasks))
+    results: list[T] = list(dask.compute(*tasks))
     release_memory()
     if combine is None:
         return results

@@ -33,7 +33,7 @@ import functools
 import os
 from asyncio import CancelledError
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from streamclust.errors import InputError, SchedulerError
 
@@ -220,7 +220,7 @@ def active_client() -> Client | None:
     if configured not in (None, "dask.distributed", "distributed"):  # the former: a default Client
         return None
     try:
-        return default_client()
+        return cast(Client, default_client())  # default_client is unannotated
     except ValueError:
         return None
 

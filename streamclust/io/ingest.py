@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from streamclust.core.urls import is_url
 from streamclust.errors import InputError, StoreError, one_line
 from streamclust.io.sources import DESCRIPTOR_SUFFIXES, ArraySource, open_source
 from streamclust.io.store import CaseStore, disk_full_error, now_iso
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "discover_case",
@@ -199,7 +202,7 @@ class _FiniteScan:
                 f"{path}: column {int(empty[0])} holds no finite value, so nan_policy='impute' has "
                 "no mean to fill it with; fix the file or use nan_policy='drop'."
             )
-        return self.column_sum / self.column_count
+        return cast(np.ndarray, self.column_sum / self.column_count)  # numpy types ndarray / ndarray as Any
 
 
 def _scan_finite(source: ArraySource, block_rows: int) -> _FiniteScan:
@@ -320,8 +323,8 @@ def convert_descriptor(
         return
     per_block = _block_rows(memory, d, arr.chunks[0])
     means = None
-    imputed = {"imputed_rows": int(arr.attrs.get("imputed_rows", 0)),
-               "imputed_values": int(arr.attrs.get("imputed_values", 0))}
+    imputed = {"imputed_rows": int(cast(int, arr.attrs.get("imputed_rows", 0))),
+               "imputed_values": int(cast(int, arr.attrs.get("imputed_values", 0)))}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -534,6 +537,7 @@ def convert_case(
     if n_kept == 0:  # no report written: it would replace the report of a store already at ``out``
         import csv
 
+        assert dropped is not None  # n > 0 (read_paths_csv refuses no rows): n_kept == 0 only after dropping
         row, _, name, reason = list(csv.reader(io.StringIO(dropped.listing)))[1]
         raise InputError(f"{files.paths_csv}: every one of its {n} rows holds NaN or Inf in some set "
                          f"(row {row}: {reason} in {name}); nothing is left to convert.")
@@ -543,14 +547,15 @@ def convert_case(
         store.root["ids"].attrs.get("source_fingerprint") == _fingerprint(files.paths_csv) and \
         store.root["ids"].attrs.get("row_policy", "all") == row_policy
     if not ids_ok and "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" \
-            and store.root["ids"].shape[0] != n_kept and store.descriptor_names():
+            and cast("zarr.Array", store.root["ids"]).shape[0] != n_kept and store.descriptor_names():
         raise StoreError(
-            f"{store.path}: already holds {store.root['ids'].shape[0]} images, "
+            f"{store.path}: already holds {cast('zarr.Array', store.root['ids']).shape[0]} images, "
             f"{files.paths_csv} lists {n_kept}"
             + (f" after dropping {n - n_kept} rows with NaN/Inf" if n_kept != n else "")
             + "; convert into a new store."
         )
     if dropped is not None:  # only once the store accepts these rows: a refused run keeps its report
+        assert report is not None  # dropped is set only for nan_policy == "drop", as is report
         _replace_report(report, dropped.listing)
     if not ids_ok:
         try:

@@ -62,6 +62,7 @@ file's data, so it is for files from sources you trust; it is not a sandbox.
 from __future__ import annotations
 
 import codecs
+import io
 import operator
 import os
 import pathlib
@@ -69,14 +70,24 @@ import pickle
 import pickletools
 import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Literal, TypeGuard, cast
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from streamclust.errors import InputError, UnsafePickleError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    # numpy's stubs type ``__reduce__()`` as ``str | tuple[Any, ...]``; for a dtype and an
+    # ndarray it is always the tuple of these recipes.
+    #: ``numpy.dtype.__reduce__()``: ``(numpy.dtype, (name, False, True), state)``.
+    _DtypeReduce = tuple[type, tuple[str, bool, bool], tuple[int | str | bool | None, ...]]
+    #: ``ndarray.__reduce__()``: ``(_reconstruct, (ndarray, (0,), b'b'), state)``.
+    _ArrayReduce = tuple[Callable[..., Any], tuple[type, tuple[int], bytes], tuple[Any, ...]]
 
 __all__ = [
     "PickledArray",
@@ -273,7 +284,7 @@ def _emit_small_tuple(em: _Emitter, items: tuple[int | str | bool | None, ...]) 
 
 
 def _emit_dtype(em: _Emitter, dtype: np.dtype) -> None:
-    cls, args, state = dtype.__reduce__()
+    cls, args, state = cast("_DtypeReduce", dtype.__reduce__())
     em.begin_save()
     em.global_(*_qualified(cls))
     _emit_small_tuple(em, args)
@@ -303,7 +314,7 @@ def _array_pieces(
         em.raw(_REDUCE)
         em.memoize()
     else:
-        reconstruct, (subtype, _, placeholder), _ = np.zeros((1, 1), dtype).__reduce__()
+        reconstruct, (subtype, _, placeholder), _ = cast("_ArrayReduce", np.zeros((1, 1), dtype).__reduce__())
         em.global_(*_qualified(reconstruct))
         marked = em.tuple_begin(3)
         em.global_(*_qualified(subtype))
@@ -331,7 +342,7 @@ def _frame(pieces: list[bytes | int | None], protocol: int) -> list[bytes | int]
     """
     if protocol < 4:
         return [p for p in pieces if p is not None]
-    out: list[bytes | int] = [pieces[0]]  # PROTO precedes the first frame
+    out: list[bytes | int] = [cast(bytes, pieces[0])]  # PROTO precedes the first frame
     frame: list[bytes | int] = []
 
     def size(parts: list[bytes | int]) -> int:
@@ -611,10 +622,10 @@ class _RawSource:
 
     offset: int
 
-    def read(self, f: BinaryIO, start: int, out: np.ndarray, name: str) -> None:
+    def read(self, f: io.BufferedIOBase, start: int, out: np.ndarray, name: str) -> None:
         """Fill `out` (uint8) with the buffer's bytes from `start` on."""
         f.seek(self.offset + start)
-        view = memoryview(out)
+        view = memoryview(cast("Buffer", out))  # numpy's stubs declare ndarray.__buffer__ from Python 3.12
         done = 0
         while done < out.size:
             n = f.readinto(view[done:])
@@ -1076,7 +1087,7 @@ class _Parser:
         if order == "|" and dtype.itemsize == 1:
             return dtype
         if order in ("<", ">", "="):
-            return dtype.newbyteorder(order)
+            return dtype.newbyteorder(cast(Literal["<", ">", "="], order))
         raise self.malformed(pos, f"byte order {order!r} for dtype {name!r}")
 
     def array(
@@ -1114,11 +1125,11 @@ class _Parser:
         )
 
 
-def _is_text(value: object) -> bool:
+def _is_text(value: object) -> TypeGuard[_Span]:
     return isinstance(value, _Span) and value.text
 
 
-def _is_bytes(value: object) -> bool:
+def _is_bytes(value: object) -> TypeGuard[_Span]:
     return isinstance(value, _Span) and not value.text
 
 
@@ -1126,7 +1137,7 @@ def _is_placeholder(value: object) -> bool:
     """Whether `value` is ``b'b'``, the dtype code numpy passes to _reconstruct."""
     if isinstance(value, _Latin1):
         return value.text.value == "b"
-    return _is_bytes(value) and value.value == b"b"  # type: ignore[union-attr]
+    return _is_bytes(value) and value.value == b"b"
 
 
 def _describe(value: object) -> str:
@@ -1255,7 +1266,14 @@ class _RestrictedUnpickler(pickle._Unpickler):
     buffers can be checked before they are used.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    # Typed with Any: the entries below take this subclass, typeshed's take pickle.Unpickler.
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+
+    # Attributes pickle._Unpickler.load() sets, which typeshed does not declare.
+    stack: list[Any]
+    read: Callable[[int], bytes]
+    readinto: Callable[[bytearray], int]
+    append: Callable[[Any], None]
 
     def __init__(self, file: _BoundedReader, name: str) -> None:
         super().__init__(file)
@@ -1287,7 +1305,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
                     f"{self._name}: the restricted loader refuses dtype {dtype.str!r} "
                     f"with state {state!r}: not a plain numeric or object dtype"
                 )
-        super().load_build()
+        super().load_build()  # type: ignore[misc]  # CPython's pickle._Unpickler method, not in typeshed
 
     dispatch[pickle.BUILD[0]] = load_build
 
@@ -1309,7 +1327,7 @@ def _restricted_to_array(obj: object, name: str) -> np.ndarray:
     """The 2-D numeric array held by a DataFrame, ndarray or list of rows."""
     pandas = sys.modules.get("pandas")
     if pandas is not None and isinstance(obj, pandas.DataFrame):
-        array = obj.to_numpy()
+        array: np.ndarray = obj.to_numpy()
     elif isinstance(obj, np.ndarray):
         array = obj
     elif isinstance(obj, (list, tuple)):

@@ -18,14 +18,13 @@ class here and its suffix in :data:`READERS`.
 
 from __future__ import annotations
 
-import io
 import os
 import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -38,9 +37,13 @@ __all__ = ["DESCRIPTOR_SUFFIXES", "READERS", "ArraySource", "open_source"]
 class ArraySource(Protocol):
     """A raw 2-D array read in row blocks."""
 
-    path: Path
-    shape: tuple[int, int]
-    dtype: np.dtype
+    # Read-only members, so that frozen dataclasses (PickledArray) are sources too.
+    @property
+    def path(self) -> Path: ...
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    @property
+    def dtype(self) -> np.dtype: ...
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as an ndarray of shape ``(stop - start, d)``."""
@@ -88,6 +91,10 @@ class _SequentialSource:
     path: Path
     shape: tuple[int, int]
     dtype: np.dtype
+    # Set by the first _read_rows (which tests hasattr(self, "_it")).
+    _it: Iterator[np.ndarray]
+    _pos: int
+    _buf: np.ndarray
 
     def _chunks(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -149,7 +156,7 @@ class _NpzSource(_SequentialSource):
         self.dtype = dtype
         self.shape = _check_2d_numeric(path, shape, dtype)
 
-    def _open(self) -> io.BufferedIOBase:
+    def _open(self) -> IO[bytes]:
         zf = zipfile.ZipFile(self.path)
         return zf.open(self.key + ".npy")
 

@@ -25,7 +25,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -138,7 +138,7 @@ class RunGroup:
     def array(self, name: str) -> zarr.Array:
         """An array of this run, e.g. ``"osnet/labels"``."""
         try:
-            return self.group[name]
+            return cast(zarr.Array, self.group[name])
         except KeyError:
             raise StoreError(f"run {self.run_id!r} has no array {name!r}.") from None
 
@@ -185,7 +185,7 @@ class CaseStore:
             raise StoreError(f"{self.path}: a memory:// store lives in this process only; the Dask "
                              "cluster's workers cannot see it. Use a folder or URL they all read.")
         try:
-            self.root = zarr.open_group(self.path, mode=mode, zarr_format=3,
+            self.root = zarr.open_group(self.path, mode=cast(Literal["r", "r+", "a"], mode), zarr_format=3,
                                         storage_options=_storage_options(self.path))
         except Exception as exc:  # zarr raises several types for a non-store path
             raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({one_line(exc)}).") from exc
@@ -220,7 +220,7 @@ class CaseStore:
         """``(n,)`` string array of image paths (forward slashes)."""
         if "ids" not in self.root or self.root["ids"].attrs.get("status") != "complete":
             raise StoreError(f"{self.path}: has no complete 'ids' array; convert the case again.")
-        return self.root["ids"]
+        return cast(zarr.Array, self.root["ids"])
 
     def write_ids(self, blocks: Iterator[np.ndarray], n_rows: int, attrs: dict[str, Any]) -> zarr.Array:
         """Write the image paths, streamed in blocks of ``(rows,)`` str arrays."""
@@ -242,7 +242,7 @@ class CaseStore:
         """Names of the complete descriptor sets, sorted."""
         if "descriptors" not in self.root:
             return []
-        group = self.root["descriptors"]
+        group = cast(zarr.Group, self.root["descriptors"])
         return sorted(
             name for name, arr in group.arrays() if arr.attrs.get("status") == "complete"
         )
@@ -254,7 +254,7 @@ class CaseStore:
             raise StoreError(
                 f"{self.path}: no complete descriptor set {name!r}; the store has {names}."
             )
-        return self.root["descriptors"][name]
+        return cast(zarr.Array, cast(zarr.Group, self.root["descriptors"])[name])
 
     def open_descriptor_for_writing(
         self, name: str, n_rows: int, n_features: int, attrs: dict[str, Any]
@@ -280,7 +280,7 @@ class CaseStore:
         """
         group = self.root.require_group("descriptors")
         if name in group:
-            old = group[name]
+            old = cast(zarr.Array, group[name])
             if old.attrs.get("status") == "complete" and old.shape[1] != n_features:
                 raise StoreError(
                     f"{self.path}: descriptor set {name!r} has {old.shape[1]} features, "
@@ -293,7 +293,7 @@ class CaseStore:
             if same and old.attrs.get("status") == "complete":
                 return old, n_rows
             if same:
-                return old, int(old.attrs.get("rows_written", 0))
+                return old, int(cast(int, old.attrs.get("rows_written", 0)))
         rows = chunk_rows_for(n_features)
         arr = group.create_array(
             name,
@@ -321,7 +321,7 @@ class CaseStore:
         """Names of the stored metadata columns."""
         if "meta" not in self.root:
             return []
-        return sorted(n for n, a in self.root["meta"].arrays() if a.attrs.get("status") == "complete")
+        return sorted(n for n, a in cast(zarr.Group, self.root["meta"]).arrays() if a.attrs.get("status") == "complete")
 
     # ----------------------------------------------------------------- runs
     def new_run(self, params: dict[str, Any]) -> RunGroup:
@@ -331,7 +331,7 @@ class CaseStore:
         try:
             runs = self.root.require_group("runs")
         except zarr.errors.ContainsGroupError:  # another study created it a moment ago
-            runs = self.root["runs"]
+            runs = cast(zarr.Group, self.root["runs"])
         group = runs.create_group(run_id)  # exclusive: never reuses another study's id
         group.attrs.update(
             {**_base_attrs(), "status": "running", "params": params,
@@ -344,7 +344,7 @@ class CaseStore:
         if "runs" not in self.root:
             return []
         out = []
-        for run_id, group in sorted(self.root["runs"].groups()):
+        for run_id, group in sorted(cast(zarr.Group, self.root["runs"]).groups()):
             run = RunGroup(group, run_id)
             if include_incomplete or run.status == "complete":
                 out.append(run)
