@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ROWS ?= 20000
 DEMO_OUT  ?= demo-out
 
-.PHONY: demo test test-slow bench clean-demo
+.PHONY: demo lint test test-slow bench clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/streamclust demo --rows $(DEMO_ROWS) --out $(DEMO_OUT)
 
-## test: the full default test suite (what CI runs)
-test: $(STAMP)
+## lint: ruff over the repository, mypy over core/ and io/ (configured in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## test: lint, then the full default test suite (what CI runs)
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## test-slow: only the long tests excluded from `make test`

@@ -300,18 +300,16 @@ def test_warm_up_and_small_reference_warns():
 
 
 @pytest.fixture(scope="module")
-def demo_scores(tmp_path_factory):
+def demo_scores(demo_case):
     """AUCs on a small demo case: osnet and efficientnet-b7 descriptors, L2-normalised
     and reduced by PCA(32); ours (LOF-style and mean kNN distance, k=20) and exact LOF."""
-    from streamclust.datasets.synthetic import synthetic as datasets
-    if not hasattr(datasets, "make_demo_case"):
-        pytest.skip("streamclust.datasets.synthetic.make_demo_case not available")
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import normalize
 
-    case = tmp_path_factory.mktemp("demo")
-    datasets.make_demo_case(case, n_rows=3000, images=False, seed=0)
-    y = datasets.load_truth(case)["is_outlier"].to_numpy(bool)
+    from streamclust.datasets import load_truth
+
+    case = demo_case(3000) / "case"
+    y = load_truth(case)["is_outlier"].to_numpy(bool)
     out = {}
     for name in ("osnet", "efficientnet-b7"):
         with open(case / "descriptors" / f"{name}.pickle", "rb") as f:

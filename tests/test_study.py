@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -326,3 +328,25 @@ def test_progress_lines_reach_logging_and_the_log_callback(demo, tmp_path, caplo
     logged = [r for r in caplog.records if r.name.startswith("streamclust.study")]
     assert [r.getMessage() for r in logged] == lines and all(r.levelno == logging.INFO for r in logged)
     assert (package.level, package.handlers) == (level, handlers)  # the callback's handler is gone
+
+
+def test_compare_studies_script_finds_a_changed_byte(demo, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    root, _, _ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "study", copy)
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "compare_studies.py")]
+    same = subprocess.run([*script, str(root / "study"), str(copy)], capture_output=True, text=True)
+    assert same.returncode == 0 and same.stdout.strip().endswith("files identical"), same.stdout + same.stderr
+    model = next((copy / "models").iterdir())
+    shares = np.load(model / "train_cluster_shares.npy")
+    shares[0] = np.nextafter(shares[0], 1.0)  # one ulp
+    np.save(model / "train_cluster_shares.npy", shares)
+    (copy / "metrics.csv").write_text((copy / "metrics.csv").read_text().replace("kmeans", "kmeanz", 1))
+    differ = subprocess.run([*script, str(root / "study"), str(copy)], capture_output=True, text=True)
+    assert differ.returncode == 1
+    assert f"DIFF     models/{model.name}/train_cluster_shares.npy" in differ.stdout
+    assert "DIFF     metrics.csv" in differ.stdout and "2 differ" in differ.stdout
