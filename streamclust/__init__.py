@@ -24,7 +24,7 @@ _EXPORTS = {
     "run_study": "study.driver",
     "assign_new": "model.assign",
     "DescriptorSetModel": "model.descriptor_model",
-    "drift_report": "model.descriptor_model",
+    "drift_report": "model.drift",
     "StreamingPCA": "estimators",
     "StreamingScaler": "estimators",
     "StreamingKMeans": "estimators",

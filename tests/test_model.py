@@ -14,8 +14,8 @@ from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import StoreError
 from streamclust.io.ingest import convert_case
 from streamclust.io.sources import open_source
+from streamclust.model import DescriptorSetModel, drift_report
 from streamclust.model.assign import assign_new
-from streamclust.model.descriptor_model import DescriptorSetModel, drift_report
 from streamclust.study import run_study
 
 SET = "osnet"

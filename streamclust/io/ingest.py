@@ -452,6 +452,23 @@ def _kept_paths(blocks: Iterator[np.ndarray], dropped: _DroppedRows | None) -> I
 
 
 @runs_on_scheduler
+def _ids_written(store: CaseStore, paths_csv: Path, row_policy: str, n: int, n_kept: int) -> bool:
+    """Whether the store already holds the complete ids of these images (same paths CSV, same rows
+    kept); raises :class:`StoreError` when it holds descriptor sets of another number of images."""
+    complete = "ids" in store.root and store.root["ids"].attrs.get("status") == "complete"
+    ids_ok = complete and store.root["ids"].attrs.get("source_fingerprint") == _fingerprint(paths_csv) and \
+        store.root["ids"].attrs.get("row_policy", "all") == row_policy
+    if not ids_ok and complete and cast("zarr.Array", store.root["ids"]).shape[0] != n_kept \
+            and store.descriptor_names():
+        raise StoreError(
+            f"{store.path}: already holds {cast('zarr.Array', store.root['ids']).shape[0]} images, "
+            f"{paths_csv} lists {n_kept}"
+            + (f" after dropping {n - n_kept} rows with NaN/Inf" if n_kept != n else "")
+            + "; convert into a new store."
+        )
+    return ids_ok
+
+
 def convert_case(
     case_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -543,17 +560,7 @@ def convert_case(
                          f"(row {row}: {reason} in {name}); nothing is left to convert.")
     row_policy = dropped.key if dropped is not None else "all"
     store = CaseStore(out, mode="a")
-    ids_ok = "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" and \
-        store.root["ids"].attrs.get("source_fingerprint") == _fingerprint(files.paths_csv) and \
-        store.root["ids"].attrs.get("row_policy", "all") == row_policy
-    if not ids_ok and "ids" in store.root and store.root["ids"].attrs.get("status") == "complete" \
-            and cast("zarr.Array", store.root["ids"]).shape[0] != n_kept and store.descriptor_names():
-        raise StoreError(
-            f"{store.path}: already holds {cast('zarr.Array', store.root['ids']).shape[0]} images, "
-            f"{files.paths_csv} lists {n_kept}"
-            + (f" after dropping {n - n_kept} rows with NaN/Inf" if n_kept != n else "")
-            + "; convert into a new store."
-        )
+    ids_ok = _ids_written(store, files.paths_csv, row_policy, n, n_kept)
     if dropped is not None:  # only once the store accepts these rows: a refused run keeps its report
         assert report is not None  # dropped is set only for nan_policy == "drop", as is report
         _replace_report(report, dropped.listing)

@@ -30,7 +30,8 @@ from streamclust.errors import InputError
 from streamclust.io.ingest import discover_case, read_paths_csv
 from streamclust.io.sources import open_source
 from streamclust.io.store import CaseStore
-from streamclust.model.descriptor_model import DescriptorSetModel, DriftAccumulator, DriftReport
+from streamclust.model.descriptor_model import DescriptorSetModel
+from streamclust.model.drift import DriftAccumulator, DriftReport
 
 __all__ = ["AssignResult", "assign_new"]
 
