@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_output", "write_atomic"]
+__all__ = ["atomic_output", "write_atomic", "write_csv_frames"]
 
 
 @contextlib.contextmanager
@@ -56,3 +56,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write a file so that readers see either the old or the whole new content."""
     with atomic_output(path, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
+
+
+def write_csv_frames(path: str | os.PathLike[str], frames: Iterable[Any]) -> None:
+    """Stream DataFrames into one CSV file, atomically (:func:`atomic_output`).
+
+    The first frame writes the header; no index; floats with 6 significant digits (``%.6g``).
+    No frame at all gives an empty file.
+
+    Parameters
+    ----------
+    path : path
+    frames : iterable of pandas.DataFrame
+        Blocks of rows with the same columns, in file order; consumed one at a time.
+    """
+    with atomic_output(path, "w", newline="") as f:
+        for i, frame in enumerate(frames):
+            frame.to_csv(f, header=i == 0, index=False, float_format="%.6g")

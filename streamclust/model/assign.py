@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from streamclust.core.blocks import block_rows_for, bound_heaps, iter_blocks
-from streamclust.core.files import atomic_output
+from streamclust.core.files import write_csv_frames
 from streamclust.core.scheduler import map_ordered, runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError
@@ -151,19 +151,19 @@ def assign_new(
     out_csv = Path(out_csv)
     drift = DriftAccumulator(model)
     t0 = time.perf_counter()
-    with atomic_output(out_csv, "w", newline="") as f:
-        blocks = _checked(iter_blocks(rows, block, progress=progress, desc=f"assign {model.name}"),
-                          new_input)
+    def frames() -> Iterator[pd.DataFrame]:
+        blocks = _checked(iter_blocks(rows, block, progress=progress, desc=f"assign {model.name}"), new_input)
         # blocks are read here in row order; labelling and scoring run on the workers
         # when a client is active
         for (sl, _), out in map_ordered(model.assign, blocks):
             path_col = (np.asarray(paths[sl]).astype(object) if paths is not None
                         else np.array([f"row:{i}" for i in range(sl.start, sl.stop)], dtype=object))
-            frame = pd.DataFrame({"path": path_col, "cluster": out["cluster"],
-                                  "cluster_sentence": model.sentence(out["cluster"]),
-                                  "outlier_score": out["outlier_score"], "is_outlier": out["is_outlier"]})
-            frame.to_csv(f, header=sl.start == 0, index=False, float_format="%.6g")
+            yield pd.DataFrame({"path": path_col, "cluster": out["cluster"],
+                                "cluster_sentence": model.sentence(out["cluster"]),
+                                "outlier_score": out["outlier_score"], "is_outlier": out["is_outlier"]})
             drift.update(out["cluster"], out["is_outlier"], out["distance"])
+
+    write_csv_frames(out_csv, frames())
     seconds = time.perf_counter() - t0
     report = drift.report()
     return AssignResult(out_csv, drift.n, drift.n_outliers, report, drift.n / max(seconds, 1e-9))

@@ -5,28 +5,31 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from streamclust.core.files import atomic_output
+from streamclust.core.files import write_csv_frames
+from streamclust.report import top_outlier_rows
 
 __all__ = ["write_results_csv", "top_outliers", "publish"]
 
 
 def write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
     """Stream ``path`` then ``columns`` (name -> (n,) array) for every row into ``path`` atomically."""
-    block = 1 << 16
-    with atomic_output(path, "w", newline="") as f:
+    def frames() -> Iterator[pd.DataFrame]:
+        block = 1 << 16
         for start in range(0, ids.shape[0], block):
             stop = min(ids.shape[0], start + block)
             frame = pd.DataFrame({"path": np.asarray(ids[start:stop]).astype(object)})
             for name, arr in columns.items():
                 frame[name] = np.asarray(arr[start:stop])
-            frame.to_csv(f, header=start == 0, index=False, float_format="%.6g")
+            yield frame
+
+    write_csv_frames(path, frames())
 
 
 def top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, ids: Any,
@@ -35,7 +38,7 @@ def top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, 
     """The ``n_top`` highest-scoring rows of one set, ranked; ``reasons(rows)`` names the
     evidence that flagged each (empty when the score has a single kind of evidence); with
     ``known`` (:func:`read_outlier_truth`) a ``known_outlier`` column."""
-    top = np.argsort(-scores, kind="stable")[:n_top]
+    top = top_outlier_rows(scores, n_top)["row"].to_numpy()  # highest first, ties: lower row first
     order = np.sort(top)  # read ids and labels in store order
     paths = np.asarray(ids.get_orthogonal_selection(order)).astype(object)
     frame = pd.DataFrame({"set": name, "row": order, "path": paths,
