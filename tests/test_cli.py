@@ -21,6 +21,23 @@ def test_every_command_has_help(command, capsys):
     assert "--memory" in text and len(text.splitlines()) > 8
 
 
+def test_study_help_names_every_algorithm_and_outlier_score(capsys):
+    """The CLI spells the choices out (it imports no estimator to parse arguments): they must
+    follow the study's registry and rules."""
+    from streamclust.study import ALGORITHMS, OUTLIER_SCORES
+
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"clustering algorithms compared on every set: {', '.join(ALGORITHMS)} " in text
+    assert "{" + ",".join(OUTLIER_SCORES) + "}" in text
+
+
+def test_python_dash_m_streamclust_runs_the_command():
+    proc = subprocess.run([sys.executable, "-m", "streamclust", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("streamclust ")
+
+
 def test_top_level_help_shows_typical_use():
     assert "typical use" in build_parser().format_help()
 
