@@ -71,15 +71,19 @@ so the peak is a few hundred MB whatever ``shots``.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pathlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from streamclust.core.logs import forward_log
 from streamclust.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FASHION_MNIST_DIR", "OOD_KINDS", "REAL_SETS", "make_real_case", "load_real_truth",
            "load_fashion_mnist", "describe"]
@@ -287,7 +291,7 @@ def hog_features(images: np.ndarray) -> np.ndarray:
 class _CNN:
     """The small convolutional network of the ``cnn`` set (PyTorch), trained on first use."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, log) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
         import torch
         from torch import nn
 
@@ -316,7 +320,7 @@ class _CNN:
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
-            log(f"cnn: epoch {epoch + 1}/2, training loss {total / len(order):.3f}")
+            logger.info(f"cnn: epoch {epoch + 1}/2, training loss {total / len(order):.3f}")
         model.eval()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -404,7 +408,7 @@ def make_real_case(
     sets: Sequence[str] | None = None,
     seed: int = 0,
     source: str | os.PathLike[str] | None = None,
-    log=print,
+    log: Callable[[str], None] | None = print,
 ) -> pathlib.Path:
     """Write a case of real images with real anomalies (see the module documentation).
 
@@ -424,8 +428,9 @@ def make_real_case(
     seed : int
     source : path or None
         Folder of the Fashion-MNIST IDX files (None: Debian's package).
-    log : callable
-        Progress messages.
+    log : callable or None, default print
+        Receives the progress lines (logged to ``logging`` under ``streamclust.datasets.real``
+        in any case).
 
     Returns
     -------
@@ -437,6 +442,14 @@ def make_real_case(
     InputError
         Bad arguments, missing Fashion-MNIST files, or ``cnn`` asked for without PyTorch.
     """
+    with forward_log(log):
+        return _write_real_case(out_dir, shots=shots, n_items=n_items, ood_fraction=ood_fraction, sets=sets,
+                                seed=seed, source=source)
+
+
+def _write_real_case(out_dir: str | os.PathLike[str], *, shots: int, n_items: int | None, ood_fraction: float,
+                     sets: Sequence[str] | None, seed: int, source: str | os.PathLike[str] | None) -> pathlib.Path:
+    """:func:`make_real_case` with its progress lines logged."""
     if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
         raise InputError(f"shots={shots!r} should be an integer >= 1.")
     if not 0.0 <= float(ood_fraction) <= 0.5:
@@ -450,7 +463,7 @@ def make_real_case(
     if sets is None:
         sets = list(REAL_SETS) if has_torch else [s for s in REAL_SETS if s != "cnn"]
         if not has_torch:
-            log("real case: PyTorch is not installed, so the cnn set is left out (pip install torch)")
+            logger.info("real case: PyTorch is not installed, so the cnn set is left out (pip install torch)")
     unknown = [s for s in sets if s not in REAL_SETS]
     if unknown:
         raise InputError(f"sets={list(sets)!r}: unknown {unknown}; expected some of {list(REAL_SETS)}.")
@@ -465,7 +478,7 @@ def make_real_case(
     plan = _make_plan(images, labels, n_items, float(ood_fraction), int(shots), seed)
     n_rows = len(plan.source) * plan.shots
     _write_tables(plan, out)
-    cnn = _CNN(images, labels, seed, log) if "cnn" in sets else None
+    cnn = _CNN(images, labels, seed) if "cnn" in sets else None
     del images
     for name in sets:
         def blocks(name: str = name) -> Iterator[np.ndarray]:
@@ -474,7 +487,7 @@ def make_real_case(
 
         write_pickled_array(out / "descriptors" / f"{name}.pickle", (n_rows, REAL_SETS[name]),
                             np.float32, blocks(), protocol=4)
-        log(f"real case: {name} ({n_rows:,} x {REAL_SETS[name]}) written")
+        logger.info(f"real case: {name} ({n_rows:,} x {REAL_SETS[name]}) written")
     return out
 
 
