@@ -95,9 +95,10 @@ def test_no_private_name_imported_across_modules():
         for line, module, names in _imports(name, path):
             if module == name:
                 continue
-            hidden = [n for n in names if n.startswith("_") and not n.startswith("__")]
-            hidden += [part for part in module.split(".") if part.startswith("_") and not part.startswith("__")]
-            private += [f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}.{n}" for n in hidden]
+            where = f"{path.relative_to(PACKAGE.parent)}:{line}"
+            private += [f"{where} imports {module}.{n}" for n in names if n.startswith("_") and not n.startswith("__")]
+            if any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
+                private.append(f"{where} imports from the private module {module}")
     assert private == []
 
 
