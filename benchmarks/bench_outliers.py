@@ -225,11 +225,11 @@ def stage_warm_up() -> dict:
     t = time.perf_counter()
     import pynndescent  # noqa: F401
 
-    import streamclust.estimators.outliers as outliers
+    import streamclust.estimators.neighbors as neighbors
 
     imp = time.perf_counter() - t
-    first = outliers.warm_up()
-    second = outliers.warm_up()
+    first = neighbors.warm_up()
+    second = neighbors.warm_up()
     return {"import_s": imp, "warm_up_s": first, "second_warm_up_s": second,
             "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", "")}
 

@@ -193,6 +193,16 @@ def test_parse_scheduler_refuses_bad_values(bad):
         parse_scheduler(bad)
 
 
+@pytest.mark.parametrize("entry", ["convert_case", "run_study", "assign_new"])
+def test_every_api_entry_point_takes_the_scheduler(entry, tmp_path):
+    """The scheduler is chosen before any work: a bad one is refused by name, not ignored."""
+    import streamclust as sc
+
+    args = [tmp_path / "in", tmp_path / "out"] + ([tmp_path / "new.csv"] if entry == "assign_new" else [])
+    with pytest.raises(InputError, match="scheduler="):
+        getattr(sc, entry)(*args, scheduler="nowhere")
+
+
 @pytest.mark.parametrize("command", ["convert", "study", "assign", "demo"])
 def test_every_command_teaches_scheduler(command, capsys):
     with pytest.raises(SystemExit):

@@ -451,7 +451,6 @@ def _kept_paths(blocks: Iterator[np.ndarray], dropped: _DroppedRows | None) -> I
         start += len(block)
 
 
-@runs_on_scheduler
 def _ids_written(store: CaseStore, paths_csv: Path, row_policy: str, n: int, n_kept: int) -> bool:
     """Whether the store already holds the complete ids of these images (same paths CSV, same rows
     kept); raises :class:`StoreError` when it holds descriptor sets of another number of images."""
@@ -469,6 +468,7 @@ def _ids_written(store: CaseStore, paths_csv: Path, row_policy: str, n: int, n_k
     return ids_ok
 
 
+@runs_on_scheduler
 def convert_case(
     case_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
