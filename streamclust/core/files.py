@@ -46,7 +46,15 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs:
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it and setting it back)."""
+    """The process's umask: read from ``/proc/self/status`` (Linux), else by setting it and setting it
+    back (a moment in which a file another thread creates would get ``0o022``)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 __all__ = ["PACKAGE_LOGGER", "forward_log"]
@@ -15,9 +16,13 @@ PACKAGE_LOGGER = "streamclust"
 
 
 class _CallbackHandler(logging.Handler):
+    """Hands the messages of the records logged by one thread to a callback."""
+
     def __init__(self, callback: Callable[[str], None]) -> None:
         super().__init__(logging.INFO)
         self.callback = callback
+        thread = threading.get_ident()
+        self.addFilter(lambda record: record.thread == thread)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.callback(record.getMessage())
@@ -25,19 +30,27 @@ class _CallbackHandler(logging.Handler):
 
 @contextlib.contextmanager
 def forward_log(callback: Callable[[str], None] | None) -> Iterator[None]:
-    """While inside, the INFO (and higher) records of the ``streamclust`` loggers also reach
-    ``callback(message)``; nothing changes when ``callback`` is None."""
+    """While inside, the INFO (and higher) records the calling thread logs under ``streamclust``
+    also reach ``callback(message)``; nothing changes when ``callback`` is None.
+
+    When logging is not configured to show streamclust's INFO records (the default: WARNING), the
+    ``streamclust`` logger is lowered to INFO for the call and kept from propagating, so those
+    records reach the callback only, not also the root logger's handlers; both are restored after.
+    Records of other threads (another study running at the same time) are not forwarded.
+    """
     if callback is None:
         yield
         return
     logger = logging.getLogger(PACKAGE_LOGGER)
     handler = _CallbackHandler(callback)
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
+        logger.propagate = False
     logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate

@@ -1,0 +1,47 @@
+"""Atomic output files: whole or not at all, with the permissions the umask gives."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pandas as pd
+import pytest
+
+from streamclust.core.files import atomic_output, write_atomic, write_csv_frames
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_files_get_the_umask_permissions_not_the_temporary_files(tmp_path, umask_027):
+    write_atomic(tmp_path / "a.json", "{}")
+    write_csv_frames(tmp_path / "b.csv", [pd.DataFrame({"x": [1.0]})])
+    for name in ("a.json", "b.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "results.csv"
+    target.write_text("old\n")
+
+    def frames():
+        yield pd.DataFrame({"x": [0.123456789, 2.0]})
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        write_csv_frames(target, frames())
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+    write_csv_frames(target, iter([pd.DataFrame({"x": [0.123456789]}), pd.DataFrame({"x": [2.0]})]))
+    assert target.read_text() == "x\n0.123457\n2\n"  # one header, %.6g
+
+
+def test_the_open_file_names_its_temporary_path(tmp_path):
+    with atomic_output(tmp_path / "out.bin") as f:
+        assert os.path.dirname(f.name) == str(tmp_path) and f.name.endswith(".tmp")
+        f.write(b"x")
+    assert (tmp_path / "out.bin").read_bytes() == b"x"
