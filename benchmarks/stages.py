@@ -8,7 +8,7 @@ measured methods: they compare the outputs the measured stages left under
 ``<work>/`` (components, centres, scores, embeddings).
 
 streamclust's stages chain what :func:`streamclust.study.driver.run_study` does for one
-descriptor set (``_study_set``), with the same parameters, and write what the
+descriptor set (:func:`streamclust.study.steps.study_set`), with the same parameters, and write what the
 study writes to its run into ``<work>/stages.zarr`` (a run group named ``bench``):
 ``<set>/reduced`` (preprocess) -> ``<set>/labels`` (k sweep) ->
 ``<set>/outlier_score``, ``<set>/is_outlier`` (outliers) -> projections.

@@ -16,6 +16,7 @@ import zarr
 from PIL import Image
 
 from streamclust.errors import InputError
+from streamclust.estimators.blockwise import top_outlier_rows
 from streamclust.report.images import (
     ImageSource,
     UnsafePathError,
@@ -27,7 +28,6 @@ from streamclust.report.montages import (
     pick_montage_rows,
     random_row_keys,
     squared_distances,
-    top_outlier_rows,
 )
 
 
@@ -277,7 +277,7 @@ def test_pick_montage_rows_equals_brute_force_on_zarr(tmp_path):
     assert not np.array_equal(other[other.kind == "random"].row, expected[expected.kind == "random"].row)
 
 
-def testrandom_row_keys_are_uniform():
+def test_random_row_keys_are_uniform():
     keys = random_row_keys(np.arange(100_000), 7).astype(np.float64) / 2.0**64
     hist, _ = np.histogram(keys, bins=10, range=(0, 1))
     assert np.all(np.abs(hist - 10_000) < 500)

@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from streamclust.analysis import profile_clusters
 from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import InputError
+from streamclust.estimators.blockwise import top_outlier_rows
 from streamclust.estimators.projection import pca_projection
 from streamclust.report import (
     ClusterCard,
@@ -44,7 +45,6 @@ from streamclust.report import (
     render_metrics_vs_k,
     render_small_multiples,
     sample_points,
-    top_outlier_rows,
     write_report,
     write_scatter3d_html,
 )

@@ -350,3 +350,10 @@ def test_compare_studies_script_finds_a_changed_byte(demo, tmp_path):
     assert differ.returncode == 1
     assert f"DIFF     models/{model.name}/train_cluster_shares.npy" in differ.stdout
     assert "DIFF     metrics.csv" in differ.stdout and "2 differ" in differ.stdout
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_bad_n_top_outliers_is_refused_before_any_work(bad, tmp_path):
+    with pytest.raises(InputError, match=r"n_top_outliers=.* should be an integer >= 0"):
+        run_study(tmp_path / "no-store.zarr", tmp_path / "out", n_top_outliers=bad)
+    assert not (tmp_path / "out").exists()

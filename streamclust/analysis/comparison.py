@@ -70,8 +70,8 @@ import pandas as pd
 from streamclust.analysis.contingency import Counts, contingency_scores
 from streamclust.analysis.metadata import CONDITION_ATTRIBUTES, attribute_codes
 from streamclust.analysis.rows import (
-    as_labels,
     as_plain,
+    checked_label_block,
     count_rows,
     gather_rows,
     iter_aligned,
@@ -370,7 +370,7 @@ def _count_tables(
     pair_t = {(a, b): Counts() for i, a in enumerate(sets) for b in sets[i + 1:]}
     attr_t = {(s, a): Counts() for s in sets for a in codes}
     for rows, blocks in iter_aligned([labels[s] for s in sets], rows_per_block):
-        labs = {s: as_labels(b, f"labels of {s!r}", rows.start) for s, b in zip(sets, blocks)}
+        labs = {s: checked_label_block(b, f"labels of {s!r}", rows.start) for s, b in zip(sets, blocks)}
         zeros = np.zeros(rows.stop - rows.start, np.int64)
         for s in sets:
             sizes_t[s].add(labs[s], zeros)
@@ -508,7 +508,7 @@ def _sampled_silhouette(
 
     sampled_sil = {}
     for s, R in ref_rows.items():
-        lab = as_labels(gather_rows(labels[s], ref[sub], rows_per_block), s, 0)
+        lab = checked_label_block(gather_rows(labels[s], ref[sub], rows_per_block), s, 0)
         keep = lab >= 0
         if len(np.unique(lab[keep])) >= 2 and keep.sum() > len(np.unique(lab[keep])):
             sampled_sil[s] = float(silhouette_score(R[sub][keep].astype(np.float64), lab[keep]))
@@ -583,8 +583,8 @@ def compare_sets(
 
     One block-wise pass over all label arrays gives exact (all rows) label and
     attribute agreement; outlier scores and reduced rows are only read through
-    seeded samples.  See the Notes for how every table is computed and how the
-    set is recommended.
+    seeded samples.  How every table is computed and how the set is recommended:
+    the :mod:`~streamclust.analysis.comparison` module docstring.
 
     Parameters
     ----------
@@ -593,7 +593,7 @@ def compare_sets(
     attributes : pandas.DataFrame, shape (n, n_columns), optional
         Metadata aligned to the rows.
     attribute_columns : sequence of str, optional
-        As in :func:`profile_clusters`.
+        As in :func:`~streamclust.analysis.profiles.profile_clusters`.
     outlier_scores_by_set : mapping of str to array-like of float, shape (n,), optional
     reduced_by_set : mapping of str to array-like, shape (n, c_set), optional
         Reduced rows of every set (c may differ between sets).
@@ -626,10 +626,6 @@ def compare_sets(
         If fewer than one set is given, lengths differ, or a mapping names a set
         without labels.
 
-    Notes
-    -----
-    How every table is computed and how the set is recommended: see
-    :mod:`streamclust.analysis.comparison`.
     """
     sets, labels, n = _check_inputs(labels_by_set, outlier_scores_by_set, reduced_by_set)
     codes = attribute_codes(attributes, attribute_columns, n)

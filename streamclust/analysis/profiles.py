@@ -22,8 +22,8 @@ import pandas as pd
 from streamclust.analysis.contingency import Counts, contingency_scores
 from streamclust.analysis.metadata import attribute_codes
 from streamclust.analysis.rows import (
-    as_labels,
     as_plain,
+    checked_label_block,
     count_rows,
     iter_aligned,
     label_block_rows,
@@ -241,7 +241,7 @@ def _contingencies(
     flags_t = Counts() if outlier_flags is not None else None
     arrays = [labels] + ([outlier_flags] if outlier_flags is not None else [])
     for rows, blocks in iter_aligned(arrays, block_rows):
-        lab = as_labels(blocks[0], name, rows.start)
+        lab = checked_label_block(blocks[0], name, rows.start)
         sizes.add(lab, np.zeros(1, np.int64).repeat(len(lab)))
         for attr, (c, _) in codes.items():
             cb = c[rows]
@@ -392,7 +392,7 @@ def profile_clusters(
         Cluster of every row; ``-1`` (noise) is profiled as a group of its own.
     attributes : pandas.DataFrame, shape (n, n_columns), optional
         Per-image metadata aligned to the rows by position (see
-        :func:`read_metadata`).  Without it the sentences say only what the
+        :func:`~streamclust.analysis.metadata.read_metadata`).  Without it the sentences say only what the
         statistics support.
     outlier_flags : array-like of bool, shape (n,), optional
         Rows flagged as outliers; gives each cluster's outlier rate.
@@ -491,7 +491,7 @@ def cluster_spread(
     sums = np.zeros((0, d))
     counts = np.zeros(0, np.int64)
     for rows, (xb, lb) in iter_aligned([X, labels], rows_per_block):
-        lab = as_labels(lb, "labels", rows.start)
+        lab = checked_label_block(lb, "labels", rows.start)
         u, inv = np.unique(lab, return_inverse=True)
         new = np.union1d(keys, u)
         if len(new) != len(keys):
@@ -507,7 +507,7 @@ def cluster_spread(
     centroids = sums / np.maximum(counts, 1)[:, None]
     dist = np.zeros(len(keys))
     for rows, (xb, lb) in iter_aligned([X, labels], rows_per_block):
-        lab = as_labels(lb, "labels", rows.start)
+        lab = checked_label_block(lb, "labels", rows.start)
         at = np.searchsorted(keys, lab)
         dd = np.linalg.norm(np.asarray(xb, dtype=np.float64) - centroids[at], axis=1)
         dist += np.bincount(at, weights=dd, minlength=len(keys))

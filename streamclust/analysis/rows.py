@@ -18,7 +18,7 @@ from streamclust.core.blocks import block_rows_for, iter_blocks, read_rows
 from streamclust.errors import InputError
 from streamclust.estimators.blockwise import take_rows
 
-__all__ = ["as_labels", "as_plain", "count_rows", "gather_rows", "iter_aligned", "label_block_rows"]
+__all__ = ["checked_label_block", "as_plain", "count_rows", "gather_rows", "iter_aligned", "label_block_rows"]
 
 
 def count_rows(arr: Any) -> int:
@@ -27,7 +27,7 @@ def count_rows(arr: Any) -> int:
 
 
 def as_plain(arr: Any) -> Any:
-    """Pandas objects to numpy; numpy, Zarr and Dask arrays unchanged."""
+    """Pandas objects, lists and tuples to numpy; numpy, Zarr and Dask arrays unchanged."""
     if isinstance(arr, (pd.Series, pd.Index)):
         return arr.to_numpy()
     if isinstance(arr, (list, tuple)):
@@ -35,8 +35,11 @@ def as_plain(arr: Any) -> Any:
     return arr
 
 
-def as_labels(block: np.ndarray, name: str, start: int) -> np.ndarray:
-    """Check an integer label block; floats must be integral."""
+def checked_label_block(block: np.ndarray, name: str, start: int) -> np.ndarray:
+    """A block of labels as int64 ``(r,)``, checked: integers or booleans, or floats that are integral.
+
+    ``name`` and ``start`` (the block's first row) name the offending row in the error.
+    """
     block = np.asarray(block).reshape(-1)
     if block.dtype.kind in "iu":
         return block.astype(np.int64, copy=False)
@@ -70,5 +73,6 @@ def iter_aligned(arrays: Sequence[Any], block_rows: int) -> Iterator[tuple[slice
 
 
 def gather_rows(arr: Any, idx: np.ndarray, block_rows: int) -> np.ndarray:
-    """Rows ``idx`` (sorted, unique) of a pandas, numpy, Zarr or Dask array, read block by block."""
+    """Rows ``idx`` (sorted, unique, shape (m,)) of a pandas, numpy, Zarr or Dask array, read block by
+    block: ndarray of shape (m, ...)."""
     return take_rows(as_plain(arr), idx, block_rows)

@@ -1,8 +1,9 @@
-"""Private helpers shared by the streaming estimators.
+"""Helpers shared by the streaming estimators and the layers above them.
 
 Input dispatch (in-memory numpy vs. out-of-core Zarr/Dask), validation with
-scikit-learn's conventions, block sizing, and the grouped block reduction that
-keeps the per-block results of one pass within the memory budget.  Every pass
+scikit-learn's conventions, block sizing, the grouped block reduction that
+keeps the per-block results of one pass within the memory budget, rows taken
+by index, and the ``n`` highest scores of a column (:func:`top_outlier_rows`).  Every pass
 over the data still goes through :func:`streamclust.core.blocks.map_blocks_reduce`
 or :func:`streamclust.core.blocks.iter_blocks`.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_array, validate_data
@@ -29,6 +31,7 @@ from streamclust.core.blocks import (
     parse_memory,
     rows_not_in,
 )
+from streamclust.errors import InputError
 
 __all__: list[str] = []
 
@@ -322,3 +325,59 @@ def as_labels(labels: Any, n_samples: int) -> np.ndarray:
             f"labels has shape {labels.shape}; it should be ({n_samples},), one label per row of X."
         )
     return labels
+
+
+class _TopScores:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, block: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        s = np.asarray(block, np.float64).reshape(-1)
+        ids = np.arange(rows.start, rows.stop, dtype=np.int64)
+        ok = ~np.isnan(s)
+        return _top_scores(s[ok], ids[ok], self.n)
+
+
+def _top_scores(s: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((ids, -s))[:n]
+    return s[order], ids[order]
+
+
+def top_outlier_rows(
+    scores: Any,
+    n: int,
+    *,
+    memory: str | int | None = None,
+    block_rows: int | None = None,
+) -> pd.DataFrame:
+    """The ``n`` rows with the highest scores, in one block-wise pass.
+
+    Parameters
+    ----------
+    scores : array-like, shape (n_rows,)
+        numpy, Zarr or Dask (higher = more outlying); NaN scores are ignored.
+    n : int
+
+    Returns
+    -------
+    DataFrame
+        Columns ``row`` and ``score``, highest score first (ties: lower row first).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise InputError(f"n={n!r} should be an integer >= 0.")
+    total = int(scores.shape[0])
+    if n == 0 or total == 0:
+        return pd.DataFrame({"row": np.empty(0, np.int64), "score": np.empty(0, np.float64)})
+    if isinstance(scores, np.ndarray):
+        col = da.from_array(np.asarray(scores).reshape(total, 1), chunks=(total, 1), name=False)
+    else:
+        col = as_dask(scores)
+        col = col[:, None] if col.ndim == 1 else col
+    if block_rows is None:
+        block_rows = block_rows_for(4, memory, max_rows=1 << 18)
+
+    def combine(a: tuple, b: tuple) -> tuple:
+        return _top_scores(np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]), int(n))
+
+    s, ids = fold_blocks(_TopScores(int(n)), col, int(block_rows), combine)
+    return pd.DataFrame({"row": ids.astype(np.int64), "score": s.astype(np.float64)})

@@ -96,6 +96,11 @@ def assign_many(
     return result
 
 
-def assign(xs, xx, c2, cc, *, sums: bool = False):
-    """:func:`assign_many` for one set of centres."""
+def assign(xs: np.ndarray, xx: np.ndarray, c2: np.ndarray, cc: np.ndarray, *,
+           sums: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`assign_many` for one set of centres ``(c2, cc)`` from :func:`prep_centers`.
+
+    Returns ``(labels int32 (r,), squared distance to the nearest centre (r,), counts int64 (k,),
+    sums float64 (k, d) or None)``.
+    """
     return assign_many(xs, xx, [(c2, cc)], [sums])[0]

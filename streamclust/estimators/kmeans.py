@@ -58,8 +58,6 @@ _SAMPLE_CANDIDATES = 3
 _INERTIA_TIE = 1e-6
 
 
-
-
 class _SamplePass:
     """Pass 1 of ``fit``: per-feature moments (for the data mean and ``tol``) and the init sample."""
 
@@ -407,6 +405,10 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     n_features_in_ : int
     n_steps_ : int
         Mini-batch steps done by ``partial_fit``.
+    shift_ : ndarray of float64, shape (n_features,)
+        The point rows and centres are shifted by before the distance products (the mean of the
+        first rows seen): labels are computed in the shifted frame, so a saved model keeps it to
+        label new rows exactly as the fit did.
     """
 
     def __init__(

@@ -107,7 +107,7 @@ class VarianceBalancer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return widths, weights / weights.sum()
 
     @classmethod
-    def from_fitted(cls, total_variance: np.ndarray, scale: np.ndarray, n_features: int,
+    def from_fitted(cls, total_variance: np.ndarray, scale: np.ndarray, *, n_features: int,
                     **params: Any) -> VarianceBalancer:
         """A fitted balancer from a saved one's state (:meth:`fit`'s ``total_variance_`` and ``scale_``).
 
@@ -118,10 +118,24 @@ class VarianceBalancer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Columns it balances.
         **params
             The constructor parameters it was fitted with (``widths`` and ``weights`` among them).
+
+        Returns
+        -------
+        VarianceBalancer
+            Fitted: :meth:`transform` scales as the saved one did.
+
+        Raises
+        ------
+        ValueError
+            The widths do not add up to ``n_features``, or the arrays do not hold one value per group.
         """
         balancer = cls(**params)
         widths, balancer.share_ = balancer._groups(int(n_features))
-        balancer.total_variance_, balancer.scale_ = np.asarray(total_variance), np.asarray(scale)
+        total_variance, scale = np.asarray(total_variance), np.asarray(scale)
+        if total_variance.shape != widths.shape or scale.shape != widths.shape:
+            raise ValueError(f"total_variance and scale should hold {len(widths)} values (one per group of "
+                             f"columns); got shapes {total_variance.shape} and {scale.shape}.")
+        balancer.total_variance_, balancer.scale_ = total_variance, scale
         balancer.column_scale_ = np.repeat(balancer.scale_, widths)
         balancer.n_features_in_ = int(widths.sum())
         return balancer

@@ -50,7 +50,7 @@ def index_nbytes(n_reference: int, n_features: int, index_neighbors: int) -> int
 def warm_up(verbose: bool = False) -> float:
     """Compile (or load from numba's disk cache) every kernel the detector uses.
 
-    Builds and queries a tiny index (300 x 8) exactly as :class:`KNNOutlierDetector`
+    Builds and queries a tiny index (300 x 8) exactly as :class:`~streamclust.estimators.KNNOutlierDetector`
     does, so that the one-off compilation of its disk-cached kernels (paid once per
     machine, see :func:`cache_build_kernels`) and of the few build kernels numba
     cannot cache (``nn_descent`` takes the distance function as an argument: paid
@@ -124,7 +124,22 @@ def cache_build_kernels() -> None:
 
 
 def build_index(reference: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
-    """Single-threaded, deterministic NNDescent over ``reference`` (float32, C)."""
+    """Single-threaded, deterministic NNDescent over ``reference``, ready to query.
+
+    Parameters
+    ----------
+    reference : ndarray of float32, shape (m, d), C-contiguous
+    n_neighbors : int
+        Degree of the NN-descent graph.
+    seed : int
+        The same seed and rows give the same index, in any process.
+
+    Returns
+    -------
+    pynndescent.NNDescent
+        Query it under :data:`QUERY_LOCK`; its search RNG state is zeroed, so a row's neighbours
+        do not depend on the rows queried before it.
+    """
     import pynndescent
 
     cache_build_kernels()

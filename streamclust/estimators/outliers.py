@@ -66,7 +66,7 @@ kernels (``nn_descent``, ``init_rp_tree``, ``generate_leaf_updates``,
 as an argument, which numba cannot cache across processes -- so every fresh
 process pays ~20 s compiling them on its first build, and ``NUMBA_CACHE_DIR``
 cannot help (it only moves where ``cache=True`` functions are stored; set it when
-site-packages is read-only).  :func:`warm_up` pays both costs up front on a tiny
+site-packages is read-only).  :func:`~streamclust.estimators.neighbors.warm_up` pays both costs up front on a tiny
 index so a CLI can do it visibly.
 """
 
@@ -215,7 +215,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
 
     Neighbours are searched in a seeded uniform reference sample of the rows with a
     pynndescent index; see the module documentation for the algorithm, the
-    determinism guarantees and numba's compile cost (:func:`warm_up`).
+    determinism guarantees and numba's compile cost (:func:`~streamclust.estimators.neighbors.warm_up`).
 
     Parameters
     ----------

@@ -93,7 +93,7 @@ class RobustZScreen(BaseEstimator):
     combine : {"rms", "max"}, default="rms"
         How a row's z-scores make its score: ``"rms"``, the Euclidean norm of the positive
         ones, ``sqrt(sum_j max(z_j, 0)^2)`` (evidence adds up, one strong test suffices);
-        ``"max"``, the largest.  See :data:`DEFAULT_COMBINE`.
+        ``"max"``, the largest.  The module docstring gives the measurements behind the default.
 
     Attributes
     ----------

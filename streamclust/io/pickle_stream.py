@@ -265,7 +265,6 @@ class _Emitter:
         self._op(bytes([opcode]))
 
 
-
 def _qualified(obj: object) -> tuple[str, str]:
     return obj.__module__, obj.__qualname__  # type: ignore[attr-defined]
 

@@ -48,7 +48,7 @@ class AssignResult:
 
 
 class _SourceRows:
-    """Row slicing over :class:`~streamclust.io.ingest.ArraySource` objects or arrays, side by side
+    """Row slicing over :class:`~streamclust.io.sources.ArraySource` objects or arrays, side by side
     (for ``iter_blocks``; one part for a descriptor set, one per member for a mixture)."""
 
     def __init__(self, parts: list[Any]) -> None:

@@ -289,7 +289,7 @@ class DescriptorSetModel:
                 pcas = [_pca_from_state(arrays, p, f"mix{i}_pca_") for i, p in enumerate(mix["pca"])]
                 balancer = VarianceBalancer.from_fitted(
                     arrays["mix_total_variance"], arrays["mix_scale"],
-                    sum(int(p.n_components_) for p in pcas), **mix["balancer"])
+                    n_features=sum(int(p.n_components_) for p in pcas), **mix["balancer"])
                 pca = MixPreprocessing(list(mix["members"]), pcas, balancer)
             else:
                 pca = _pca_from_state(arrays, params["pca"], "pca_")
@@ -322,5 +322,3 @@ class DescriptorSetModel:
 def _plain(value: Any) -> Any:
     """numpy scalars -> JSON-able Python values."""
     return value.item() if isinstance(value, np.generic) else value
-
-

@@ -87,7 +87,7 @@ class DriftAccumulator:
         self.below = np.zeros(len(self.quantiles), np.int64)
 
     def update(self, clusters: np.ndarray, is_outlier: np.ndarray, distances: np.ndarray) -> None:
-        """Add one block of :meth:`DescriptorSetModel.assign` output."""
+        """Add one block of :meth:`~streamclust.model.DescriptorSetModel.assign` output."""
         clusters = np.asarray(clusters)
         self.n += len(clusters)
         self.cluster_counts += np.bincount(clusters, minlength=self.model.k)[: self.model.k]
@@ -141,7 +141,7 @@ def drift_report(model: DescriptorSetModel, clusters: np.ndarray, is_outlier: np
     ----------
     model : DescriptorSetModel
     clusters, is_outlier, distances : ndarray, shape (n,)
-        Output of :meth:`DescriptorSetModel.assign` for the batch.
+        Output of :meth:`~streamclust.model.DescriptorSetModel.assign` for the batch.
     """
     acc = DriftAccumulator(model)
     acc.update(clusters, is_outlier, distances)

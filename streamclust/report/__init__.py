@@ -29,7 +29,7 @@ from streamclust.report.html import (
     write_report,
 )
 from streamclust.report.images import ImageSource, UnsafePathError
-from streamclust.report.montages import montage, pick_montage_rows, top_outlier_rows
+from streamclust.report.montages import montage, pick_montage_rows
 
 __all__ = [
     "ClusterCard",
@@ -50,7 +50,6 @@ __all__ = [
     "render_metrics_vs_k",
     "render_small_multiples",
     "sample_points",
-    "top_outlier_rows",
     "write_report",
     "write_scatter3d_html",
 ]

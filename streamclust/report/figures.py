@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from streamclust.core.blocks import as_dask, block_rows_for
+from streamclust.core.files import atomic_output, write_atomic
 from streamclust.errors import InputError
 from streamclust.estimators.blockwise import fold_blocks, is_lazy, take_rows
 
@@ -422,10 +423,8 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, path: str | os.PathLike[str], dpi: int) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, format="png", facecolor="white")
-    os.replace(tmp, path)
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png", facecolor="white")
     return path
 
 
@@ -800,8 +799,5 @@ body {{ font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 </body></html>
 """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, page)
     return path

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from streamclust.core.files import write_atomic
 from streamclust.errors import InputError
 from streamclust.report.figures import cluster_colors, hex_color
 
@@ -782,7 +783,5 @@ def write_report(out_dir: PathLike, data: ReportData, *, embed_images: bool = Fa
                  f"<title>{_e(data.title)} - {_e(data.case)}</title><style>{_CSS}</style></head>"
                  f"<body><main>{''.join(body)}</main></body></html>\n")
     path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(html_text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, html_text)
     return path

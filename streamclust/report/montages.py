@@ -4,7 +4,6 @@
   rows nearest its centre, a seeded uniform random draw (:func:`random_row_keys`),
   and the border cases (smallest margin between the nearest and second-nearest
   centre), keeping only bounded candidate lists, never all distances.
-* :func:`top_outlier_rows` -- the ``n`` highest scores, block-wise.
 * :func:`montage` -- a captioned grid of thumbnails (``PIL.Image``) read from an
   :class:`~streamclust.report.images.ImageSource` (safe reading of a zip or folder).
 """
@@ -28,7 +27,6 @@ from streamclust.report.images import ImageSource
 
 __all__ = [
     "pick_montage_rows",
-    "top_outlier_rows",
     "montage",
     "random_row_keys",
     "squared_distances",
@@ -230,62 +228,6 @@ def pick_montage_rows(
     table = pd.concat(frames, ignore_index=True)
     table = table.sort_values(["cluster", "kind_order", "rank"], kind="stable").drop(columns="kind_order")
     return table.reset_index(drop=True)
-
-
-class _TopScores:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, block: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        s = np.asarray(block, np.float64).reshape(-1)
-        ids = np.arange(rows.start, rows.stop, dtype=np.int64)
-        ok = ~np.isnan(s)
-        return _top_scores(s[ok], ids[ok], self.n)
-
-
-def _top_scores(s: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((ids, -s))[:n]
-    return s[order], ids[order]
-
-
-def top_outlier_rows(
-    scores: Any,
-    n: int,
-    *,
-    memory: str | int | None = None,
-    block_rows: int | None = None,
-) -> pd.DataFrame:
-    """The ``n`` rows with the highest scores, in one block-wise pass.
-
-    Parameters
-    ----------
-    scores : array-like, shape (n_rows,)
-        numpy, Zarr or Dask (higher = more outlying); NaN scores are ignored.
-    n : int
-
-    Returns
-    -------
-    DataFrame
-        Columns ``row`` and ``score``, highest score first (ties: lower row first).
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise InputError(f"n={n!r} should be an integer >= 0.")
-    total = int(scores.shape[0])
-    if n == 0 or total == 0:
-        return pd.DataFrame({"row": np.empty(0, np.int64), "score": np.empty(0, np.float64)})
-    if isinstance(scores, np.ndarray):
-        col = da.from_array(np.asarray(scores).reshape(total, 1), chunks=(total, 1), name=False)
-    else:
-        col = as_dask(scores)
-        col = col[:, None] if col.ndim == 1 else col
-    if block_rows is None:
-        block_rows = block_rows_for(4, memory, max_rows=1 << 18)
-
-    def combine(a: tuple, b: tuple) -> tuple:
-        return _top_scores(np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]), int(n))
-
-    s, ids = fold_blocks(_TopScores(int(n)), col, int(block_rows), combine)
-    return pd.DataFrame({"row": ids.astype(np.int64), "score": s.astype(np.float64)})
 
 
 # --------------------------------------------------------------------------

@@ -15,7 +15,11 @@ from streamclust.study.algorithms import ALGORITHMS, parse_algorithms
 from streamclust.study.driver import run_study
 from streamclust.study.results import SetResult, StudyResult
 from streamclust.study.rules import (
+    BEST_RULE,
+    K_RULE,
+    K_TIE_MARGIN,
     LIBRARY_BASELINE,
+    MIX_RULE,
     OUTLIER_NEIGHBORS,
     OUTLIER_SCORES,
     MixSpec,
@@ -26,6 +30,7 @@ from streamclust.study.rules import (
 )
 from streamclust.study.truth import outlier_quality, read_outlier_truth
 
-__all__ = ["ALGORITHMS", "LIBRARY_BASELINE", "OUTLIER_NEIGHBORS", "OUTLIER_SCORES", "MixSpec", "SetResult",
-           "StudyResult", "choose_k", "outlier_index_neighbors", "outlier_quality", "parse_algorithms",
-           "parse_k_range", "parse_mix", "read_outlier_truth", "run_study"]
+__all__ = ["ALGORITHMS", "BEST_RULE", "K_RULE", "K_TIE_MARGIN", "LIBRARY_BASELINE", "MIX_RULE",
+           "OUTLIER_NEIGHBORS", "OUTLIER_SCORES", "MixSpec", "SetResult", "StudyResult", "choose_k",
+           "outlier_index_neighbors", "outlier_quality", "parse_algorithms", "parse_k_range", "parse_mix",
+           "read_outlier_truth", "run_study"]

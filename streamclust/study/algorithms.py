@@ -116,12 +116,13 @@ def store_algorithm_labels(labels: Any, reduced: Any, run: RunGroup, name: str, 
 
 
 def score_labels(reduced: Any, labels: Any, sample: tuple[np.ndarray, np.ndarray], *,
-                  budget: int) -> dict[str, Any]:
+                 budget: int) -> dict[str, Any]:
     """Exact all-row CH / DB / inertia and the sampled silhouette of one labelling (noise -1 counts
     as a cluster, as in scikit-learn); NaN when there are fewer than 2 clusters.
 
     ``labels`` (lazy Dask or ``(n,)`` ints) are computed once and serve both; ``sample`` is the set's
-    ``(idx (m,), rows (m, d))`` from :func:`silhouette_sample`, read once for every algorithm and k.
+    ``(idx (m,), rows (m, d))`` from :func:`~streamclust.estimators.silhouette_sample`, read once for
+    every algorithm and k.
     """
     nan = float("nan")
     labels = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
@@ -173,8 +174,8 @@ def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algo
         frames.append(metrics)
         row = metrics[metrics["chosen"]].iloc[0]
         logger.info(f"{name}: {alg} k={chosen} chosen (silhouette {row['silhouette']:.3f}"
-            + (f", noise {row['noise_fraction']:.1%}" if entry.has_noise else "")
-            + f") in {time.perf_counter() - t0:.1f} s")
+                    + (f", noise {row['noise_fraction']:.1%}" if entry.has_noise else "")
+                    + f") in {time.perf_counter() - t0:.1f} s")
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), labels
 
 

@@ -11,10 +11,10 @@ For each descriptor set, in bounded memory:
 3. **Score** -- exact full-data inertia, Calinski-Harabasz and Davies-Bouldin for
    every k (:func:`~streamclust.estimators.sweep_metrics`), silhouette on a seeded
    sample.
-4. **Choose k** -- the rule in :func:`choose_k`.
+4. **Choose k** -- the rule in :func:`~streamclust.study.rules.choose_k`.
 5. **Label** every row with the chosen model (``runs/<id>/<set>/labels``).
 6. **Score outliers** of every row (``runs/<id>/<set>/outlier_score``, ``is_outlier``).
-   The default (``outlier_score="combined"``, :data:`OUTLIER_SCORES`) combines robust
+   The default (``outlier_score="combined"``, :data:`~streamclust.study.rules.OUTLIER_SCORES`) combines robust
    z-scores (:class:`~streamclust.estimators.RobustZScreen`: the Euclidean norm of the
    positive ones) of three kinds of evidence: the distance to the ``k``-th (50th) nearest row of a
    bounded reference sample
@@ -27,14 +27,14 @@ For each descriptor set, in bounded memory:
    own k-distance plus every member's norm and residual.  ``"lof"``, ``"kdist"`` and
    ``"mean"`` use the kNN detector's score alone, with its own threshold rule.
 
-7. **Other algorithms** (``algorithms=``, see :data:`ALGORITHMS`) -- Ward
+7. **Other algorithms** (``algorithms=``, see :data:`~streamclust.study.algorithms.ALGORITHMS`) -- Ward
    agglomeration on micro-clusters, a diagonal Gaussian mixture, sampled HDBSCAN --
    on the same reduced rows, scored with the same exact all-row metrics and the
    same sampled silhouette, k chosen by the same rule; their chosen labels go to
    ``runs/<id>/<set>/labels_<algorithm>`` and ``algorithms.csv`` compares them
    (ARI / AMI) with k-means and each other.
 
-8. **Mixtures** (``mix=``, see :func:`parse_mix`) -- a mixture such as
+8. **Mixtures** (``mix=``, see :func:`~streamclust.study.rules.parse_mix`) -- a mixture such as
    ``vdc_color+vdc_type`` is built from the members' stored reduced rows
    (step 1), side by side, each member balanced by
    :class:`~streamclust.estimators.VarianceBalancer`: member ``i`` with total
@@ -145,12 +145,14 @@ class _Plan:
 
 
 def _plan(store_path: Any, *, descriptors: Sequence[str] | None, k: Any, algorithms: Any, mix: Any,
-          memory: str | int | None, outlier_score: str) -> _Plan:
+          memory: str | int | None, outlier_score: str, n_top_outliers: int) -> _Plan:
     """Check the arguments of :func:`run_study` against the store; raise :class:`InputError` naming the bad one."""
     ks = parse_k_range(k)
     algs = parse_algorithms(algorithms)
     if outlier_score not in OUTLIER_SCORES:
         raise InputError(f"outlier_score={outlier_score!r} should be one of {', '.join(OUTLIER_SCORES)}.")
+    if isinstance(n_top_outliers, bool) or not isinstance(n_top_outliers, (int, np.integer)) or n_top_outliers < 0:
+        raise InputError(f"n_top_outliers={n_top_outliers!r} should be an integer >= 0.")
     store = CaseStore(store_path, mode="r+")
     names = list(descriptors) if descriptors else store.descriptor_names()
     available = store.descriptor_names()
@@ -377,7 +379,7 @@ def run_study(
     with forward_log(log):  # the steps log to logging; `log` receives their lines too
         bound_heaps()
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
-                     outlier_score=outlier_score)
+                     outlier_score=outlier_score, n_top_outliers=n_top_outliers)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         params = plan.params(n_components=n_components, n_init=n_init, memory=memory,

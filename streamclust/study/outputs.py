@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from streamclust.core.files import write_csv_frames
-from streamclust.report import top_outlier_rows
+from streamclust.estimators.blockwise import top_outlier_rows
 
 __all__ = ["write_results_csv", "top_outliers", "publish"]
 
@@ -33,11 +33,14 @@ def write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
 
 
 def top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, ids: Any,
-                  n_top: int, reasons: Callable[[np.ndarray], np.ndarray] | None = None,
-                  known: np.ndarray | None = None) -> pd.DataFrame:
-    """The ``n_top`` highest-scoring rows of one set, ranked; ``reasons(rows)`` names the
-    evidence that flagged each (empty when the score has a single kind of evidence); with
-    ``known`` (:func:`read_outlier_truth`) a ``known_outlier`` column."""
+                 n_top: int, reasons: Callable[[np.ndarray], np.ndarray] | None = None,
+                 known: np.ndarray | None = None) -> pd.DataFrame:
+    """The ``n_top`` highest-scoring rows of one set, ranked, as ``outliers.csv`` lists them.
+
+    ``scores`` and ``flags`` are (n,) numpy; ``labels`` and ``ids`` are the run's zarr arrays (only
+    the chosen rows are read); ``reasons(rows)`` names the evidence that flagged each (empty when
+    the score has a single kind of evidence); with
+    ``known`` (:func:`~streamclust.study.truth.read_outlier_truth`) a ``known_outlier`` column."""
     top = top_outlier_rows(scores, n_top)["row"].to_numpy()  # highest first, ties: lower row first
     order = np.sort(top)  # read ids and labels in store order
     paths = np.asarray(ids.get_orthogonal_selection(order)).astype(object)

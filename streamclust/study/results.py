@@ -31,10 +31,10 @@ class SetResult:
     centers: np.ndarray
     n_outliers: int = 0
     outlier_rule: str = ""
-    #: The outlier score used (one of :data:`OUTLIER_SCORES`).
+    #: The outlier score used (one of :data:`~streamclust.study.rules.OUTLIER_SCORES`).
     outlier_score: str = "combined"
     #: With ``outlier_truth=``: how the flags and scores agree with the known outliers
-    #: (:func:`outlier_quality`).
+    #: (:func:`~streamclust.study.truth.outlier_quality`).
     outlier_truth: dict[str, Any] | None = None
     #: For a mixture: ``members``, ``weights`` and the ``variance_share`` of each member.
     mixture: dict[str, Any] | None = None
@@ -45,7 +45,7 @@ class SetResult:
 
 @dataclass(kw_only=True)
 class StudyResult:
-    """The outcome of :func:`run_study`."""
+    """The outcome of :func:`~streamclust.study.run_study`."""
 
     out_dir: Path
     run_id: str

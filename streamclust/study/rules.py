@@ -179,7 +179,7 @@ def block_budget(memory: str | int | None, n_features: dict[str, int]) -> int:
     Parameters
     ----------
     memory : str or int or None
-        The ``memory=`` of :func:`run_study`.
+        The ``memory=`` of :func:`~streamclust.study.run_study`.
     n_features : dict of str -> int
         Columns of every descriptor set studied.
 

@@ -64,9 +64,9 @@ def umap_params(projector: SampledUMAP) -> dict[str, Any]:
 
 
 def store_umap(projector: SampledUMAP, reduced: Any, run: RunGroup, name: str) -> dict[str, Any]:
-    """Step 9 of the module docstring: a fresh clone of ``projector`` fitted on a sample of the
-    reduced rows, every row's position written block by block to ``runs/<id>/<name>/umap``
-    (float32, shape (n, 2), row chunks of the labels)."""
+    """Step 9 of the :mod:`~streamclust.study.driver` docstring: a fresh clone of ``projector``
+    fitted on a sample of the reduced rows, every row's position written block by block to
+    ``runs/<id>/<name>/umap`` (float32, shape (n, 2), row chunks of the labels)."""
     from sklearn.base import clone
 
     t0 = time.perf_counter()
@@ -79,11 +79,13 @@ def store_umap(projector: SampledUMAP, reduced: Any, run: RunGroup, name: str) -
     da.store(embedding.rechunk((target.chunks[0], -1)), target, lock=False)
     info["seconds"] = time.perf_counter() - t0
     logger.info(f"{name}: UMAP of {info['sample_rows']:,} sampled rows, every row placed, "
-        f"in {info['seconds']:.1f} s")
+                f"in {info['seconds']:.1f} s")
     return info
 
 
 def store_labels(model: StreamingKMeans, reduced: Any, run: RunGroup, name: str) -> Any:
+    """Step 5: every row's k-means label into ``runs/<id>/<name>/labels`` (int32, (n,), chunked like
+    ``reduced``); returns that zarr array."""
     target = run.create_array(f"{name}/labels", (reduced.shape[0],), "int32",
                               chunk_rows=reduced.chunks[0], attrs={"descriptor_set": name})
     labels = model.predict(da.from_zarr(reduced)).astype(np.int32)
@@ -93,6 +95,9 @@ def store_labels(model: StreamingKMeans, reduced: Any, run: RunGroup, name: str)
 
 @dataclass(kw_only=True)
 class SetOutcome:
+    """What :func:`study_set` hands back for one set: its result, and the run's arrays (zarr, (n,))
+    the comparison and the output files read."""
+
     result: SetResult
     labels: Any
     scores: Any
@@ -127,7 +132,7 @@ class Reduced:
 
 
 def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int | float, budget: int) -> Reduced:
-    """Step 1 of the module docstring for one descriptor set."""
+    """Step 1 of the :mod:`~streamclust.study.driver` docstring for one descriptor set."""
     t0 = time.perf_counter()
     X = store.descriptor(name)
     components = min(n_components, X.shape[1]) if isinstance(n_components, int) else n_components
@@ -135,7 +140,7 @@ def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int 
     pca.fit(da.from_zarr(X))
     reduced, evidence = store_reduced(pca, X, run, name)
     logger.info(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
-        f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
+                f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
     return Reduced(pca=pca, reduced=reduced, n_features=int(X.shape[1]),
                    explained_variance=float(pca.explained_variance_ratio_.sum()), seconds=time.perf_counter() - t0,
                    info={"source_sha256": X.attrs.get("source_sha256"), "source": X.attrs.get("source")},
@@ -143,7 +148,7 @@ def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int 
 
 
 def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: int) -> Reduced:
-    """Step 8 of the module docstring: the balanced mixed rows of ``mix`` into ``runs/<id>/<mix>/reduced``.
+    """Step 8 of the :mod:`~streamclust.study.driver` docstring: the mixed rows of ``mix``, stored.
 
     The members' reduced rows are read lazily, side by side, twice (the
     balancer's variance pass, then the scaled rows written block by block).
@@ -165,7 +170,7 @@ def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: 
     # keeps sum(w) / sum(w_i / e_i) of the balanced members' full variance
     kept = 1.0 / sum(w / p.explained_variance for w, p in zip(balancer.share_, members))
     logger.info(f"{mix.name}: {' + '.join(f'{m} ({100 * v:.0f}% of the variance)' for m, v in shares.items())} "
-        f"-> {target.shape[1]} dims")
+                f"-> {target.shape[1]} dims")
     evidence = {f"{key}[{m}]": arr for m, p in zip(mix.members, members) for key, arr in p.evidence.items()}
     return Reduced(pca=MixPreprocessing(list(mix.members), [p.pca for p in members], balancer), reduced=target,
                    n_features=sum(p.n_features for p in members), explained_variance=kept,
@@ -175,10 +180,10 @@ def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: 
 
 
 def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepared: Reduced, *, out: Path,
-               n_init: int, budget: int, silhouette_samples: int,
-               outlier_neighbors: int, outlier_score: str, n_top_outliers: int, random_state: int,
-               attributes: pd.DataFrame | None, known: np.ndarray | None) -> SetOutcome:
-    """Steps 2-6 of the module docstring for one descriptor set or mixture; saves its model."""
+              n_init: int, budget: int, silhouette_samples: int,
+              outlier_neighbors: int, outlier_score: str, n_top_outliers: int, random_state: int,
+              attributes: pd.DataFrame | None, known: np.ndarray | None) -> SetOutcome:
+    """Steps 2-6 of the :mod:`~streamclust.study.driver` docstring for one set or mixture; saves its model."""
     t0 = time.perf_counter()
     pca, reduced = prepared.pca, prepared.reduced
     models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
@@ -224,12 +229,12 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     flag_arr[:] = flags
     top = top_outliers(name, outlier_scores, flags, labels, store.ids, n_top_outliers, reasons, known)
     logger.info(f"{name}: {n_flagged} outliers flagged ({flags.mean():.2%}) by {rule}; "
-        f"kNN recall {detector.recall_:.3f}")
+                f"kNN recall {detector.recall_:.3f}")
     truth = None
     if known is not None:
         truth = outlier_quality(outlier_scores, flags, known)
         logger.info(f"{name}: against the {truth['outliers']:,} known outliers among {truth['rows']:,} listed images: "
-            f"precision {truth['precision']}, recall {truth['recall']}, ROC AUC {truth['roc_auc']}")
+                    f"precision {truth['precision']}, recall {truth['recall']}, ROC AUC {truth['roc_auc']}")
 
     profile = profile_clusters(labels, attributes, outlier_flags=flag_arr, set_name=name, memory=budget)
 
@@ -248,7 +253,7 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     model_dir = model.save(out / "models" / name)
     seconds = prepared.seconds + time.perf_counter() - t0
     logger.info(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
-        f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
+                f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
     result = SetResult(name=name, n_features=prepared.n_features, n_components=int(pca.n_components_),
                        explained_variance=prepared.explained_variance, k=chosen, metrics=metrics, seconds=seconds,
                        model_dir=model_dir, centers=kmeans.cluster_centers_, n_outliers=n_flagged,
