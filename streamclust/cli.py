@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 import time
 import traceback
@@ -10,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from streamclust import __version__
+from streamclust.core.logs import PACKAGE_LOGGER
 from streamclust.core.scheduler import SCHEDULER_HELP, use_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import StreamclustError
@@ -59,10 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--memory", default="1GB", metavar="SIZE",
-                        help="memory budget for blocks and caches, e.g. 512MB, 2GiB (default: 1GB)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    common.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+    common.add_argument("--memory", default=None, metavar="SIZE",
+                        help="memory budget of the whole process, e.g. 512MB, 2GiB (default: 1GiB, "
+                             "the API's default)")
+    common.add_argument("--debug", action="store_true",
+                        help="show tracebacks on errors, and the library's DEBUG log records")
+    common.add_argument("--quiet", action="store_true",
+                        help="no progress bars or step lines (the library's log records at WARNING and above "
+                             "only)")
     common.add_argument("--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP)
 
     conv = sub.add_parser(
@@ -98,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("store", type=_store_arg,
                        help="a store written by 'streamclust convert' (folder or fsspec URL)")
+    study.add_argument("--json", action="store_true",
+                       help="print summary.json on stdout instead of the table (step lines go to stderr)")
     study.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     study.add_argument("--descriptors", metavar="NAME[,NAME...]",
                        help="descriptor sets to study (default: all)")
@@ -157,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="see 'convert --help'")
     assign.add_argument("--fail-on-drift", action="store_true",
                         help="exit with status 3 when the drift report says DRIFT")
+    assign.add_argument("--json", action="store_true",
+                        help="print the outcome and the drift report as JSON on stdout (other lines go to stderr)")
 
     demo = sub.add_parser(
         "demo", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -169,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--k", default="2:15", metavar="K|A:B", help="k range of the study (default 2:15)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--no-images", action="store_true", help="skip rendering images.zip")
+
+    completion = sub.add_parser(
+        "completion", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="print a shell completion script",
+        description="Print a completion script for the commands and options of streamclust.\n\n"
+                    "  bash: eval \"$(streamclust completion bash)\"   (e.g. in ~/.bashrc)\n"
+                    "  zsh:  eval \"$(streamclust completion zsh)\"    (e.g. in ~/.zshrc)",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
     return parser
 
 
@@ -210,13 +230,16 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
         metadata=metadata if metadata is not None else getattr(args, "metadata", None),
         images=images if images is not None else getattr(args, "images", None),
         report=not getattr(args, "no_report", False),
-        progress=not args.quiet, log=say,
+        progress=not args.quiet,
         algorithms=getattr(args, "algorithms", "kmeans,ward"),
         mix=getattr(args, "mix", None),
         umap=getattr(args, "umap", False),
         outlier_score=getattr(args, "outlier_score", "combined"),
         outlier_truth=outlier_truth if outlier_truth is not None else getattr(args, "outlier_truth", None),
     )
+    if getattr(args, "json", False):
+        print((result.out_dir / "summary.json").read_text(), end="")
+        return
     say("")
     say(result.summary_table().to_string(index=False))
     say(f"\nrecommended set: {result.recommended}; wrote {result.results_csv} and {result.metrics_csv}")
@@ -229,7 +252,11 @@ def _run_assign(args: argparse.Namespace, say) -> int:
                         allow_restricted_pickle=args.allow_restricted_pickle, progress=not args.quiet)
     say(f"wrote {result.out_csv}: {result.n_rows} rows, {result.n_outliers} flagged as outliers "
         f"({result.rows_per_second:,.0f} rows/s)")
-    print(result.drift.to_text())
+    if args.json:
+        print(json.dumps({"out_csv": str(result.out_csv), "n_rows": result.n_rows, "n_outliers": result.n_outliers,
+                          "drift": result.drift.to_dict()}, indent=2))
+    else:
+        print(result.drift.to_text())
     return 3 if args.fail_on_drift and result.drift.drifted else 0
 
 
@@ -248,15 +275,60 @@ def _run_demo(args: argparse.Namespace, say) -> None:
                images=zip_path if zip_path.exists() else None, outlier_truth=case / "truth.csv")
 
 
+def _completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """A bash (or zsh, through bashcompinit) completion script for the commands and their options."""
+    # argparse has no public accessor for a parser's actions; argcomplete reads them the same way
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    cases = "\n".join(
+        f"        {name}) opts=\"{' '.join(s for a in sub._actions for s in a.option_strings)}\";;"
+        for name, sub in commands.items())
+    script = f"""_streamclust() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" opts=""
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{' '.join(commands)} --help --version" -- "$cur"))
+        return
+    fi
+    case "${{COMP_WORDS[1]}}" in
+{cases}
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _streamclust streamclust
+"""
+    return ("autoload -U +X bashcompinit && bashcompinit\n" + script) if shell == "zsh" else script
+
+
+def _library_log_handler(args: argparse.Namespace) -> logging.Handler:
+    """Print the library's log records like the command's own lines: INFO and up (DEBUG with --debug,
+    WARNING with --quiet), on stdout, or on stderr when stdout carries --json."""
+    handler = logging.StreamHandler(sys.stderr if getattr(args, "json", False) else sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``streamclust``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(_completion_script(parser, args.shell), end="")
+        return 0
+    out = sys.stderr if getattr(args, "json", False) else sys.stdout
 
     def say(line: str) -> None:
         if not args.quiet:
-            print(line, flush=True)
+            print(line, file=out, flush=True)
 
     runners = {"convert": _run_convert, "study": _run_study, "assign": _run_assign, "demo": _run_demo}
+    package = logging.getLogger(PACKAGE_LOGGER)
+    handler, level = _library_log_handler(args), package.level
+    package.addHandler(handler)
+    package.setLevel(handler.level)
     try:
         # one scheduler for the whole command (demo: conversion and study share it)
         with use_scheduler(args.scheduler):
@@ -275,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamclust {args.command}: internal error: {type(exc).__name__}: {exc} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
     return status
 
 

@@ -91,3 +91,42 @@ def test_bad_mix_names_the_parameter_and_the_sets(tmp_path, capsys):
     assert "--mix" in capsys.readouterr().err
     assert main([*study, "--mix", "a"]) == 2
     assert "two or more" in capsys.readouterr().err
+
+
+def test_bash_completion_completes_commands_and_each_commands_options(tmp_path):
+    script = tmp_path / "complete.sh"
+    script.write_text(subprocess.run([sys.executable, "-m", "streamclust", "completion", "bash"],
+                                     capture_output=True, text=True, check=True).stdout)
+
+    def complete(*words: str) -> list[str]:
+        probe = (f"source {script}; COMP_WORDS=(streamclust {' '.join(words)}); COMP_CWORD={len(words)}; "
+                 "_streamclust; echo ${COMPREPLY[@]}")
+        return subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+
+    assert complete("st") == ["study"]
+    assert set(complete("study", "--out")) == {"--out", "--outlier-score", "--outlier-truth"}
+    assert complete("assign", "--fail") == ["--fail-on-drift"]
+    assert "--umap" not in complete("convert", "--")  # each command its own options
+
+
+def test_zsh_completion_loads_bash_completion_first(capsys):
+    assert main(["completion", "zsh"]) == 0
+    assert capsys.readouterr().out.startswith("autoload -U +X bashcompinit && bashcompinit\n")
+
+
+def test_study_json_prints_the_summary_and_quiet_prints_nothing(demo_case, tmp_path, capsys):
+    import json
+
+    store = demo_case(300) / "case.zarr"
+    args = ["study", str(store), "--descriptors", "vdc_color", "--k", "3:4", "--components", "8",
+            "--no-report", "--algorithms", "kmeans"]
+    assert main([*args, "-o", str(tmp_path / "a"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)  # stdout is the JSON alone
+    assert summary == json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert "vdc_color: k=" in err  # the step lines went to stderr
+    assert main([*args, "-o", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main([*args, "-o", str(tmp_path / "c")]) == 0
+    out, _ = capsys.readouterr()
+    assert "vdc_color: PCA 128 -> 8 dims" in out and "recommended set: vdc_color" in out

@@ -11,18 +11,37 @@ import pytest
 from streamclust.core.files import atomic_output, write_atomic, write_csv_frames
 
 
-@pytest.fixture
-def umask_027():
-    old = os.umask(0o027)
-    yield
+@pytest.fixture(params=[0o022, 0o077, 0o027])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
     os.umask(old)
 
 
-def test_files_get_the_umask_permissions_not_the_temporary_files(tmp_path, umask_027):
+def test_files_get_the_umask_permissions_not_the_temporary_files(tmp_path, umask):
     write_atomic(tmp_path / "a.json", "{}")
     write_csv_frames(tmp_path / "b.csv", [pd.DataFrame({"x": [1.0]})])
     for name in ("a.json", "b.csv"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_study_output_honours_the_umask(demo_case, tmp_path, mask):
+    """Colleagues sharing the folder read what the umask lets them read: every file of the study's
+    output folder (CSVs, summary.json, report, models) gets 0o666 less the umask."""
+    from streamclust.study import run_study
+
+    store = demo_case(300) / "case.zarr"
+    old = os.umask(mask)
+    try:
+        run_study(store, tmp_path / "out", descriptors=["vdc_color"], k="3:4", n_components=8)
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) > 10 and {p.suffix for p in files} >= {".csv", ".json", ".npy", ".html", ".png"}
+    wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
+             if stat.S_IMODE(p.stat().st_mode) != 0o666 & ~mask}
+    assert wrong == {}
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -115,3 +115,16 @@ def test_wrong_dimension_is_refused(trained, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((10, 7), np.float32))
     with pytest.raises(Exception, match="expects 512"):
         assign_new(trained / "study" / "models" / SET, tmp_path / "x.npy", tmp_path / "x.csv")
+
+
+def test_cli_assign_json_carries_the_drift_report(trained, tmp_path, capsys):
+    from streamclust.cli import main
+
+    model = trained / "study" / "models" / SET
+    assert main(["assign", str(model), str(trained / "case.zarr"), "-o", str(tmp_path / "a.csv"), "--json",
+                 "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_rows"] == 2500 and out["out_csv"] == str(tmp_path / "a.csv")
+    drift = out["drift"]
+    assert drift["drifted"] is False and drift["verdict"].startswith("no drift")
+    assert set(drift) >= {"share_shift", "share_shift_limit", "outlier_rate", "distance_ks", "cluster_shares"}

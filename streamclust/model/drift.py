@@ -4,7 +4,7 @@ the distances to the assigned centres of a new batch against the training refere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,6 +52,10 @@ class DriftReport:
     distance_ks: float
     distance_ks_limit: float
     verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able values (``streamclust assign --json``), with ``drifted``."""
+        return {**asdict(self), "drifted": self.drifted}
 
     @property
     def drifted(self) -> bool:
