@@ -5,7 +5,7 @@ the distances to the assigned centres of a new batch against the training refere
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
