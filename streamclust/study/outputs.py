@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from streamclust.core.files import write_csv_frames
+from streamclust.core.files import atomic_output, write_csv_frames
 from streamclust.estimators.blockwise import top_outlier_rows
 
-__all__ = ["write_results_csv", "top_outliers", "publish"]
+__all__ = ["write_results_csv", "write_results_parquet", "top_outliers", "publish"]
 
 
 def write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
@@ -30,6 +30,34 @@ def write_results_csv(path: Path, ids: Any, columns: dict[str, Any]) -> None:
             yield frame
 
     write_csv_frames(path, frames())
+
+
+def write_results_parquet(path: Path, ids: Any, columns: dict[str, Any]) -> None:
+    """The rows of ``results.csv`` as Parquet, typed (``path`` string, labels int32, scores float32,
+    flags bool) and ~3x smaller, written block by block (one row group per 65,536 rows), atomically.
+
+    Parameters
+    ----------
+    path : path
+    ids : array of str, shape (n,)
+        The store's image paths.
+    columns : dict of str -> array, shape (n,)
+        Name -> values, in column order (as for :func:`write_results_csv`).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    block = 1 << 16
+    with atomic_output(path, "wb") as f:
+        writer = None
+        for start in range(0, ids.shape[0], block):
+            stop = min(ids.shape[0], start + block)
+            table = pa.table({"path": pa.array(np.asarray(ids[start:stop]).astype(str)),
+                              **{name: np.asarray(arr[start:stop]) for name, arr in columns.items()}})
+            writer = writer or pq.ParquetWriter(f, table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
 
 
 def top_outliers(name: str, scores: np.ndarray, flags: np.ndarray, labels: Any, ids: Any,
