@@ -99,6 +99,8 @@ def _path_blocks(csv: Path, block_rows: int = 65536) -> Iterator[np.ndarray]:
                 value = fields[col] if col < len(fields) else ""
                 if not value:
                     raise InputError(f"{csv}: row {row} has an empty path.")
+                if "\x00" in value:  # no file system allows it; fixed-width ids would drop a trailing one
+                    raise InputError(f"{csv}: row {row} has a NUL character in its path.")
                 block.append(value.replace("\\", "/"))
                 row += 1
                 if len(block) == block_rows:
@@ -115,9 +117,9 @@ def _path_blocks(csv: Path, block_rows: int = 65536) -> Iterator[np.ndarray]:
 def read_paths_csv(csv: str | os.PathLike[str]) -> tuple[int, Iterator[np.ndarray]]:
     """Validate ``images_paths.csv`` in one pass; return its row count and a block reader.
 
-    Paths get forward slashes.  Empty paths, duplicates and non-UTF-8 text are
-    refused with the row concerned.  Memory: 8 bytes per row for duplicate
-    detection (64-bit BLAKE2 digests).
+    Paths get forward slashes.  Empty paths, paths holding NUL, duplicates and
+    non-UTF-8 text are refused with the row concerned.  Memory: 8 bytes per row
+    for duplicate detection (64-bit BLAKE2 digests).
 
     Returns
     -------
@@ -125,11 +127,21 @@ def read_paths_csv(csv: str | os.PathLike[str]) -> tuple[int, Iterator[np.ndarra
     blocks : iterator of ndarray of str, shape (rows,)
         A fresh pass over the paths, in file order.
     """
+    n, _, blocks = _scan_paths_csv(csv)
+    return n, blocks
+
+
+def _scan_paths_csv(csv: str | os.PathLike[str]) -> tuple[int, int, Iterator[np.ndarray]]:
+    """:func:`read_paths_csv`, also returning the length in characters of the longest path (the
+    width of the store's fixed-width ids): ``(n_rows, max_len, blocks)``."""
     csv = Path(csv)
     digests = []
+    max_len = 0
     for block in _path_blocks(csv):
+        paths = block.tolist()
+        max_len = max(max_len, max(map(len, paths), default=0))
         digests.append(np.array([int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little")
-                                 for p in block.tolist()], dtype=np.uint64))
+                                 for p in paths], dtype=np.uint64))
     n = int(sum(len(d) for d in digests))
     if n == 0:
         raise InputError(f"{csv}: no rows.")
@@ -139,7 +151,7 @@ def read_paths_csv(csv: str | os.PathLike[str]) -> tuple[int, Iterator[np.ndarra
     if len(dup):
         a, b = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
         raise InputError(f"{csv}: rows {a} and {b} name the same image; paths must be unique.")
-    return n, _path_blocks(csv)
+    return n, max_len, _path_blocks(csv)
 
 
 def _fingerprint(path: Path) -> str:
@@ -265,8 +277,9 @@ def _bad_rows_error(path: Path, rows: np.ndarray, store: CaseStore) -> InputErro
 def convert_descriptor(
     store: CaseStore, name: str, source: ArraySource, *, memory: str | int | None = None,
     progress: bool = False, nan_policy: str = "fail", dropped: _DroppedRows | None = None,
-) -> None:
-    """Copy one raw array into ``descriptors/<name>`` as float32, resuming if interrupted.
+) -> bool:
+    """Copy one raw array into ``descriptors/<name>`` as float32, resuming if interrupted; once
+    complete, the store's consolidated metadata is rewritten (:meth:`CaseStore.consolidate`).
 
     Parameters
     ----------
@@ -287,6 +300,11 @@ def convert_descriptor(
         bad value is met); recorded in the array's attributes.
     dropped : _DroppedRows, optional
         The rows left out with ``nan_policy="drop"``.
+
+    Returns
+    -------
+    bool
+        Whether rows were written (False: the set was complete already).
 
     Raises
     ------
@@ -320,7 +338,7 @@ def convert_descriptor(
         attrs["dropped_rows"] = len(dropped.rows)
     arr, done = store.open_descriptor_for_writing(name, n_store, d, attrs)
     if arr.attrs.get("status") == "complete":
-        return
+        return False
     per_block = _block_rows(memory, d, arr.chunks[0])
     means = None
     imputed = {"imputed_rows": int(cast(int, arr.attrs.get("imputed_rows", 0))),
@@ -371,6 +389,8 @@ def convert_descriptor(
         arr.attrs.update({"source_sha256": digest.result(), "status": "complete"})
     if bar is not None:
         bar.close()
+    store.consolidate()
+    return True
 
 
 def dropped_rows_report_path(store_path: str | os.PathLike[str]) -> Path | str:
@@ -541,7 +561,7 @@ def convert_case(
         name: open_source(path, allow_restricted_pickle=allow_restricted_pickle)
         for name, path in files.descriptors.items()
     }
-    n, blocks = read_paths_csv(files.paths_csv)
+    n, max_len, blocks = _scan_paths_csv(files.paths_csv)
     for src in sources.values():
         if src.shape[0] != n:
             raise InputError(
@@ -573,13 +593,14 @@ def convert_case(
                 "row_policy": row_policy,
                 "dropped_rows": n - n_kept,
                 "dropped_rows_report": str(report) if n_kept != n else None,
-            })
+            }, max_len=max_len)  # the longest of all rows, dropped ones too: at most a little wider
         except OSError as exc:
             full = disk_full_error(exc, store.path, "writing the image paths (ids)")
             if full is None:
                 raise
             raise full from exc
-    for name, src in sources.items():
-        convert_descriptor(store, name, src, memory=memory, progress=progress, nan_policy=nan_policy,
-                           dropped=dropped)
+    wrote = [convert_descriptor(store, name, src, memory=memory, progress=progress, nan_policy=nan_policy,
+                                dropped=dropped) for name, src in sources.items()]
+    if ids_ok and not any(wrote):  # nothing written (each write consolidated): a store of an older streamclust
+        store.consolidate()       # gets its consolidated metadata
     return store

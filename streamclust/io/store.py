@@ -8,6 +8,18 @@ One Zarr v3 group per case::
       meta/<column>            (n,) str      optional per-image metadata
       runs/<run-id>/<set>/...  results of one study (reduced rows, labels, ...)
 
+Every array carries ``dimension_names`` (rows are ``"image"``; the columns of ``descriptors/<name>``
+are ``"<name>_feature"``, see :func:`run_dimension_names` for the runs), so xarray opens the store.
+``ids`` are fixed-width UTF-32 strings (``<U{longest path}``, Zarr data type ``fixed_length_utf32``,
+read with the plain ``bytes`` codec) unless the longest path exceeds :data:`MAX_FIXED_ID_CHARS`;
+stores written before keep the variable-length ``string`` type and are read the same way.
+
+The root carries consolidated metadata (every node's ``zarr.json`` in one document) for other
+readers, rewritten whenever a write leaves the store finished: ids written, a descriptor set or a
+conversion complete, a run complete or failed (:meth:`CaseStore.consolidate`).  streamclust itself
+never reads it (groups are opened with ``use_consolidated=False``), so it always sees every node,
+e.g. runs created since the last consolidation.
+
 Every array carries provenance attributes (``source``, ``source_size``,
 ``source_sha256``, ``source_dtype``, ``created``, ``schema_version``,
 ``streamclust_version``).  Arrays being written carry ``status: "writing"``
@@ -18,12 +30,15 @@ interrupted descriptor conversion is resumed from ``rows_written``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
+import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -38,12 +53,16 @@ from streamclust.errors import StoreError, one_line
 
 __all__ = [
     "SCHEMA_VERSION",
+    "MAX_FIXED_ID_CHARS",
     "CaseStore",
     "RunGroup",
     "chunk_rows_for",
     "disk_full_error",
     "now_iso",
+    "run_dimension_names",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Version of the layout above; stores of another version are refused.
 SCHEMA_VERSION = 1
@@ -52,6 +71,51 @@ SCHEMA_VERSION = 1
 _CHUNK_BYTES = 8 << 20
 
 _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+#: Longest path (in characters) stored as fixed-width ``<U{n}`` ids: every row takes the width of the
+#: longest, so one runaway field (e.g. an unbalanced quote in the CSV) would multiply the memory of every
+#: read; longer ids keep zarr-python's variable-length ``string`` type.
+MAX_FIXED_ID_CHARS = 1024
+
+#: The dimension of the rows of every array of a store.
+ROW_DIM = "image"
+
+#: Column dimensions of the 2-D run arrays that have a name of their own (others: ``<array>_dim1``).
+_RUN_COLUMN_DIMS = {"reduced": "component", "umap": "umap_axis"}
+
+
+@contextlib.contextmanager
+def _quiet_zarr_format_warnings() -> Iterator[None]:
+    """Silence zarr-python 3.1's warnings that the ``fixed_length_utf32`` data type and consolidated
+    metadata have no Zarr v3 specification: both are registered zarr-extensions (the data type) or
+    read by xarray and zarr-python alike (consolidated metadata), and a store warns on every write."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=zarr.errors.UnstableSpecificationWarning)
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
+                                category=zarr.errors.ZarrUserWarning)
+        yield
+
+
+def run_dimension_names(name: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The ``dimension_names`` of run array ``name`` (e.g. ``"osnet/reduced"``) of ``shape``.
+
+    Rows are ``"image"``; the columns of ``reduced`` are ``"component"``, of ``umap``
+    ``"umap_axis"``, of any other array ``"<array>_dim1"`` (``"<array>_dim2"``, ... beyond).
+    """
+    if not shape:
+        raise ValueError(f"run array {name!r} has no dimension; run arrays have one row per image.")
+    leaf = name.rstrip("/").rpartition("/")[2]
+    if len(shape) == 2 and leaf in _RUN_COLUMN_DIMS:
+        return ROW_DIM, _RUN_COLUMN_DIMS[leaf]
+    return (ROW_DIM,) + tuple(f"{leaf}_dim{i}" for i in range(1, len(shape)))
+
+
+def _checked_dims(name: str, shape: tuple[int, ...], dims: Iterable[str]) -> tuple[str, ...]:
+    dims = tuple(dims)
+    if len(dims) != len(shape) or not all(isinstance(d, str) and d for d in dims):
+        raise ValueError(f"dimension_names={dims!r} for array {name!r} of shape {shape}: needs one "
+                         "non-empty name per dimension.")
+    return dims
 
 
 def now_iso() -> str:
@@ -108,9 +172,10 @@ class RunGroup:
     :meth:`CaseStore.runs` only after :meth:`complete`.
     """
 
-    def __init__(self, group: zarr.Group, run_id: str) -> None:
+    def __init__(self, group: zarr.Group, run_id: str, on_finish: Callable[[], object] | None = None) -> None:
         self.group = group
         self.run_id = run_id
+        self._on_finish = on_finish  # the store's consolidation, after complete() and fail()
 
     @property
     def status(self) -> str:
@@ -119,9 +184,15 @@ class RunGroup:
 
     def create_array(
         self, name: str, shape: tuple[int, ...], dtype: Any, *, chunk_rows: int | None = None,
-        attrs: dict[str, Any] | None = None,
+        attrs: dict[str, Any] | None = None, dimension_names: Iterable[str] | None = None,
     ) -> zarr.Array:
-        """Create (or overwrite) ``runs/<run_id>/<name>`` chunked along rows."""
+        """Create (or overwrite) ``runs/<run_id>/<name>`` chunked along rows.
+
+        Its ``dimension_names`` are those of :func:`run_dimension_names` unless given.
+        """
+        shape = tuple(int(n) for n in shape)
+        dims = (run_dimension_names(name, shape) if dimension_names is None
+                else _checked_dims(name, shape, dimension_names))
         n_features = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         rows = chunk_rows or chunk_rows_for(n_features, np.dtype(dtype).itemsize)
         arr = self.group.create_array(
@@ -131,6 +202,7 @@ class RunGroup:
             chunks=(min(rows, max(1, shape[0])),) + tuple(shape[1:]),
             compressors=_COMPRESSOR,
             overwrite=True,
+            dimension_names=dims,
         )
         arr.attrs.update({**_base_attrs(), **(attrs or {})})
         return arr
@@ -143,8 +215,10 @@ class RunGroup:
             raise StoreError(f"run {self.run_id!r} has no array {name!r}.") from None
 
     def complete(self, summary: dict[str, Any] | None = None) -> None:
-        """Mark the run complete (the last write of a study)."""
+        """Mark the run complete (the last write of a study), then consolidate the store's metadata."""
         self.group.attrs.update({"status": "complete", "finished": now_iso(), **(summary or {})})
+        if self._on_finish is not None:
+            self._on_finish()
 
     def fail(self, reason: str) -> None:
         """Mark the run failed with a reason and delete its arrays (a failed run cannot be
@@ -157,6 +231,8 @@ class RunGroup:
             self.group.attrs.update({"status": "failed", "finished": now_iso(), "error": reason})
         except OSError:
             pass
+        if self._on_finish is not None:  # the run's arrays leave the consolidated view too
+            self._on_finish()
 
 
 class CaseStore:
@@ -185,8 +261,9 @@ class CaseStore:
             raise StoreError(f"{self.path}: a memory:// store lives in this process only; the Dask "
                              "cluster's workers cannot see it. Use a folder or URL they all read.")
         try:
+            # never the consolidated view: it lags behind writes (other processes' runs, ...)
             self.root = zarr.open_group(self.path, mode=cast(Literal["r", "r+", "a"], mode), zarr_format=3,
-                                        storage_options=_storage_options(self.path))
+                                        storage_options=_storage_options(self.path), use_consolidated=False)
         except Exception as exc:  # zarr raises several types for a non-store path
             raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({one_line(exc)}).") from exc
         version = self.root.attrs.get("schema_version")
@@ -209,6 +286,35 @@ class CaseStore:
         except Exception as exc:  # an unknown protocol, missing credentials, no network ...
             raise StoreError(f"{self.path}: cannot open the URL ({type(exc).__name__}: {one_line(exc)}).") from exc
 
+    # -------------------------------------------------- consolidated metadata
+    def consolidate(self) -> bool:
+        """Write the consolidated metadata of the whole store into its root ``zarr.json``.
+
+        For other readers only (xarray, zarr's default ``open_group``: one request for the whole
+        hierarchy instead of one per node); streamclust never reads it.  Called after every write
+        that leaves the store finished.  Best effort: the arrays are written already, so a failure
+        (a full disk, a node another process deletes meanwhile) is logged, not raised, and the
+        previous consolidated view stays until the next finished write.
+
+        Returns
+        -------
+        bool
+            Whether the metadata was consolidated.
+        """
+        path = self.root.store_path.path or None
+        for attempt in range(3):  # another process may add or delete a node while it is listed
+            try:
+                with _quiet_zarr_format_warnings():
+                    zarr.consolidate_metadata(self.root.store, path=path, zarr_format=3)
+                return True
+            except Exception as exc:  # zarr raises several types; none makes the data wrong
+                if attempt == 2 or isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    logger.warning(f"{self.path}: consolidated metadata not updated ({type(exc).__name__}: "
+                                   f"{one_line(exc)}); streamclust does not read it, other readers may see "
+                                   "the store as it was at the last consolidation.")
+                    return False
+        return False  # not reached
+
     # ------------------------------------------------------------------ ids
     @property
     def n_rows(self) -> int:
@@ -222,20 +328,66 @@ class CaseStore:
             raise StoreError(f"{self.path}: has no complete 'ids' array; convert the case again.")
         return cast(zarr.Array, self.root["ids"])
 
-    def write_ids(self, blocks: Iterator[np.ndarray], n_rows: int, attrs: dict[str, Any]) -> zarr.Array:
-        """Write the image paths, streamed in blocks of ``(rows,)`` str arrays."""
-        arr = self.root.create_array(
-            "ids", shape=(n_rows,), dtype=str, chunks=(min(65536, max(1, n_rows)),), overwrite=True
-        )
-        arr.attrs.update({**_base_attrs(), **attrs, "status": "writing"})
-        start = 0
-        for block in blocks:
-            arr[start : start + len(block)] = block
-            start += len(block)
-        if start != n_rows:
-            raise StoreError(f"{self.path}: wrote {start} ids, expected {n_rows}.")
-        arr.attrs.update({"status": "complete"})
+    def write_ids(self, blocks: Iterable[np.ndarray], n_rows: int, attrs: dict[str, Any], *,
+                  max_len: int | None = None) -> zarr.Array:
+        """Write the image paths, streamed in blocks of ``(rows,)`` str arrays, then consolidate.
+
+        Parameters
+        ----------
+        blocks : iterable of array-like of str, shape (rows,)
+        n_rows : int
+            Rows in all.
+        attrs : dict
+            Provenance attributes.
+        max_len : int, optional
+            Characters of the longest path (e.g. from the scan of the paths CSV).  The ids are
+            stored as ``<U{max_len}`` (Zarr ``fixed_length_utf32``), or as the variable-length
+            ``string`` type when ``max_len`` exceeds :data:`MAX_FIXED_ID_CHARS`.  Without it the
+            blocks are read into memory first to measure them; give it to stream in bounded memory.
+
+        Raises
+        ------
+        StoreError
+            A path is longer than ``max_len`` or ends with a NUL character (fixed-width strings
+            cannot hold trailing NULs), or the blocks do not hold ``n_rows`` rows.
+        """
+        if max_len is None:
+            kept = [np.asarray(b, dtype=np.dtypes.StringDType()) for b in blocks]
+            max_len = max((len(p) for b in kept for p in b.tolist()), default=0)
+            blocks = kept
+        fixed = max_len <= MAX_FIXED_ID_CHARS
+        width = max(1, int(max_len))
+        dtype: Any = f"<U{width}" if fixed else str
+        rows = chunk_rows_for(width, 4) if fixed else 65536
+        with _quiet_zarr_format_warnings():
+            arr = self.root.create_array(
+                "ids", shape=(n_rows,), dtype=dtype, chunks=(min(rows, max(1, n_rows)),), overwrite=True,
+                dimension_names=(ROW_DIM,),
+            )
+            arr.attrs.update({**_base_attrs(), **attrs, "status": "writing"})
+            start = 0
+            for block in blocks:
+                block = np.asarray(block, dtype=np.dtypes.StringDType())
+                if start + len(block) > n_rows:
+                    raise StoreError(f"{self.path}: more than {n_rows} ids given, expected {n_rows}.")
+                if fixed:
+                    self._check_fixed_width(block, start, width)
+                arr[start : start + len(block)] = block
+                start += len(block)
+            if start != n_rows:
+                raise StoreError(f"{self.path}: wrote {start} ids, expected {n_rows}.")
+            arr.attrs.update({"status": "complete"})
+        self.consolidate()
         return arr
+
+    def _check_fixed_width(self, block: np.ndarray, start: int, width: int) -> None:
+        """Refuse a path that ``<U{width}`` would change: longer than ``width``, or ending with NUL
+        (numpy strips trailing NULs).  numpy's string functions stop at NUL, hence plain Python."""
+        for i, path in enumerate(block.tolist()):
+            if len(path) > width or path.endswith("\x00"):
+                what = "ends with a NUL character" if path.endswith("\x00") else f"is longer than max_len={width}"
+                raise StoreError(f"{self.path}: id {start + i} ({path[:80]!r}) {what}; it cannot be "
+                                 "stored as a fixed-width string.")
 
     # ---------------------------------------------------------- descriptors
     def descriptor_names(self) -> list[str]:
@@ -302,20 +454,22 @@ class CaseStore:
             chunks=(min(rows, max(1, n_rows)), n_features),
             compressors=_COMPRESSOR,
             overwrite=True,
+            dimension_names=(ROW_DIM, f"{name}_feature"),
         )
         arr.attrs.update({**_base_attrs(), **attrs, "status": "writing", "rows_written": 0})
         return arr, 0
 
     # ----------------------------------------------------------------- meta
     def write_meta(self, column: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
-        """Store one ``(n,)`` metadata column (strings) aligned with the ids."""
+        """Store one ``(n,)`` metadata column (strings) aligned with the ids, then consolidate."""
         group = self.root.require_group("meta")
         arr = group.create_array(
             column, shape=values.shape, dtype=str, chunks=(min(65536, max(1, len(values))),),
-            overwrite=True,
+            overwrite=True, dimension_names=(ROW_DIM,),
         )
         arr[:] = values
         arr.attrs.update({**_base_attrs(), **attrs, "status": "complete"})
+        self.consolidate()
 
     def meta_columns(self) -> list[str]:
         """Names of the stored metadata columns."""
@@ -337,7 +491,7 @@ class CaseStore:
             {**_base_attrs(), "status": "running", "params": params,
              "host": socket.gethostname(), "pid": os.getpid()}
         )
-        return RunGroup(group, run_id)
+        return RunGroup(group, run_id, on_finish=self.consolidate)
 
     def runs(self, *, include_incomplete: bool = False) -> list[RunGroup]:
         """Runs of this store, oldest first; only complete ones unless asked."""
@@ -345,7 +499,7 @@ class CaseStore:
             return []
         out = []
         for run_id, group in sorted(cast(zarr.Group, self.root["runs"]).groups()):
-            run = RunGroup(group, run_id)
+            run = RunGroup(group, run_id, on_finish=self.consolidate)
             if include_incomplete or run.status == "complete":
                 out.append(run)
         return out
