@@ -634,7 +634,8 @@ def make_scale_store(src_store: str, name: str, dst: str, n_rows: int, seed: int
             del store.root["runs"]
         return {"rows": n_rows, "existing": True}
     store.write_ids((np.array([f"scale/{i // 1000:05d}/{i:08d}.jpg" for i in range(s, min(n_rows, s + BLOCK))])
-                     for s in range(0, n_rows, BLOCK)), n_rows, {"source": f"synthetic rows of {src_store}"})
+                     for s in range(0, n_rows, BLOCK)), n_rows, {"source": f"synthetic rows of {src_store}"},
+                    max_len=len(f"scale/{(n_rows - 1) // 1000:05d}/{n_rows - 1:08d}.jpg"))
     arr, done = store.open_descriptor_for_writing(name, n_rows, d, {
         "source": f"{src_store}:{name} tiled with noise", "source_fingerprint": f"scale-{n_rows}-{seed}"})
     noise = 0.05 * src[:min(n_src, BLOCK)].std(axis=0)
