@@ -89,6 +89,7 @@ from streamclust.analysis import compare_sets, read_metadata
 from streamclust.core.blocks import bound_heaps, parse_memory
 from streamclust.core.files import write_atomic
 from streamclust.core.logs import forward_log
+from streamclust.core.progress import show_progress
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
@@ -350,7 +351,9 @@ def run_study(
     random_state : int
         Seed; the same seed gives the same result.
     progress : bool
-        Progress bars.
+        Show a progress bar (tqdm, on stderr) of every long pass, labelled with its step and set, e.g.
+        ``osnet: k-means 2..15`` (:mod:`streamclust.core.progress`); on threads and on a cluster alike.
+        Results do not depend on it.
     log : callable, optional
         Receives one line per finished step (the INFO records of the ``streamclust`` loggers).
     algorithms : str or list of str
@@ -376,7 +379,7 @@ def run_study(
     -------
     StudyResult
     """
-    with forward_log(log):  # the steps log to logging; `log` receives their lines too
+    with forward_log(log), show_progress(progress):  # the steps log to logging; `log` receives their lines too
         bound_heaps()
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
