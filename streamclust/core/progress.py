@@ -143,47 +143,71 @@ class _ClientBars:
         client = self.streamclust_client
         if not _ENABLED.get():
             return client.get(dsk, keys, **kwargs)
-        from distributed import futures_of
+        import asyncio
+
+        from distributed import futures_of, wait
 
         packed = client.get(dsk, keys, sync=False, **kwargs)
-        futures = futures_of(packed)
-        try:
-            _follow(client, futures)
+        with _follow(client, futures_of(packed)):
+            try:
+                wait(packed)
+            except (Exception, asyncio.CancelledError):
+                pass  # the gather raises it, as without a bar
             return client.gather(packed)
-        finally:
-            for future in futures:
-                future.release()
 
 
-def _follow(client: Any, futures: list[Any]) -> None:
-    """Draw a bar of every task ``futures`` depend on until they are done (or one fails).
+@contextlib.contextmanager
+def _follow(client: Any, futures: list[Any]) -> Iterator[None]:
+    """A bar of every task ``futures`` depend on, while the block waits for them.
 
-    A bar that cannot follow (e.g. the scheduler went away) gives up quietly: the gather
-    after it reports what happened to the computation.
+    The scheduler's progress feed (a :class:`~distributed.diagnostics.progressbar.ProgressBar`)
+    runs on the client's event loop and draws the bar; the block waits for the futures
+    themselves, so the computation ends when its tasks do, not at the feed's next tick.  The
+    feed keeps ``futures`` (its keys on the scheduler) until it stops by itself (at its next
+    tick, or when the scheduler goes away), so it is never left waiting for forgotten keys.
+    A feed that fails only loses the bar.
     """
-    from distributed.diagnostics.progressbar import TextProgressBar
+    import asyncio
 
+    from distributed.diagnostics.progressbar import ProgressBar
+
+    desc = progress_desc()  # the feed draws from the loop's thread, outside this context
+    lock = threading.Lock()
     bar: Any = None
+    stopped = False
 
-    class _Feed(TextProgressBar):
+    class _Feed(ProgressBar):
         def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
             nonlocal bar
-            if bar is None:
-                bar = progress_bar(all, unit="task")
-            bar.total = all
-            bar.n = all - remaining
-            bar.refresh()
+            with lock:
+                if stopped:
+                    return
+                if bar is None:
+                    bar = progress_bar(all, unit="task", desc=desc)
+                bar.total = all
+                bar.update(all - remaining - bar.n)
 
-        def _draw_stop(self, **kwargs: Any) -> None:
-            pass
+    async def listen(feed: _Feed, held: list[Any]) -> None:
+        try:
+            await feed.listen()
+        except Exception as exc:
+            logger.debug(f"progress bar stopped following a computation: {type(exc).__name__}: {exc}")
+        finally:
+            del held  # the futures are released when the caller drops them too
 
     try:
-        _Feed(futures, scheduler=client.scheduler.address, loop=client.loop, interval="200ms")
-    except Exception as exc:  # the bar only: the computation goes on regardless
-        logger.debug(f"progress bar stopped following the computation: {type(exc).__name__}: {exc}")
+        asyncio.run_coroutine_threadsafe(
+            listen(_Feed(futures, scheduler=client.scheduler.address, interval="100ms"), list(futures)),
+            client.loop.asyncio_loop)
+    except Exception as exc:  # e.g. the client's loop is closing: no bar
+        logger.debug(f"no progress bar for a computation: {type(exc).__name__}: {exc}")
+    try:
+        yield
     finally:
-        if bar is not None:
-            bar.close()
+        with lock:
+            stopped = True
+            if bar is not None:
+                bar.close()
 
 
 @contextlib.contextmanager
