@@ -147,8 +147,9 @@ def _slow(i: int) -> int:
 
 def test_distributed_client_bars(capsys):
     distributed = pytest.importorskip("distributed")
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
-                            dashboard_address=None) as client, dask.config.set(scheduler=client):
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, dask.config.set(scheduler=client):
         tasks = [dask.delayed(_slow)(i) for i in range(4)]
         assert dask.compute(*tasks) == (0, 1, 2, 3)
         assert capsys.readouterr().err == ""
@@ -161,3 +162,16 @@ def test_distributed_client_bars(capsys):
         assert dask.config.get("scheduler") is client and active_client() is client
         with pytest.raises(ZeroDivisionError), show_progress(True):  # errors come through unchanged
             dask.delayed(lambda: 1 / 0)().compute()
+
+
+def test_study_on_a_client_with_bars_gives_the_threaded_results(demo_case, studies, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    store = demo_case(N_ROWS) / "case.zarr"
+    err = io.StringIO()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client, contextlib.redirect_stderr(err):
+        run_study(store, tmp_path / "o", progress=True, client=client, **STUDY)
+        assert dask.config.get("scheduler", None) is None  # nothing left installed
+    assert (tmp_path / "o" / "results.csv").read_bytes() == (studies[False][0] / "results.csv").read_bytes()
+    assert "vdc_color: profiles" in err.getvalue()  # a sequential pass: its bar does not depend on timing
