@@ -351,9 +351,7 @@ def run_study(
     random_state : int
         Seed; the same seed gives the same result.
     progress : bool
-        Show a progress bar (tqdm, on stderr) of every long pass, labelled with its step and set, e.g.
-        ``osnet: k-means 2..15`` (:mod:`streamclust.core.progress`); on threads and on a cluster alike.
-        Results do not depend on it.
+        A bar on stderr per long pass, named by set and step (``osnet: PCA``; :mod:`streamclust.core.progress`).
     log : callable, optional
         Receives one line per finished step (the INFO records of the ``streamclust`` loggers).
     algorithms : str or list of str
