@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from streamclust.core.progress import progress_bar, progress_enabled, show_progress
 from streamclust.errors import MemoryBudgetError
 
 if TYPE_CHECKING:  # dask is imported on first use: the conversion path never needs it
@@ -281,7 +282,7 @@ def iter_blocks(
     block_rows: int,
     *,
     order: np.ndarray | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     desc: str | None = None,
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, block)`` pairs over ``X`` one block at a time.
@@ -299,10 +300,12 @@ def iter_blocks(
     order : ndarray of int, optional
         Visit the blocks in this order (a permutation of block indices), e.g. a
         seeded shuffle for ``partial_fit`` passes.
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool, optional
+        Show a tqdm progress bar (on stderr); default: when the calling context shows
+        progress (:func:`streamclust.core.progress.show_progress`).
     desc : str, optional
-        Label of the progress bar.
+        Label of the progress bar; default: the current
+        :func:`~streamclust.core.progress.progress_step`'s.
 
     Yields
     ------
@@ -315,23 +318,29 @@ def iter_blocks(
     slices = _row_slices(n_rows_of(X), block_rows)
     if order is not None:
         slices = [slices[i] for i in order]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_rows_of(X), desc=desc, unit="rows", unit_scale=True, leave=False)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read_rows, X, slices[0]) if slices else None
-        for i, rows in enumerate(slices):
-            assert pending is not None  # set for slices[0], then for every following slice
-            block = pending.result()
-            pending = pool.submit(read_rows, X, slices[i + 1]) if i + 1 < len(slices) else None
-            yield rows, block
-            if bar is not None:
-                bar.update(rows.stop - rows.start)
-    if bar is not None:
-        bar.close()
+    if progress is None:
+        progress = progress_enabled()
+    bar = progress_bar(n_rows_of(X), unit="rows", desc=desc, unit_scale=True) if progress else None
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(_read_ahead, X, slices[0]) if slices else None
+            for i, rows in enumerate(slices):
+                assert pending is not None  # set for slices[0], then for every following slice
+                block = pending.result()
+                pending = pool.submit(_read_ahead, X, slices[i + 1]) if i + 1 < len(slices) else None
+                yield rows, block
+                if bar is not None:
+                    bar.update(rows.stop - rows.start)
+    finally:
+        if bar is not None:
+            bar.close()
     release_memory()
+
+
+def _read_ahead(X: Any, rows: slice) -> np.ndarray:
+    """:func:`read_rows` in the read-ahead thread, without a bar of its own (the pass has one)."""
+    with show_progress(False):
+        return read_rows(X, rows)
 
 
 def _apply_to_block(func: Callable[[np.ndarray, slice], T], block: np.ndarray, rows: slice) -> T:
@@ -350,7 +359,8 @@ def map_blocks_reduce(
     Runs on the active Dask scheduler (threads by default; a
     ``distributed.Client`` when one is active, see :mod:`streamclust.core.scheduler`;
     each worker then receives ``func`` once).  ``func`` should return small
-    results (statistics), not blocks.
+    results (statistics), not blocks.  Shows a bar of its tasks when the calling
+    context shows progress (:mod:`streamclust.core.progress`).
 
     Parameters
     ----------

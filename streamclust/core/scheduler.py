@@ -215,6 +215,8 @@ def active_client() -> Client | None:
     from distributed import Client, default_client
 
     configured = dask.config.get("scheduler", None)
+    # while progress bars are on, the client's get is wrapped (streamclust.core.progress)
+    configured = getattr(configured, "streamclust_client", configured)
     if isinstance(configured, Client):
         return configured
     if configured not in (None, "dask.distributed", "distributed"):  # the former: a default Client

@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from streamclust.core.progress import progress_step
 from streamclust.errors import InputError
 from streamclust.estimators import (
     SampledHDBSCAN,
@@ -160,17 +161,20 @@ def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algo
             continue
         t0 = time.perf_counter()
         entry = REGISTRY[alg]
-        models, extra = entry.fit(reduced, ks, budget=budget, random_state=random_state)
+        with progress_step(f"{name}: {alg}"):
+            models, extra = entry.fit(reduced, ks, budget=budget, random_state=random_state)
         rows = []
         for kk, model in models.items():
-            scores = score_labels(reduced, model.predict(lazy_reduced), sample, budget=budget)
+            with progress_step(f"{name}: {alg} metrics"):
+                scores = score_labels(reduced, model.predict(lazy_reduced), sample, budget=budget)
             if not entry.has_noise:
                 scores["noise_fraction"] = float("nan")
             rows.append({**base, "algorithm": alg, "k": kk, **scores, "bic": float("nan"), **extra.get(kk, {})})
         metrics = pd.DataFrame(rows)
         chosen = choose_k(metrics)
         metrics["chosen"] = metrics["k"] == chosen
-        labels[alg] = store_algorithm_labels(models[chosen].predict(lazy_reduced), reduced, run, name, alg)
+        with progress_step(f"{name}: {alg} labels"):
+            labels[alg] = store_algorithm_labels(models[chosen].predict(lazy_reduced), reduced, run, name, alg)
         frames.append(metrics)
         row = metrics[metrics["chosen"]].iloc[0]
         logger.info(f"{name}: {alg} k={chosen} chosen (silhouette {row['silhouette']:.3f}"

@@ -89,6 +89,7 @@ from streamclust.analysis import compare_sets, read_metadata
 from streamclust.core.blocks import bound_heaps, parse_memory
 from streamclust.core.files import write_atomic
 from streamclust.core.logs import forward_log
+from streamclust.core.progress import show_progress
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
@@ -350,7 +351,7 @@ def run_study(
     random_state : int
         Seed; the same seed gives the same result.
     progress : bool
-        Progress bars.
+        A bar on stderr per long pass, named by set and step (``osnet: PCA``; :mod:`streamclust.core.progress`).
     log : callable, optional
         Receives one line per finished step (the INFO records of the ``streamclust`` loggers).
     algorithms : str or list of str
@@ -376,7 +377,7 @@ def run_study(
     -------
     StudyResult
     """
-    with forward_log(log):  # the steps log to logging; `log` receives their lines too
+    with forward_log(log), show_progress(progress):  # the steps log to logging; `log` receives their lines too
         bound_heaps()
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)

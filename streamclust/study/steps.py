@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from streamclust.analysis import ClusterProfiles, profile_clusters
+from streamclust.core.progress import progress_step
 from streamclust.estimators import (
     KNNOutlierDetector,
     SampledUMAP,
@@ -71,12 +72,13 @@ def store_umap(projector: SampledUMAP, reduced: Any, run: RunGroup, name: str) -
 
     t0 = time.perf_counter()
     est = clone(projector)
-    embedding = est.fit_transform(reduced)
-    info = {"sample_rows": int(len(est.sample_indices_)), "params": umap_params(est)}
-    target = run.create_array(f"{name}/umap", (reduced.shape[0], int(est.n_components)), "float32",
-                              chunk_rows=reduced.chunks[0],
-                              attrs={"descriptor_set": name, "projection": "umap", **info})
-    da.store(embedding.rechunk((target.chunks[0], -1)), target, lock=False)
+    with progress_step(f"{name}: UMAP"):
+        embedding = est.fit_transform(reduced)
+        info = {"sample_rows": int(len(est.sample_indices_)), "params": umap_params(est)}
+        target = run.create_array(f"{name}/umap", (reduced.shape[0], int(est.n_components)), "float32",
+                                  chunk_rows=reduced.chunks[0],
+                                  attrs={"descriptor_set": name, "projection": "umap", **info})
+        da.store(embedding.rechunk((target.chunks[0], -1)), target, lock=False)
     info["seconds"] = time.perf_counter() - t0
     logger.info(f"{name}: UMAP of {info['sample_rows']:,} sampled rows, every row placed, "
                 f"in {info['seconds']:.1f} s")
@@ -137,8 +139,9 @@ def reduce_set(store: CaseStore, run: RunGroup, name: str, *, n_components: int 
     X = store.descriptor(name)
     components = min(n_components, X.shape[1]) if isinstance(n_components, int) else n_components
     pca = StreamingPCA(n_components=components, l2_normalize=True, memory=budget)
-    pca.fit(da.from_zarr(X))
-    reduced, evidence = store_reduced(pca, X, run, name)
+    with progress_step(f"{name}: PCA"):
+        pca.fit(da.from_zarr(X))
+        reduced, evidence = store_reduced(pca, X, run, name)
     logger.info(f"{name}: PCA {X.shape[1]} -> {pca.n_components_} dims keeps "
                 f"{pca.explained_variance_ratio_.sum():.1%} of the variance")
     return Reduced(pca=pca, reduced=reduced, n_features=int(X.shape[1]),
@@ -157,15 +160,17 @@ def mix_sets(run: RunGroup, mix: MixSpec, parts: dict[str, Reduced], *, budget: 
     members = [parts[m] for m in mix.members]
     rows = members[0].reduced.chunks[0]
     side_by_side = da.concatenate([da.from_zarr(p.reduced).rechunk((rows, -1)) for p in members], axis=1)
-    balancer = VarianceBalancer([int(p.pca.n_components_) for p in members], mix.weights,
-                                memory=budget).fit(side_by_side)
+    with progress_step(f"{mix.name}: mixing"):
+        balancer = VarianceBalancer([int(p.pca.n_components_) for p in members], mix.weights,
+                                    memory=budget).fit(side_by_side)
     shares = {m: float(w) for m, w in zip(mix.members, balancer.share_)}
     mixture = {"members": list(mix.members), "weights": list(mix.weights), "variance_share": shares,
                "member_total_variance": dict(zip(mix.members, balancer.total_variance_.tolist())),
                "scale": dict(zip(mix.members, balancer.scale_.tolist()))}
     target = run.create_array(f"{mix.name}/reduced", side_by_side.shape, "float32",
                               attrs={"descriptor_set": mix.name, "mixture": mixture})
-    da.store(balancer.transform(side_by_side).rechunk((target.chunks[0], -1)), target, lock=False)
+    with progress_step(f"{mix.name}: mixing"):
+        da.store(balancer.transform(side_by_side).rechunk((target.chunks[0], -1)), target, lock=False)
     # the balanced members' variance is w_i; each kept the fraction e_i of its own, so the mixture
     # keeps sum(w) / sum(w_i / e_i) of the balanced members' full variance
     kept = 1.0 / sum(w / p.explained_variance for w, p in zip(balancer.share_, members))
@@ -186,10 +191,12 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     """Steps 2-6 of the :mod:`~streamclust.study.driver` docstring for one set or mixture; saves its model."""
     t0 = time.perf_counter()
     pca, reduced = prepared.pca, prepared.reduced
-    models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
+    with progress_step(f"{name}: k-means {ks[0]}..{ks[-1]}"):
+        models = kmeans_sweep(reduced, ks, n_init=n_init, memory=budget, random_state=random_state)
     centers = {kk: m.cluster_centers_ for kk, m in models.items()}
-    scores = sweep_metrics(reduced, centers, memory=budget)
-    sil_sample = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
+    with progress_step(f"{name}: metrics"):
+        scores = sweep_metrics(reduced, centers, memory=budget)
+        sil_sample = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
     sil_rows = sil_sample[1]
     rows = []
     for kk in ks:  # one sample read for every k
@@ -204,15 +211,18 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     chosen = choose_k(metrics)
     metrics["chosen"] = metrics["k"] == chosen
     kmeans = models[chosen]
-    labels = store_labels(kmeans, reduced, run, name)
+    with progress_step(f"{name}: labels"):
+        labels = store_labels(kmeans, reduced, run, name)
 
-    detector = KNNOutlierDetector(n_neighbors=outlier_neighbors, memory=budget, random_state=random_state,
-                                  index_neighbors=outlier_index_neighbors(outlier_neighbors),
-                                  score="kdist" if outlier_score == "combined" else outlier_score).fit(reduced)
+    with progress_step(f"{name}: outlier scores"):
+        detector = KNNOutlierDetector(n_neighbors=outlier_neighbors, memory=budget, random_state=random_state,
+                                      index_neighbors=outlier_index_neighbors(outlier_neighbors),
+                                      score="kdist" if outlier_score == "combined" else outlier_score).fit(reduced)
     screen, reasons = None, None
     if outlier_score == "combined":
-        screen, outlier_scores = screen_scores(detector.outlier_scores_, prepared.evidence,
-                                               detector.reference_indices_, memory=budget)
+        with progress_step(f"{name}: outlier scores"):
+            screen, outlier_scores = screen_scores(detector.outlier_scores_, prepared.evidence,
+                                                   detector.reference_indices_, memory=budget)
         threshold, rule = screen.threshold_, screen.threshold_rule_
 
         def reasons(rows: np.ndarray) -> np.ndarray:
@@ -227,7 +237,8 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     flag_arr = run.create_array(f"{name}/is_outlier", flags.shape, "bool",
                                 attrs={"n_flagged": n_flagged, "rule": rule})
     flag_arr[:] = flags
-    top = top_outliers(name, outlier_scores, flags, labels, store.ids, n_top_outliers, reasons, known)
+    with progress_step(f"{name}: top outliers"):
+        top = top_outliers(name, outlier_scores, flags, labels, store.ids, n_top_outliers, reasons, known)
     logger.info(f"{name}: {n_flagged} outliers flagged ({flags.mean():.2%}) by {rule}; "
                 f"kNN recall {detector.recall_:.3f}")
     truth = None
@@ -236,11 +247,13 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
         logger.info(f"{name}: against the {truth['outliers']:,} known outliers among {truth['rows']:,} listed images: "
                     f"precision {truth['precision']}, recall {truth['recall']}, ROC AUC {truth['roc_auc']}")
 
-    profile = profile_clusters(labels, attributes, outlier_flags=flag_arr, set_name=name, memory=budget)
+    with progress_step(f"{name}: profiles"):
+        profile = profile_clusters(labels, attributes, outlier_flags=flag_arr, set_name=name, memory=budget)
 
     sample = _sample_rows(store.n_rows, 20_000, random_state)
     sample_rows = reduced.get_orthogonal_selection((sample, slice(None)))
-    sample_dist = kmeans.transform(sample_rows)[np.arange(len(sample)), kmeans.predict(sample_rows)]
+    with progress_step(f"{name}: model"):
+        sample_dist = kmeans.transform(sample_rows)[np.arange(len(sample)), kmeans.predict(sample_rows)]
     model = DescriptorSetModel(
         name, pca, kmeans, detector,
         index_seed=int(detector.index_seed_), screen=screen,
