@@ -55,8 +55,10 @@ def study(case: str, store: str, out: str, memory: str) -> dict:
     import shutil
 
     from streamclust import convert_case, run_study
+    from streamclust.core.blocks import bound_heaps
 
     shutil.rmtree(store, ignore_errors=True)
+    bound_heaps()  # as the command line does
     convert_case(case, store)
     res = run_study(store, out, algorithms="kmeans", report=False, memory=memory)
     return {"run_id": res.run_id, "rules": {n: s.outlier_rule for n, s in res.sets.items()}}

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from streamclust import __version__
+from streamclust.core.blocks import bound_heaps
 from streamclust.core.logs import PACKAGE_LOGGER
 from streamclust.core.scheduler import SCHEDULER_HELP, use_scheduler
 from streamclust.core.urls import is_url
@@ -325,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, file=out, flush=True)
 
     runners = {"convert": _run_convert, "study": _run_study, "assign": _run_assign, "demo": _run_demo}
+    bound_heaps()  # the process is ours: freed blocks go back to the OS (opt-in from the API)
     package = logging.getLogger(PACKAGE_LOGGER)
     handler, level = _library_log_handler(args), package.level
     package.addHandler(handler)

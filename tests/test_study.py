@@ -357,3 +357,17 @@ def test_bad_n_top_outliers_is_refused_before_any_work(bad, tmp_path):
     with pytest.raises(InputError, match=r"n_top_outliers=.* should be an integer >= 0"):
         run_study(tmp_path / "no-store.zarr", tmp_path / "out", n_top_outliers=bad)
     assert not (tmp_path / "out").exists()
+
+
+def test_results_parquet_holds_the_csv_rows_typed(demo):
+    root, result, _ = demo
+    csv = pd.read_csv(result.results_csv)
+    parquet = pd.read_parquet(result.results_parquet)
+    assert list(parquet.columns) == list(csv.columns) and len(parquet) == N_ROWS
+    assert parquet["is_outlier"].dtype == bool and parquet["cluster"].dtype == np.int32
+    assert parquet["outlier_score"].dtype == np.float32
+    pd.testing.assert_series_equal(parquet["path"].astype(object), csv["path"].astype(object), check_dtype=False)
+    for column in csv.columns.drop("path"):
+        np.testing.assert_allclose(parquet[column].to_numpy(np.float64), csv[column].to_numpy(np.float64),
+                                   rtol=1e-5, err_msg=column)  # the CSV rounds to 6 significant digits
+    assert result.results_parquet.stat().st_size < result.results_csv.stat().st_size / 2

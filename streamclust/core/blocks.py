@@ -89,8 +89,9 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 def bound_heaps(max_arenas: int = 2, mmap_threshold: int = 4 << 20) -> None:
     """Make freed block buffers go back to the operating system (glibc only).
 
-    Called by the long-running entry points (convert, study, assign) before their
-    passes.  Two glibc defaults otherwise keep a process at its high-water mark:
+    The command line calls it before any work; from the API it is opt-in (call it once at the
+    start of a script that runs a study), since it changes the whole process's allocator.  Two
+    glibc defaults otherwise keep a process at its high-water mark:
 
     * every thread that allocates (Dask's pool, the read-ahead thread) gets its
       own heap "arena", up to 8 per core; freed blocks stay in them, fragmented.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from streamclust.core.blocks import bound_heaps, parse_memory, rows_not_in
+from streamclust.core.blocks import parse_memory, rows_not_in
 from streamclust.core.files import write_atomic
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.core.urls import is_url
@@ -554,7 +554,6 @@ def convert_case(
     StoreError
         The store holds another case, a set of another width, or the disk is full.
     """
-    bound_heaps()
     _check_policy(nan_policy)
     files = discover_case(case_dir, descriptors, paths_csv)
     sources = {

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from streamclust.core.blocks import block_rows_for, bound_heaps, iter_blocks
+from streamclust.core.blocks import block_rows_for, iter_blocks
 from streamclust.core.files import write_csv_frames
 from streamclust.core.scheduler import map_ordered, runs_on_scheduler
 from streamclust.core.urls import is_url
@@ -137,7 +137,6 @@ def assign_new(
     AssignResult
         Output path, row and outlier counts, the drift report and the throughput.
     """
-    bound_heaps()
     import time
 
     model = DescriptorSetModel.load(model_dir)

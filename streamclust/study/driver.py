@@ -58,7 +58,7 @@ For each descriptor set, in bounded memory:
 Outputs in ``out_dir``: ``results.csv`` (``path``, ``cluster``, ``cluster_<set>``
 per set, ``outlier_score``, ``is_outlier``, then ``outlier_score_<set>``,
 ``is_outlier_<set>`` per set; one row per image in store order; the unsuffixed
-columns are the recommended set's), ``outliers.csv`` (the top outliers of each
+columns are the recommended set's; the same rows, typed, in ``results.parquet``), ``outliers.csv`` (the top outliers of each
 set with score, rank and flag), ``metrics.csv`` (one row per set x algorithm x
 k, with ``bic`` for gmm and ``noise_fraction`` for hdbscan), ``algorithms.csv``
 (``set, algorithm_a, algorithm_b, ari, ami``), ``cluster_<set>_<algorithm>``
@@ -86,16 +86,16 @@ import numpy as np
 import pandas as pd
 
 from streamclust.analysis import compare_sets, read_metadata
-from streamclust.core.blocks import bound_heaps, parse_memory
+from streamclust.core.blocks import parse_memory
 from streamclust.core.files import write_atomic
 from streamclust.core.logs import forward_log
-from streamclust.core.progress import show_progress
+from streamclust.core.progress import progress_step, show_progress
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
-from streamclust.study.outputs import publish, write_results_csv
+from streamclust.study.outputs import publish, write_results_csv, write_results_parquet
 from streamclust.study.reporting import build_study_report
 from streamclust.study.results import StudyResult
 from streamclust.study.rules import (
@@ -242,9 +242,10 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     result.agreement = agreement_all
     result.best = best_clustering(metrics_all)
     kmeans_chosen = metrics_all[metrics_all["chosen"] & (metrics_all["algorithm"] == "kmeans")]
-    comparison = compare_sets(sets.labels, attributes=attributes, outlier_scores_by_set=sets.scores,
-                              reduced_by_set=sets.reduced, metrics=kmeans_chosen,
-                              random_state=random_state, memory=plan.budget)
+    with progress_step("comparison of the sets"):
+        comparison = compare_sets(sets.labels, attributes=attributes, outlier_scores_by_set=sets.scores,
+                                  reduced_by_set=sets.reduced, metrics=kmeans_chosen,
+                                  random_state=random_state, memory=plan.budget)
     result.comparison = comparison
     result.recommended = comparison.recommended_set or plan.names[0]
     logger.info(f"recommended set: {result.recommended} ({comparison.reason})")
@@ -263,7 +264,9 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     for n in result.sets:
         for alg, arr in sets.extra_labels.get(n, {}).items():
             columns[f"cluster_{n}_{alg}"] = arr
-    write_results_csv(stage / "results.csv", plan.store.ids, columns)
+    with progress_step("results"):
+        write_results_csv(stage / "results.csv", plan.store.ids, columns)
+        write_results_parquet(stage / "results.parquet", plan.store.ids, columns)
     write_atomic(stage / "outliers.csv", pd.concat(sets.top_outliers, ignore_index=True).to_csv(index=False))
 
 
@@ -378,7 +381,6 @@ def run_study(
     StudyResult
     """
     with forward_log(log), show_progress(progress):  # the steps log to logging; `log` receives their lines too
-        bound_heaps()
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
         out = Path(out_dir)
@@ -403,7 +405,8 @@ def run_study(
                                     attributes=attributes, known=known)
             _compare_and_write(plan, result, sets, stage, attributes=attributes, random_state=random_state)
             if report:
-                page = build_study_report(result, plan.store, images=images, memory=plan.budget, out_dir=stage)
+                with progress_step("report"):
+                    page = build_study_report(result, plan.store, images=images, memory=plan.budget, out_dir=stage)
                 logger.info(f"report: {out / page.name}")
             _write_summary(plan, run, result, stage, params)
             publish(stage, out)

@@ -65,6 +65,11 @@ class StudyResult:
         return self.out_dir / "results.csv"
 
     @property
+    def results_parquet(self) -> Path:
+        """``results.csv``'s rows, typed, as Parquet: ``pandas.read_parquet(result.results_parquet)``."""
+        return self.out_dir / "results.parquet"
+
+    @property
     def metrics_csv(self) -> Path:
         return self.out_dir / "metrics.csv"
 
