@@ -61,8 +61,8 @@ per set, ``outlier_score``, ``is_outlier``, then ``outlier_score_<set>``,
 columns are the recommended set's; the same rows, typed, in ``results.parquet``),
 ``outliers.csv`` (the top outliers of each set with score, rank and flag),
 ``metrics.csv`` (one row per set x algorithm x k, with ``bic`` for gmm and
-``noise_fraction`` for hdbscan), ``algorithms.csv`` (``set, algorithm_a, algorithm_b, ari, ami``), ``cluster_<set>_<algorithm>``
-columns at the end of ``results.csv`` for the algorithms other than k-means,
+``noise_fraction`` for hdbscan), ``algorithms.csv`` (``set, algorithm_a, algorithm_b, ari, ami``),
+``cluster_<set>_<algorithm>`` columns at the end of ``results.csv`` for the algorithms other than k-means,
 ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.io.persist`) and
 ``summary.json``.  They are written into ``out_dir/.partial-<run id>/`` and moved
 into ``out_dir`` (``summary.json`` last) only when everything is written, and the
