@@ -17,7 +17,6 @@ import concurrent.futures
 import ctypes
 import ctypes.util
 import math
-import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,23 +46,6 @@ __all__ = [
 
 #: Memory budget used when none is given: 1 GiB.
 DEFAULT_MEMORY = 1 << 30
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1 << 10,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1 << 20,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1 << 30,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 1 << 40,
-}
 
 T = TypeVar("T")
 
@@ -127,21 +109,22 @@ def release_memory() -> None:
 def parse_memory(size: str | int | float | None) -> int:
     """Parse a memory size such as ``"1GB"``, ``"512MiB"``, ``"2g"`` or ``10**9``.
 
-    ``None`` gives :data:`DEFAULT_MEMORY`.  Decimal units (kB, MB, GB) are powers
-    of 1000, binary units (KiB, MiB, GiB) powers of 1024.
+    ``None`` gives :data:`DEFAULT_MEMORY`.  Text goes through :func:`dask.utils.parse_bytes`:
+    decimal units (kB, MB, GB) are powers of 1000, binary units (KiB, MiB, GiB) powers of 1024.
     """
     if size is None:
         return DEFAULT_MEMORY
     if isinstance(size, (int, float)) and not isinstance(size, bool):
         value = int(size)
     else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(size))
-        unit = match.group(2).lower() if match else None
-        if match is None or unit not in _UNITS:
+        from dask.utils import parse_bytes
+
+        try:
+            value = int(parse_bytes(str(size)))
+        except (ValueError, TypeError):
             raise MemoryBudgetError(
                 f"memory={size!r} is not a size; write it like '1GB', '512MiB' or '2G'."
-            )
-        value = int(float(match.group(1)) * _UNITS[unit])
+            ) from None
     if value < (8 << 20):
         raise MemoryBudgetError(
             f"memory={size!r} is below the 8 MiB minimum streamclust needs for one block."
