@@ -17,8 +17,9 @@ def demo_case(tmp_path_factory) -> Callable[..., Path]:
     ``n_rows`` images, without images.zip) and ``case.zarr`` (converted).
 
     Built once per session for each ``(n_rows, seed)``; tests that ask for the same one share it.
-    Studies add runs to the store and read theirs back by run id, so sharing is safe; a test that
-    damages or rewrites the store must copy it first.
+    Studies add runs to the store and read theirs back by run id, so sharing is safe.  A test that
+    damages or rewrites the store, or counts its runs, copies it first (or compares with the runs
+    there before it); a test that only adds a run it does not need kept should study a copy too.
     """
     built: dict[tuple[int, int], Path] = {}
 

@@ -117,7 +117,10 @@ def test_zsh_completion_loads_bash_completion_first(capsys):
 def test_study_json_prints_the_summary_and_quiet_prints_nothing(demo_case, tmp_path, capsys):
     import json
 
-    store = demo_case(300) / "case.zarr"
+    import shutil
+
+    store = tmp_path / "case.zarr"  # a copy: the shared case keeps no run of this test
+    shutil.copytree(demo_case(300) / "case.zarr", store)
     args = ["study", str(store), "--descriptors", "vdc_color", "--k", "3:4", "--components", "8",
             "--no-report", "--algorithms", "kmeans"]
     assert main([*args, "-o", str(tmp_path / "a"), "--json"]) == 0

@@ -31,7 +31,10 @@ def test_every_study_output_honours_the_umask(demo_case, tmp_path, mask):
     output folder (CSVs, summary.json, report, models) gets 0o666 less the umask."""
     from streamclust.study import run_study
 
-    store = demo_case(300) / "case.zarr"
+    import shutil
+
+    store = tmp_path / "case.zarr"  # a copy: the shared case keeps no run of this test
+    shutil.copytree(demo_case(300) / "case.zarr", store)
     old = os.umask(mask)
     try:
         run_study(store, tmp_path / "out", descriptors=["vdc_color"], k="3:4", n_components=8)

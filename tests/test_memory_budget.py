@@ -19,9 +19,10 @@ def store(demo_case):
 
 
 def test_study_refuses_a_budget_below_its_needs_up_front(store, tmp_path):
+    before = {r.run_id for r in CaseStore(store).runs(include_incomplete=True)}  # the store is shared
     with pytest.raises(MemoryBudgetError, match=r"memory=668 MiB .*'efficientnet-b7' \(2560 features\)") as info:
         run_study(store, tmp_path / "out", memory="700MB")
-    assert not CaseStore(store).runs(include_incomplete=True)  # no run started
+    assert {r.run_id for r in CaseStore(store).runs(include_incomplete=True)} == before  # no run started
     assert not (tmp_path / "out").exists()
     # the minimum named in the message is enough; leaving the wide set out is too
     need = int(re.search(r"give at least memory='(\d+)MiB'", str(info.value)).group(1))
