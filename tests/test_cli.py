@@ -116,7 +116,6 @@ def test_zsh_completion_loads_bash_completion_first(capsys):
 
 def test_study_json_prints_the_summary_and_quiet_prints_nothing(demo_case, tmp_path, capsys):
     import json
-
     import shutil
 
     store = tmp_path / "case.zarr"  # a copy: the shared case keeps no run of this test

@@ -29,9 +29,9 @@ def test_files_get_the_umask_permissions_not_the_temporary_files(tmp_path, umask
 def test_every_study_output_honours_the_umask(demo_case, tmp_path, mask):
     """Colleagues sharing the folder read what the umask lets them read: every file of the study's
     output folder (CSVs, summary.json, report, models) gets 0o666 less the umask."""
-    from streamclust.study import run_study
-
     import shutil
+
+    from streamclust.study import run_study
 
     store = tmp_path / "case.zarr"  # a copy: the shared case keeps no run of this test
     shutil.copytree(demo_case(300) / "case.zarr", store)
