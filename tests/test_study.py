@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -371,3 +372,24 @@ def test_results_parquet_holds_the_csv_rows_typed(demo):
         np.testing.assert_allclose(parquet[column].to_numpy(np.float64), csv[column].to_numpy(np.float64),
                                    rtol=1e-5, err_msg=column)  # the CSV rounds to 6 significant digits
     assert result.results_parquet.stat().st_size < result.results_csv.stat().st_size / 2
+
+
+def test_k_at_the_edge_of_the_range_is_said_in_the_log_summary_and_report(demo, tmp_path):
+    from streamclust.study.rules import k_edge_note
+
+    assert k_edge_note(15, list(range(2, 16))) == ("k=15 is the largest of the range 2..15: a larger k may "
+                                                   "score better; widen the range, e.g. --k 2:30")
+    assert k_edge_note(3, [3, 4, 5]).startswith("k=3 is the smallest of the range 3..5")
+    assert k_edge_note(2, [2, 3, 4]) is None and k_edge_note(3, [2, 3, 4]) is None and k_edge_note(8, [8]) is None
+    root, _, _ = demo
+    lines: list[str] = []
+    result = run_study(root / "case.zarr", tmp_path / "edge", descriptors=["vdc_color"], k="3:4", n_components=8,
+                       algorithms="kmeans,gmm", log=lines.append)
+    res = result.sets["vdc_color"]
+    assert res.k_note == k_edge_note(res.k, [3, 4]) and res.k_note  # with two k, either is an edge
+    assert f"vdc_color: {res.k_note}" in lines
+    gmm_k = int(result.algorithm_metrics.query("algorithm == 'gmm' and chosen")["k"].iloc[0])
+    assert f"vdc_color: gmm: {k_edge_note(gmm_k, [3, 4])}" in lines
+    summary = json.loads((tmp_path / "edge" / "summary.json").read_text())
+    assert summary["k_at_range_edge"] == {"vdc_color": res.k_note}
+    assert "widen the range" in (tmp_path / "edge" / "report.html").read_text()

@@ -31,7 +31,7 @@ from streamclust.estimators import (
     sampled_silhouette,
 )
 from streamclust.io.store import RunGroup
-from streamclust.study.rules import choose_k
+from streamclust.study.rules import choose_k, k_edge_note
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,8 @@ def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algo
         metrics = pd.DataFrame(rows)
         chosen = choose_k(metrics)
         metrics["chosen"] = metrics["k"] == chosen
+        if len(models) > 1 and (note := k_edge_note(chosen, ks)):  # hdbscan finds its own k
+            logger.warning(f"{name}: {alg}: {note}")
         with progress_step(f"{name}: {alg} labels"):
             labels[alg] = store_algorithm_labels(models[chosen].predict(lazy_reduced), reduced, run, name, alg)
         frames.append(metrics)

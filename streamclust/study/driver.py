@@ -279,6 +279,7 @@ def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path,
                "algorithms": plan.algorithms, "best": result.best, "best_rule": BEST_RULE,
                "mixtures": {n: r.mixture for n, r in result.sets.items() if r.mixture},
                "mix_rule": MIX_RULE,
+               "k_at_range_edge": {n: r.k_note for n, r in result.sets.items() if r.k_note},
                "agreement": result.agreement.to_dict(orient="records")}
     if "umap" in params:
         summary["umap"] = {"params": params["umap"],

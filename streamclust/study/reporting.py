@@ -114,7 +114,7 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     outliers = OutlierInfo(n_flagged=res.n_outliers, rule=res.outlier_rule, montage=out_png,
                            top=top[[c for c in columns if c in top]].reset_index(drop=True),
                            score_name=SCORE_NAMES[res.outlier_score], known=_known_text(res.outlier_truth))
-    notes = []
+    notes = [f"{res.k_note[0].upper()}{res.k_note[1:]}."] if res.k_note else []
     if res.mixture:
         shares = ", ".join(f"{m} {v:.0%}" for m, v in res.mixture["variance_share"].items())
         notes.append(f"Balanced mixture ({MIX_RULE}); variance shares: {shares}.")

@@ -38,6 +38,9 @@ class SetResult:
     outlier_truth: dict[str, Any] | None = None
     #: For a mixture: ``members``, ``weights`` and the ``variance_share`` of each member.
     mixture: dict[str, Any] | None = None
+    #: When the chosen k is the smallest or largest of the range: what to do
+    #: (:func:`~streamclust.study.rules.k_edge_note`).
+    k_note: str | None = None
     #: With ``umap=True``: ``sample_rows`` (rows UMAP embedded), ``seconds`` and the
     #: ``params`` of :class:`~streamclust.estimators.SampledUMAP`; its output is ``<set>/umap``.
     umap: dict[str, Any] | None = None

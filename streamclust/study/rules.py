@@ -16,7 +16,7 @@ from streamclust.errors import InputError, MemoryBudgetError
 
 __all__ = ["OUTLIER_SCORES", "OUTLIER_NEIGHBORS", "outlier_index_neighbors", "BEST_RULE", "K_TIE_MARGIN",
            "MIX_RULE", "K_RULE", "LIBRARY_BASELINE", "parse_k_range", "MixSpec", "parse_mix", "choose_k",
-           "best_clustering", "block_budget"]
+           "best_clustering", "block_budget", "k_edge_note"]
 
 
 #: Outlier scores the study can write (module docstring, step 6); the first is the default.
@@ -205,3 +205,29 @@ def block_budget(memory: str | int | None, n_features: dict[str, int]) -> int:
             f"memory='{math.ceil(need / 2**20)}MiB' (--memory), or leave {name!r} out (--descriptors)."
         )
     return total - LIBRARY_BASELINE
+
+
+def k_edge_note(k: int, ks: Sequence[int]) -> str | None:
+    """What to say when the chosen ``k`` is the smallest or the largest of the range ``ks``.
+
+    The rule may then prefer a k outside the range: the user should widen it.  ``None`` when ``k``
+    lies inside, when the range holds one k, or when ``k`` is the smallest and equals 2 (the
+    smallest k there is).
+
+    Parameters
+    ----------
+    k : int
+        The chosen k.
+    ks : sequence of int
+        The k range, sorted.
+    """
+    lo, hi = int(ks[0]), int(ks[-1])
+    if lo == hi:
+        return None
+    if k == hi:
+        return (f"k={k} is the largest of the range {lo}..{hi}: a larger k may score better; "
+                f"widen the range, e.g. --k {lo}:{2 * hi}")
+    if k == lo and lo > 2:
+        return (f"k={k} is the smallest of the range {lo}..{hi}: a smaller k may score better; "
+                f"widen the range, e.g. --k 2:{hi}")
+    return None

@@ -33,7 +33,7 @@ from streamclust.io.store import CaseStore, RunGroup
 from streamclust.model import DescriptorSetModel, MixPreprocessing, distance_quantiles
 from streamclust.study.outputs import top_outliers
 from streamclust.study.results import SetResult
-from streamclust.study.rules import MixSpec, choose_k, outlier_index_neighbors
+from streamclust.study.rules import MixSpec, choose_k, k_edge_note, outlier_index_neighbors
 from streamclust.study.truth import outlier_quality
 
 logger = logging.getLogger(__name__)
@@ -210,6 +210,9 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     metrics = pd.DataFrame(rows)
     chosen = choose_k(metrics)
     metrics["chosen"] = metrics["k"] == chosen
+    k_note = k_edge_note(chosen, ks)
+    if k_note:
+        logger.warning(f"{name}: {k_note}")
     kmeans = models[chosen]
     with progress_step(f"{name}: labels"):
         labels = store_labels(kmeans, reduced, run, name)
@@ -271,6 +274,6 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
                        explained_variance=prepared.explained_variance, k=chosen, metrics=metrics, seconds=seconds,
                        model_dir=model_dir, centers=kmeans.cluster_centers_, n_outliers=n_flagged,
                        outlier_rule=rule, outlier_score=outlier_score, outlier_truth=truth,
-                       mixture=prepared.mixture)
+                       mixture=prepared.mixture, k_note=k_note)
     return SetOutcome(result=result, labels=labels, scores=score_arr, flags=flag_arr, reduced=reduced,
                       profile=profile, top_outliers=top, silhouette_rows=sil_sample)
