@@ -340,7 +340,7 @@ def test_failed_rerun_leaves_the_previous_study_outputs_untouched(small_case, tm
     def fail(*args, **kwargs):  # metrics.csv, clusters.csv ... are written by then
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(study_driver, "write_results_csv", fail)
+    monkeypatch.setattr(study_driver, "write_results", fail)
     with pytest.raises(OSError, match="Input/output error"):
         run_study(small_case / "case.zarr", out, descriptors=["vdc_color"], k="3:4", n_components=8,
                   random_state=1, report=False)

@@ -95,7 +95,7 @@ from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
-from streamclust.study.outputs import publish, write_results_csv, write_results_parquet
+from streamclust.study.outputs import publish, write_results
 from streamclust.study.reporting import build_study_report
 from streamclust.study.results import StudyResult
 from streamclust.study.rules import (
@@ -196,18 +196,18 @@ class _EverySet:
 
 
 def _study_every_set(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path, projector: SampledUMAP | None,
-                     **set_options: Any) -> _EverySet:
-    """Steps 1-9 of the module docstring for every set, then every mixture, in order."""
+                     *, n_components: int | float, **set_options: Any) -> _EverySet:
+    """Steps 1-9 of the module docstring for every set, then every mixture, in order;
+    ``set_options`` are :func:`~streamclust.study.steps.study_set`'s keyword arguments."""
     sets = _EverySet()
     prepared: dict[str, Reduced] = {}
     mix_by_name = {m.name: m for m in plan.mixes}
     for name in plan.names + list(mix_by_name):
         prepared[name] = (mix_sets(run, mix_by_name[name], prepared, budget=plan.budget)
                           if name in mix_by_name else
-                          reduce_set(plan.store, run, name, n_components=set_options["n_components"],
-                                     budget=plan.budget))
+                          reduce_set(plan.store, run, name, n_components=n_components, budget=plan.budget))
         outcome = study_set(plan.store, run, name, plan.ks, prepared[name], out=stage, budget=plan.budget,
-                            **{k: v for k, v in set_options.items() if k != "n_components"})
+                            **set_options)
         result.sets[name] = outcome.result
         if projector is not None:
             outcome.result.umap = store_umap(projector, outcome.reduced, run, name)
@@ -265,8 +265,7 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
         for alg, arr in sets.extra_labels.get(n, {}).items():
             columns[f"cluster_{n}_{alg}"] = arr
     with progress_step("results"):
-        write_results_csv(stage / "results.csv", plan.store.ids, columns)
-        write_results_parquet(stage / "results.parquet", plan.store.ids, columns)
+        write_results(stage / "results.csv", stage / "results.parquet", plan.store.ids, columns)
     write_atomic(stage / "outliers.csv", pd.concat(sets.top_outliers, ignore_index=True).to_csv(index=False))
 
 
