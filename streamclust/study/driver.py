@@ -169,9 +169,25 @@ def _plan(store_path: Any, *, descriptors: Sequence[str] | None, k: Any, algorit
     return _Plan(store=store, names=names, mixes=mixes, ks=ks, algorithms=algs, budget=budget)
 
 
-def _read_known(store: CaseStore, outlier_truth: Any) -> np.ndarray | None:
-    """The known outliers ((n,) int8, rows in store order), when given."""
-    return read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
+@dataclass
+class _Inputs:
+    """What a study reads besides the descriptors: the metadata and image source it uses (and why), the
+    per-image attributes (rows in store order) and the known outliers ((n,) int8), when there are some."""
+
+    metadata: CaseFile
+    attributes: pd.DataFrame | None
+    images: CaseFile
+    known: np.ndarray | None
+
+
+def _study_inputs(store: CaseStore, metadata: CaseFileArg, images: CaseFileArg, outlier_truth: Any, *,
+                  report: bool) -> _Inputs:
+    """The metadata and images given, else recorded by convert (:mod:`~streamclust.study.case_files`), and the
+    known outliers."""
+    metadata_file, attributes = choose_metadata(store, metadata)
+    images_file = choose_images(store, images, report=report)
+    known = read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
+    return _Inputs(metadata_file, attributes, images_file, known)
 
 
 @dataclass
@@ -331,17 +347,10 @@ def run_study(
         each worker on a cluster).
     silhouette_samples : int
         Rows sampled for the silhouette estimate (one sample per set serves every algorithm and k).
-    metadata : path, None or False
-        Per-image attributes (VeRi-Wild ``vehicle_info.txt``, or a CSV/Parquet with a path column)
-        for the cluster profiles, sentences and the set recommendation (:mod:`streamclust.analysis`).
-        None (default): the file ``streamclust convert`` found in the case folder and recorded in the
-        store, if any; False: none (:mod:`streamclust.study.case_files`).  The file used and the share
-        of the images it describes are logged and written to ``summary.json`` (``metadata``).
-    images : path, None or False
-        ``images.zip`` or an image folder for the report's montages; store paths missing under their
-        exact name are found by their longest common path suffix (another top folder in the zip).
-        None (default): the source convert recorded, if any; False: none.  The source used and the
-        share of the paths it holds are logged and written to ``summary.json`` (``images``).
+    metadata, images : path, None or False
+        Per-image attributes (``vehicle_info.txt``, a CSV/Parquet with a path column) for the profiles, sentences
+        and set recommendation; ``images.zip`` or an image folder for the montages.  None (default): what convert
+        recorded in the store; False: none.  Logged, with their share of the paths (:mod:`.case_files`).
     report : bool
         Write ``report.html`` (:mod:`streamclust.study.reporting`).
     outlier_neighbors : int
@@ -390,17 +399,15 @@ def run_study(
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        metadata_file, attributes = choose_metadata(plan.store, metadata)
-        images_file = choose_images(plan.store, images, report=report)
+        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report)
         params = plan.params(n_components=n_components, n_init=n_init, memory=memory,
                              silhouette_samples=silhouette_samples, outlier_neighbors=outlier_neighbors,
                              outlier_score=outlier_score, outlier_truth=outlier_truth, random_state=random_state,
-                             metadata=metadata_file.path)
-        params["images"] = str(images_file.path) if images_file.path else None
+                             metadata=inputs.metadata.path)
+        params["images"] = str(inputs.images.path) if inputs.images.path else None
         projector = SampledUMAP(n_components=2, memory=plan.budget, random_state=random_state) if umap else None
         if projector is not None:
             params["umap"] = umap_params(projector)
-        known = _read_known(plan.store, outlier_truth)
         run = plan.store.new_run(params)
         result = StudyResult(out_dir=out, run_id=run.run_id)
         stage = out / f".partial-{run.run_id}"  # outputs go here, then into `out` once all are written
@@ -410,14 +417,14 @@ def run_study(
                                     n_init=n_init, silhouette_samples=silhouette_samples,
                                     outlier_neighbors=outlier_neighbors, outlier_score=outlier_score,
                                     n_top_outliers=n_top_outliers, random_state=random_state,
-                                    attributes=attributes, known=known)
-            _compare_and_write(plan, result, sets, stage, attributes=attributes, random_state=random_state)
+                                    attributes=inputs.attributes, known=inputs.known)
+            _compare_and_write(plan, result, sets, stage, attributes=inputs.attributes, random_state=random_state)
             if report:
                 with progress_step("report"):
-                    page = build_study_report(result, plan.store, images=images_file.path, memory=plan.budget,
+                    page = build_study_report(result, plan.store, images=inputs.images.path, memory=plan.budget,
                                               out_dir=stage)
                 logger.info(f"report: {out / page.name}")
-            _write_summary(plan, run, result, stage, params, [metadata_file, images_file])
+            _write_summary(plan, run, result, stage, params, [inputs.metadata, inputs.images])
             publish(stage, out)
             _complete(run, result, out)
         except BaseException as exc:
