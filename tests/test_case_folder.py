@@ -152,6 +152,35 @@ def test_study_uses_the_recorded_files_by_default(case, store, tmp_path, caplog)
     assert all("no metadata" not in s for s in sentences) and all(escape(s) in html for s in sentences)
 
 
+def test_the_demo_relies_on_the_recorded_files(case, tmp_path, monkeypatch, capsys):
+    """``streamclust demo`` passes the study no metadata nor images: it finds those convert recorded.
+    (The demo's case is this module's, copied in place; its study is cut to one set to stay fast.)"""
+    import streamclust.datasets.synthetic
+    import streamclust.study
+
+    def make_case(out, **_):
+        shutil.copytree(case, out)
+        return out
+
+    calls = []
+    real = streamclust.study.run_study
+
+    def one_set_study(store, out, **kwargs):
+        calls.append(kwargs)
+        return real(store, out, **{**kwargs, "descriptors": ["vdc_color"], "n_components": 8, "algorithms": "kmeans"})
+
+    monkeypatch.setattr(streamclust.datasets.synthetic, "make_demo_case", make_case)
+    monkeypatch.setattr(streamclust.study, "run_study", one_set_study)
+    assert main(["demo", "--rows", str(N_ROWS), "--out", str(tmp_path / "demo"), "--k", "3:4"]) == 0
+    (kwargs,) = calls
+    assert kwargs["metadata"] is None and kwargs["images"] is None  # the recorded ones
+    printed = capsys.readouterr().out
+    demo_case_dir = (tmp_path / "demo" / "case").resolve()
+    assert f"paths found in {demo_case_dir / 'vehicle_info.txt'} (100.0%); recorded by convert" in printed
+    assert f"paths found in {demo_case_dir / 'images.zip'} (100.0%; {N_ROWS} by a common path suffix)" in printed
+    assert (tmp_path / "demo" / "study" / "report_files" / "vdc_color-cluster0.png").is_file()
+
+
 def test_no_metadata_and_no_images_disable_them(store, tmp_path, capsys):
     out = tmp_path / "off"
     args = ["study", str(store), "-o", str(out), "--descriptors", "vdc_color", "--k", "3:4", "--components", "8",

@@ -74,7 +74,7 @@ class CaseFile:
 def _check_arg(kind: str, given: Any) -> None:
     if given is True or (given is not None and given is not False and not isinstance(given, (str, os.PathLike))):
         raise InputError(f"{kind}={given!r}: give a file, None for the one 'streamclust convert' recorded "
-                         f"in the store, or False for none.")
+                         "in the store, or False for none.")
 
 
 def _choose(store: CaseStore, kind: str, given: CaseFileArg, flag: str) -> CaseFile:
@@ -88,7 +88,7 @@ def _choose(store: CaseStore, kind: str, given: CaseFileArg, flag: str) -> CaseF
     path = recorded[kind] if recorded else None
     option = "--metadata FILE" if kind == "metadata" else "--images ZIP|DIR"
     if path is None:
-        why = ("the store records no case folder files (converted before streamclust recorded them)"
+        why = ("the store records no case folder files: it was converted before streamclust recorded them"
                if recorded is None else f"convert found none in {recorded['case_dir']}")
         return CaseFile(kind, None, "not recorded", text=f"{kind}: none ({why}); give {option}")
     if not Path(path).exists():
