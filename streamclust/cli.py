@@ -121,11 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--components", default="64", metavar="N|FRACTION",
                        help="PCA components, or a variance fraction like 0.9 (default 64)")
     study.add_argument("--n-init", type=int, default=3, help="k-means starts per k (default 3)")
-    study.add_argument("--metadata", type=Path, metavar="FILE",
-                       help="per-image attributes for cluster profiles and sentences: VeRi-Wild "
-                            "vehicle_info.txt, or a CSV/Parquet with a path column")
-    study.add_argument("--images", type=Path, metavar="ZIP|DIR",
-                       help="images.zip or the image folder, for montages in report.html")
+    metadata = study.add_mutually_exclusive_group()
+    metadata.add_argument("--metadata", type=Path, metavar="FILE",
+                          help="per-image attributes for cluster profiles and sentences: VeRi-Wild "
+                               "vehicle_info.txt, or a CSV/Parquet with a path column (default: the file "
+                               "'convert' found in the case folder and recorded in the store)")
+    metadata.add_argument("--no-metadata", action="store_true", help="use no metadata, not even the recorded file")
+    images = study.add_mutually_exclusive_group()
+    images.add_argument("--images", type=Path, metavar="ZIP|DIR",
+                        help="images.zip or the image folder, for montages in report.html (default: the "
+                             "source 'convert' found in the case folder and recorded in the store); paths are "
+                             "also found under another top folder (longest common path suffix)")
+    images.add_argument("--no-images", action="store_true", help="use no images, not even the recorded source")
     study.add_argument("--no-report", action="store_true", help="skip report.html")
     study.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     study.add_argument("--algorithms", default="kmeans,ward", metavar="NAME[,NAME...]",
@@ -219,8 +226,7 @@ def _run_convert(args: argparse.Namespace, say) -> None:
         f"in {time.perf_counter() - t0:.1f} s")
 
 
-def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=None, images=None,
-               outlier_truth=None) -> None:
+def _run_study(args: argparse.Namespace, say, store=None, out=None, outlier_truth=None) -> None:
     from streamclust.study import run_study
 
     result = run_study(
@@ -228,8 +234,8 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, metadata=Non
         descriptors=args.descriptors.split(",") if getattr(args, "descriptors", None) else None,
         k=args.k, n_components=_components(getattr(args, "components", "64")),
         n_init=getattr(args, "n_init", 3), memory=args.memory, random_state=args.seed,
-        metadata=metadata if metadata is not None else getattr(args, "metadata", None),
-        images=images if images is not None else getattr(args, "images", None),
+        metadata=False if getattr(args, "no_metadata", False) else getattr(args, "metadata", None),
+        images=False if getattr(args, "no_images", False) else getattr(args, "images", None),
         report=not getattr(args, "no_report", False),
         progress=not args.quiet,
         algorithms=getattr(args, "algorithms", "kmeans,ward"),
@@ -271,9 +277,8 @@ def _run_demo(args: argparse.Namespace, say) -> None:
     say(f"demo case with {args.rows} images in {case} ({time.perf_counter() - t0:.1f} s)")
     store = convert_case(case, args.out / "case.zarr", memory=args.memory, progress=not args.quiet)
     say(f"converted to {store.path}")
-    zip_path = case / "images.zip"
-    _run_study(args, say, store=store.path, out=args.out / "study", metadata=case / "vehicle_info.txt",
-               images=zip_path if zip_path.exists() else None, outlier_truth=case / "truth.csv")
+    # the study uses the metadata and images convert recorded, as for any case folder
+    _run_study(args, say, store=store.path, out=args.out / "study", outlier_truth=case / "truth.csv")
 
 
 def _completion_script(parser: argparse.ArgumentParser, shell: str) -> str:

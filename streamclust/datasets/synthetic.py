@@ -1411,7 +1411,9 @@ def make_demo_case(
     (float32 arrays of shape ``(n_rows, DESCRIPTOR_DIMS[name])``),
     ``images_paths.csv``, ``vehicle_info.txt``, ``truth.csv`` and, with
     `images`, ``images.zip``; see the module docstring for their formats, the
-    planted truth and how each descriptor set sees it.  Memory stays bounded
+    planted truth and how each descriptor set sees it.  ``streamclust convert``
+    records ``vehicle_info.txt`` and ``images.zip`` in the store, so a study of
+    the converted case uses them without being told (``streamclust demo`` does).  Memory stays bounded
     whatever `n_rows` (about 0.5 GB peak): pictures are rendered 512 rows at
     a time and every pickle is written streamed, block by block.
 

@@ -4,6 +4,10 @@ The descriptor files are read by :mod:`streamclust.io.sources`.  Conversion chec
 against ``images_paths.csv``, handles rows with NaN/Inf by ``nan_policy`` (refuse naming the first
 bad rows, drop them from every set, or impute column means), stores float32 with provenance
 attributes and resumes an interrupted conversion where it stopped.
+
+The case folder's metadata file and image source (:func:`find_case_metadata`,
+:func:`find_case_images`) are recorded in the store's attributes (``case_files``, read back by
+:func:`recorded_case_files`), so that a study finds them without being told.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -33,6 +38,10 @@ if TYPE_CHECKING:
 __all__ = [
     "discover_case",
     "CaseFiles",
+    "CASE_FILES_ATTR",
+    "find_case_images",
+    "find_case_metadata",
+    "recorded_case_files",
     "read_paths_csv",
     "convert_case",
     "convert_descriptor",
@@ -40,7 +49,16 @@ __all__ = [
     "dropped_rows_report_path",
 ]
 
+logger = logging.getLogger(__name__)
+
 _PATHS_CSV = "images_paths.csv"
+
+#: Metadata files looked for in a case folder, in this order (VeRi-Wild's, then a table of attributes).
+_METADATA_NAMES = ("vehicle_info.txt", "train_test_split/vehicle_info.txt", "metadata.csv", "metadata.tsv",
+                   "metadata.txt", "metadata.parquet", "metadata.pq")
+
+#: The store attribute where :func:`convert_case` records the case folder's files.
+CASE_FILES_ATTR = "case_files"
 
 
 @dataclass
@@ -49,6 +67,51 @@ class CaseFiles:
 
     descriptors: dict[str, Path]
     paths_csv: Path
+
+
+def find_case_metadata(case_dir: str | os.PathLike[str]) -> Path | None:
+    """The per-image metadata of a case folder: the first of ``vehicle_info.txt``,
+    ``train_test_split/vehicle_info.txt`` (VeRi-Wild's layout), ``metadata.csv|tsv|txt|parquet|pq``
+    that is a file, as an absolute path; None when there is none."""
+    root = Path(case_dir)
+    return next((path.resolve() for path in (root / name for name in _METADATA_NAMES) if path.is_file()), None)
+
+
+def find_case_images(case_dir: str | os.PathLike[str], first_path: str | None = None) -> Path | None:
+    """The image source of a case folder, as an absolute path; None when there is none.
+
+    The first of: ``images.zip``; the only other ``*.zip`` (the real case's ``veriwild.zip``); an
+    ``images/`` folder; the case folder itself when ``first_path`` (the first path of
+    ``images_paths.csv``, forward slashes) is a file under it.  Several zips and no ``images.zip``
+    record none and say so (WARNING): which one holds the images is not guessed.
+    """
+    root = Path(case_dir)
+    if (root / "images.zip").is_file():
+        return (root / "images.zip").resolve()
+    zips = sorted(p for p in root.glob("*.zip") if p.is_file())
+    if len(zips) == 1:
+        return zips[0].resolve()
+    if zips:
+        logger.warning(f"{root}: several zip files ({', '.join(p.name for p in zips)}) and no images.zip; no "
+                       "image source recorded: give the study --images ZIP.")
+        return None
+    if (root / "images").is_dir():
+        return (root / "images").resolve()
+    relative = first_path is not None and not PurePosixPath(first_path).is_absolute() \
+        and ".." not in PurePosixPath(first_path).parts and ":" not in first_path
+    if relative and (root / str(first_path)).is_file():
+        return root.resolve()
+    return None
+
+
+def recorded_case_files(store: CaseStore) -> dict[str, str | None] | None:
+    """What :func:`convert_case` recorded of the case folder: ``{"case_dir", "metadata", "images"}``
+    (absolute paths as strings, None for a file not found), or None for a store converted before
+    streamclust recorded them."""
+    recorded = store.root.attrs.get(CASE_FILES_ATTR)
+    if not isinstance(recorded, dict):
+        return None
+    return {key: (str(recorded[key]) if recorded.get(key) else None) for key in ("case_dir", "metadata", "images")}
 
 
 def discover_case(case_dir: str | os.PathLike[str], descriptors: dict[str, str] | None = None,
@@ -78,6 +141,24 @@ def discover_case(case_dir: str | os.PathLike[str], descriptors: dict[str, str] 
                 "name them with --descriptor NAME=FILE."
             )
     return CaseFiles(found, csv)
+
+
+def _record_case_files(store: CaseStore, case_dir: Path, first_path: str) -> None:
+    """Find the case folder's metadata file and image source, record them in the store's attributes
+    (:data:`CASE_FILES_ATTR`) and say what was found (one INFO line each)."""
+    metadata, images = find_case_metadata(case_dir), find_case_images(case_dir, first_path)
+    store.root.attrs.update({CASE_FILES_ATTR: {
+        "case_dir": str(case_dir.resolve()),
+        "metadata": str(metadata) if metadata else None,
+        "images": str(images) if images else None,
+        "recorded": now_iso(),
+    }})
+    logger.info(f"metadata: {metadata} recorded for the study" if metadata else
+                f"metadata: none found in {case_dir} (looked for {', '.join(_METADATA_NAMES[:2])}, "
+                "metadata.csv|tsv|txt|parquet|pq); give the study --metadata FILE")
+    logger.info(f"images: {images} recorded for the study" if images else
+                f"images: none found in {case_dir} (looked for images.zip, a single *.zip, images/, the "
+                "paths of the paths CSV under the folder); give the study --images ZIP|DIR")
 
 
 def _path_blocks(csv: Path, block_rows: int = 65536) -> Iterator[np.ndarray]:
@@ -544,7 +625,10 @@ def convert_case(
     Returns
     -------
     CaseStore
-        Its ids carry ``dropped_rows`` (count) and ``dropped_rows_report`` (path or None).
+        Its ids carry ``dropped_rows`` (count) and ``dropped_rows_report`` (path or None); its
+        attributes record the case folder's metadata file and image source, found by
+        :func:`find_case_metadata` and :func:`find_case_images` (:func:`recorded_case_files`), which
+        :func:`~streamclust.study.run_study` uses unless told otherwise.
 
     Raises
     ------
@@ -580,6 +664,8 @@ def convert_case(
     row_policy = dropped.key if dropped is not None else "all"
     store = CaseStore(out, mode="a")
     ids_ok = _ids_written(store, files.paths_csv, row_policy, n, n_kept)
+    first_path = str(next(_path_blocks(files.paths_csv, block_rows=1))[0])
+    _record_case_files(store, Path(case_dir), first_path)  # before the writes below: each consolidates
     if dropped is not None:  # only once the store accepts these rows: a refused run keeps its report
         assert report is not None  # dropped is set only for nan_policy == "drop", as is report
         _replace_report(report, dropped.listing)

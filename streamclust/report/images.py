@@ -18,16 +18,27 @@ can make it read outside the root, exhaust memory or raise:
 - images of more than ``max_pixels`` pixels (checked from the header,
   before decoding) are skipped; only common raster formats are decoded;
   corrupt or truncated files are skipped with the decoder's message.
+
+A path with no entry of its exact name is looked up by its **longest common path suffix** with the
+entries (:class:`SuffixIndex`): a zip whose members sit under ``images/00001/000001.jpg`` serves the
+store path ``veriwild/1/00001/000001.jpg``.  The match must be unambiguous (two entries sharing the
+longest suffix: no match) and cover the file name and its folder, unless one path is wholly the
+other's suffix (a flat ``000001.jpg``).  Only safe entry names are indexed and every read goes through
+the checks above, so matching never reaches outside the root.  :meth:`ImageSource.match_paths` counts
+how many paths are found, without reading any image.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import re
 import stat
 import warnings
 import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,6 +52,8 @@ __all__ = [
     "ImageSource",
     "FolderImageSource",
     "ZipImageSource",
+    "SuffixIndex",
+    "PathMatch",
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
     "IMAGE_FORMATS",
@@ -93,10 +106,126 @@ def safe_relpath(path: Any) -> str:
     return "/".join(parts)
 
 
+#: The character after ``/``: keys starting with ``P + "/"`` sort in ``[P + "/", P + _AFTER_SLASH)``.
+_AFTER_SLASH = chr(ord("/") + 1)
+
+
+class SuffixIndex:
+    """Entry names of an image source, searchable by their longest common path suffix with a path.
+
+    The names are kept once, as their components reversed and joined by ``/``
+    (``images/00001/000001.jpg`` -> ``000001.jpg/00001/images``) in one sorted list, so that the
+    entries ending with the same last ``L`` components form a contiguous run found by bisection.
+    Memory: one string per entry (~40 MB for 416,314 entries); a lookup costs a few bisections
+    per component of the path.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Safe relative entry names with forward slashes (as :func:`safe_relpath` returns them).
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._keys = sorted({"/".join(reversed(name.split("/"))) for name in names})
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _count(self, prefix: str) -> tuple[int, int]:
+        """``(count, first)``: how many keys equal ``prefix`` or start with ``prefix + "/"``, and the
+        index of one of them (meaningful when the count is 1)."""
+        keys = self._keys
+        exact = bisect.bisect_left(keys, prefix)
+        n_exact = int(exact < len(keys) and keys[exact] == prefix)
+        lo = bisect.bisect_left(keys, prefix + "/")
+        hi = bisect.bisect_left(keys, prefix + _AFTER_SLASH, lo)
+        return n_exact + hi - lo, exact if n_exact else lo
+
+    def resolve(self, rel: str) -> tuple[str | None, int, int]:
+        """The entry sharing the longest path suffix with ``rel``.
+
+        Parameters
+        ----------
+        rel : str
+            A safe relative path (forward slashes).
+
+        Returns
+        -------
+        name : str or None
+            The entry, or None when no entry shares enough of the path or several tie.
+        suffix : int
+            Components in the longest common suffix (0: not even the file name).
+        ties : int
+            Entries sharing that suffix (> 1: ambiguous).
+        """
+        parts = rel.split("/")[::-1]
+        best, where, ties = 0, -1, 0
+        for length in range(1, len(parts) + 1):
+            count, first = self._count("/".join(parts[:length]))
+            if count == 0:
+                break
+            best, where, ties = length, first, count
+        if ties != 1:
+            return None, best, ties
+        name_parts = self._keys[where].split("/")
+        whole = best in (len(parts), len(name_parts))  # one path is wholly the other's suffix
+        if best < 2 and not whole:  # only the file name is shared; its folders differ
+            return None, best, ties
+        return "/".join(reversed(name_parts)), best, ties
+
+
+@dataclass
+class PathMatch:
+    """How many of a sequence of paths an image source holds (:meth:`ImageSource.match_paths`)."""
+
+    #: The image source (zip file or folder).
+    source: str
+    n_paths: int = 0
+    #: Paths found under their exact name.
+    exact: int = 0
+    #: Paths found through their longest common path suffix with an entry.
+    by_suffix: int = 0
+    #: Paths whose longest common suffix two or more entries share (not matched).
+    ambiguous: int = 0
+    #: Paths refused as unsafe (``..``, absolute, ...).
+    unsafe: int = 0
+    #: Up to 3 paths not found, and up to 3 ambiguous ones with their tie count, as examples.
+    missing_examples: list[str] = field(default_factory=list)
+    ambiguous_examples: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def found(self) -> int:
+        """Paths found (exactly or by suffix)."""
+        return self.exact + self.by_suffix
+
+    @property
+    def share(self) -> float:
+        """``found / n_paths`` (0 for no path)."""
+        return self.found / self.n_paths if self.n_paths else 0.0
+
+    def text(self) -> str:
+        """One line, e.g. ``19,873 of 20,000 paths found in /x/images.zip (99.4%; 19,873 by a common path
+        suffix; 12 ambiguous, e.g. a/1.jpg: 2 entries; not found, e.g. b/2.jpg)``."""
+        details = []
+        if self.by_suffix:
+            details.append(f"{self.by_suffix:,} by a common path suffix")
+        if self.ambiguous:
+            examples = ", ".join(f"{p}: {n} entries" for p, n in self.ambiguous_examples)
+            details.append(f"{self.ambiguous:,} ambiguous (two or more entries share their longest "
+                           f"suffix), e.g. {examples}")
+        if self.unsafe:
+            details.append(f"{self.unsafe:,} refused as unsafe")
+        if self.missing_examples:
+            details.append(f"not found, e.g. {', '.join(self.missing_examples)}")
+        return (f"{self.found:,} of {self.n_paths:,} paths found in {self.source} ({self.share:.1%}"
+                + "".join(f"; {d}" for d in details) + ")")
+
+
 class ImageSource:
     """Images of a case by relative path; see the module docstring for the safety rules.
 
-    Use :meth:`open`; subclasses implement :meth:`_read_bytes`.
+    Use :meth:`open`; subclasses implement :meth:`_read_bytes`, :meth:`_exists`, :meth:`_entry_names` and
+    :meth:`_root_name`.
 
     Attributes
     ----------
@@ -112,6 +241,7 @@ class ImageSource:
         self.max_pixels = int(max_pixels)
         self.prefix = safe_relpath(prefix) if prefix else ""
         self.skipped: list[tuple[str, str]] = []
+        self._suffix_index: SuffixIndex | None = None
 
     @staticmethod
     def open(root: str | os.PathLike[str], *, max_bytes: int = MAX_IMAGE_BYTES,
@@ -144,10 +274,84 @@ class ImageSource:
             return ZipImageSource(p, max_bytes=max_bytes, max_pixels=max_pixels, prefix=prefix)
         raise InputError(f"{p}: no such image folder or zip file.")
 
-    # -- reading ------------------------------------------------------------ #
+    # -- finding ------------------------------------------------------------ #
     def _read_bytes(self, rel: str) -> tuple[bytes | None, str | None]:  # pragma: no cover
         raise NotImplementedError
 
+    def _exists(self, rel: str) -> bool:  # pragma: no cover
+        """Whether an entry of the exact name ``rel`` is there (no image read)."""
+        raise NotImplementedError
+
+    def _entry_names(self) -> Iterable[str]:  # pragma: no cover
+        """Every safe entry name (files only), normalised by :func:`safe_relpath`."""
+        raise NotImplementedError
+
+    def _root_name(self) -> Path:  # pragma: no cover
+        """The zip file or the folder."""
+        raise NotImplementedError
+
+    @property
+    def suffix_index(self) -> SuffixIndex:
+        """The :class:`SuffixIndex` of the entry names, built at first use."""
+        if self._suffix_index is None:
+            self._suffix_index = SuffixIndex(self._entry_names())
+        return self._suffix_index
+
+    def _relative(self, path: Any) -> str:
+        """``path`` made safe (:func:`safe_relpath`) with the prefix; raises :class:`UnsafePathError`."""
+        rel = safe_relpath(path)
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def match_paths(self, paths: Iterable[Any], *, source: str | None = None) -> PathMatch:
+        """Count how many ``paths`` this source holds, exactly or by their longest common suffix.
+
+        No image is read: zip members are looked up in the central directory, files in the folder
+        are stat'ed, and the entry names are indexed once (:attr:`suffix_index`) for the paths
+        missing under their exact name.
+
+        Parameters
+        ----------
+        paths : iterable of str
+            E.g. the store ids, in blocks or whole.
+        source : str, optional
+            How :meth:`PathMatch.text` names this source (default: its root).
+        """
+        match = PathMatch(source=source or str(self._root_name()))
+        for path in paths:
+            match.n_paths += 1
+            try:
+                rel = self._relative(path)
+            except UnsafePathError:
+                match.unsafe += 1
+                continue
+            if self._exists(rel):
+                match.exact += 1
+                continue
+            name, _, ties = self.suffix_index.resolve(rel)
+            if name is not None:
+                match.by_suffix += 1
+            elif ties > 1:
+                match.ambiguous += 1
+                if len(match.ambiguous_examples) < 3:
+                    match.ambiguous_examples.append((str(path), ties))
+            elif len(match.missing_examples) < 3:
+                match.missing_examples.append(str(path))
+        return match
+
+    def _read_found(self, rel: str) -> tuple[bytes | None, str | None]:
+        """The bytes of ``rel``, or of the entry sharing its longest path suffix when ``rel`` is missing."""
+        data, reason = self._read_bytes(rel)
+        if data is not None or not str(reason).startswith("missing"):
+            return data, reason
+        name, suffix, ties = self.suffix_index.resolve(rel)
+        if name is not None:
+            return self._read_bytes(name)
+        if ties > 1:
+            tail = "/".join(rel.split("/")[-suffix:])
+            return None, f"missing: ambiguous, {ties} entries end with {tail!r}"
+        return data, reason
+
+    # -- reading ------------------------------------------------------------ #
     def read_with_reason(self, path: Any, *, max_side: int | None = None
                          ) -> tuple[Image.Image | None, str | None]:
         """``(image, None)`` or ``(None, reason)``; never raises for bad input.
@@ -161,13 +365,11 @@ class ImageSource:
             so that no side exceeds this (keeps memory and time low for thumbnails).
         """
         try:
-            rel = safe_relpath(path)
-            if self.prefix:
-                rel = f"{self.prefix}/{rel}"
+            rel = self._relative(path)
         except UnsafePathError as exc:
             return None, f"unsafe path: {exc}"
         try:
-            data, reason = self._read_bytes(rel)
+            data, reason = self._read_found(rel)
         except Exception as exc:  # I/O errors, broken zip members, ...
             return None, f"unreadable: {type(exc).__name__}: {exc}"
         if data is None:
@@ -219,19 +421,45 @@ class FolderImageSource(ImageSource):
         super().__init__(**kwargs)
         self.root = Path(root).resolve(strict=True)
 
-    def _read_bytes(self, rel: str) -> tuple[bytes | None, str | None]:
+    def _root_name(self) -> Path:
+        return self.root
+
+    def _regular_file(self, rel: str) -> tuple[Path | None, os.stat_result | None, str | None]:
+        """``(real path, its stat, None)`` of the regular file ``rel`` inside the root, or ``(None, None, reason)``."""
         full = self.root.joinpath(*PurePosixPath(rel).parts)
         try:
             real = full.resolve(strict=True)
         except FileNotFoundError:
-            return None, "missing: no such file"
+            return None, None, "missing: no such file"
         except (OSError, RuntimeError) as exc:  # symlink loops, permissions
-            return None, f"unreadable: {exc}"
+            return None, None, f"unreadable: {exc}"
         if not real.is_relative_to(self.root):
-            return None, "unsafe path: resolves (through a symlink) outside the image root"
+            return None, None, "unsafe path: resolves (through a symlink) outside the image root"
         st = real.stat()
         if not stat.S_ISREG(st.st_mode):
-            return None, "not a regular file"
+            return None, None, "not a regular file"
+        return real, st, None
+
+    def _exists(self, rel: str) -> bool:
+        return self._regular_file(rel)[0] is not None
+
+    def _entry_names(self) -> Iterable[str]:
+        """The files under the root, walked without following symlinked folders (symlinked files
+        are listed; reading them still checks where they lead)."""
+        for folder, _, files in os.walk(self.root, followlinks=False):
+            base = Path(folder).relative_to(self.root).as_posix()
+            for name in files:
+                rel = name if base == "." else f"{base}/{name}"
+                try:
+                    if safe_relpath(rel) == rel:  # a name with a backslash would read as another path
+                        yield rel
+                except UnsafePathError:
+                    continue
+
+    def _read_bytes(self, rel: str) -> tuple[bytes | None, str | None]:
+        real, st, reason = self._regular_file(rel)
+        if real is None or st is None:
+            return None, reason
         if st.st_size > self.max_bytes:
             return None, f"file too large: {st.st_size:,} bytes > cap {self.max_bytes:,}"
         with open(real, "rb") as f:
@@ -283,6 +511,21 @@ class ZipImageSource(ImageSource):
 
     def __len__(self) -> int:
         return len(self._zip.NameToInfo)
+
+    def _root_name(self) -> Path:
+        return self.path
+
+    def _exists(self, rel: str) -> bool:
+        return self._lookup(rel) is not None
+
+    def _entry_names(self) -> Iterable[str]:
+        for name, info in self._zip.NameToInfo.items():
+            if info.is_dir():
+                continue
+            try:
+                yield safe_relpath(name)
+            except UnsafePathError:
+                continue
 
     def _lookup(self, rel: str) -> zipfile.ZipInfo | None:
         try:

@@ -85,7 +85,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from streamclust.analysis import compare_sets, read_metadata
+from streamclust.analysis import compare_sets
 from streamclust.core.blocks import parse_memory
 from streamclust.core.files import write_atomic
 from streamclust.core.logs import forward_log
@@ -95,6 +95,7 @@ from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
+from streamclust.study.case_files import CaseFile, CaseFileArg, choose_images, choose_metadata
 from streamclust.study.outputs import publish, write_results
 from streamclust.study.reporting import build_study_report
 from streamclust.study.results import StudyResult
@@ -168,14 +169,25 @@ def _plan(store_path: Any, *, descriptors: Sequence[str] | None, k: Any, algorit
     return _Plan(store=store, names=names, mixes=mixes, ks=ks, algorithms=algs, budget=budget)
 
 
-def _read_known(store: CaseStore, metadata: Any, outlier_truth: Any) -> tuple[pd.DataFrame | None, np.ndarray | None]:
-    """The per-image attributes (rows in store order) and the known outliers ((n,) int8), when given."""
-    attributes = read_metadata(metadata, store.ids[:]) if metadata else None
+@dataclass
+class _Inputs:
+    """What a study reads besides the descriptors: the metadata and image source it uses (and why), the
+    per-image attributes (rows in store order) and the known outliers ((n,) int8), when there are some."""
+
+    metadata: CaseFile
+    attributes: pd.DataFrame | None
+    images: CaseFile
+    known: np.ndarray | None
+
+
+def _study_inputs(store: CaseStore, metadata: CaseFileArg, images: CaseFileArg, outlier_truth: Any, *,
+                  report: bool) -> _Inputs:
+    """The metadata and images given, else recorded by convert (:mod:`~streamclust.study.case_files`), and the
+    known outliers."""
+    metadata_file, attributes = choose_metadata(store, metadata)
+    images_file = choose_images(store, images, report=report)
     known = read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
-    if attributes is not None:
-        rate = attributes.attrs.get("match_rate", 1.0)
-        logger.info(f"metadata: {Path(metadata).name} matched {rate:.1%} of the images")
-    return attributes, known
+    return _Inputs(metadata_file, attributes, images_file, known)
 
 
 @dataclass
@@ -269,9 +281,13 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     write_atomic(stage / "outliers.csv", pd.concat(sets.top_outliers, ignore_index=True).to_csv(index=False))
 
 
-def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path, params: dict[str, Any]) -> None:
-    """``summary.json``: the run, the recommendation, one row per set, the best clustering and the rules."""
-    summary = {"run_id": run.run_id, "store": plan.store.path, "recommended": result.recommended,
+def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path, params: dict[str, Any],
+                   case_files: list[CaseFile]) -> None:
+    """``summary.json``: the run, the metadata and images used, the recommendation, one row per set, the best
+    clustering and the rules."""
+    summary = {"run_id": run.run_id, "store": plan.store.path,
+               **{f.kind: f.to_dict() for f in case_files},
+               "recommended": result.recommended,
                "recommended_reason": result.comparison.reason,
                "k_rule": K_RULE,
                "sets": result.summary_table().to_dict(orient="records"),
@@ -303,8 +319,7 @@ def run_study(
     store_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     descriptors: Sequence[str] | None = None, k: str | int | Sequence[int] = "2:15",
     n_components: int | float = 64, n_init: int = 3, memory: str | int | None = None,
-    silhouette_samples: int = 10_000, metadata: str | os.PathLike[str] | None = None,
-    images: str | os.PathLike[str] | None = None, report: bool = True,
+    silhouette_samples: int = 10_000, metadata: CaseFileArg = None, images: CaseFileArg = None, report: bool = True,
     outlier_neighbors: int = OUTLIER_NEIGHBORS, outlier_score: str = "combined",
     outlier_truth: str | os.PathLike[str] | None = None, n_top_outliers: int = 100, random_state: int = 0,
     progress: bool = False, log: Callable[[str], None] | None = None,
@@ -332,11 +347,10 @@ def run_study(
         each worker on a cluster).
     silhouette_samples : int
         Rows sampled for the silhouette estimate (one sample per set serves every algorithm and k).
-    metadata : path, optional
-        Per-image attributes (VeRi-Wild ``vehicle_info.txt``, or a CSV/Parquet with a path column)
-        for the cluster profiles, sentences and the set recommendation (:mod:`streamclust.analysis`).
-    images : path, optional
-        ``images.zip`` or an image folder for the report's montages.
+    metadata, images : path, None or False
+        Per-image attributes (``vehicle_info.txt``, a CSV/Parquet with a path column) for the profiles, sentences
+        and set recommendation; ``images.zip`` or an image folder for the montages.  None (default): what convert
+        recorded in the store; False: none.  Logged, with their share of the paths (:mod:`.case_files`).
     report : bool
         Write ``report.html`` (:mod:`streamclust.study.reporting`).
     outlier_neighbors : int
@@ -385,14 +399,15 @@ def run_study(
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report)
         params = plan.params(n_components=n_components, n_init=n_init, memory=memory,
                              silhouette_samples=silhouette_samples, outlier_neighbors=outlier_neighbors,
                              outlier_score=outlier_score, outlier_truth=outlier_truth, random_state=random_state,
-                             metadata=metadata)
+                             metadata=inputs.metadata.path)
+        params["images"] = str(inputs.images.path) if inputs.images.path else None
         projector = SampledUMAP(n_components=2, memory=plan.budget, random_state=random_state) if umap else None
         if projector is not None:
             params["umap"] = umap_params(projector)
-        attributes, known = _read_known(plan.store, metadata, outlier_truth)
         run = plan.store.new_run(params)
         result = StudyResult(out_dir=out, run_id=run.run_id)
         stage = out / f".partial-{run.run_id}"  # outputs go here, then into `out` once all are written
@@ -402,13 +417,14 @@ def run_study(
                                     n_init=n_init, silhouette_samples=silhouette_samples,
                                     outlier_neighbors=outlier_neighbors, outlier_score=outlier_score,
                                     n_top_outliers=n_top_outliers, random_state=random_state,
-                                    attributes=attributes, known=known)
-            _compare_and_write(plan, result, sets, stage, attributes=attributes, random_state=random_state)
+                                    attributes=inputs.attributes, known=inputs.known)
+            _compare_and_write(plan, result, sets, stage, attributes=inputs.attributes, random_state=random_state)
             if report:
                 with progress_step("report"):
-                    page = build_study_report(result, plan.store, images=images, memory=plan.budget, out_dir=stage)
+                    page = build_study_report(result, plan.store, images=inputs.images.path, memory=plan.budget,
+                                              out_dir=stage)
                 logger.info(f"report: {out / page.name}")
-            _write_summary(plan, run, result, stage, params)
+            _write_summary(plan, run, result, stage, params, [inputs.metadata, inputs.images])
             publish(stage, out)
             _complete(run, result, out)
         except BaseException as exc:
