@@ -94,6 +94,7 @@ from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
+from streamclust.study.algorithm_comparison import ALGORITHM_RULE, clusters_table, compare_algorithms
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
 from streamclust.study.case_files import CaseFile, CaseFileArg, choose_images, choose_metadata
 from streamclust.study.outputs import publish, write_results
@@ -264,9 +265,15 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     write_atomic(stage / "metrics.csv", metrics_all.to_csv(index=False))
     write_atomic(stage / "algorithms.csv", agreement_all.to_csv(index=False))
     write_atomic(stage / "comparison.csv", comparison.recommendation.to_csv())
-    clusters = pd.concat([p.clusters.rename_axis("cluster").reset_index().assign(set=n)
-                          for n, p in result.profiles.items()], ignore_index=True)
-    write_atomic(stage / "clusters.csv", clusters.to_csv(index=False))
+    with progress_step("comparison of the algorithms"):
+        result.algorithm_comparison = {
+            n: compare_algorithms(n, {"kmeans": sets.labels[n], **sets.extra_labels.get(n, {})}, metrics_all,
+                                  agreement_all, ks=plan.ks, kmeans_profile=result.profiles[n],
+                                  attributes=attributes, outlier_flags=sets.flags[n], memory=plan.budget)
+            for n in result.sets}
+    for n, c in result.algorithm_comparison.items():
+        logger.info(f"{n}: recommended algorithm {c.reason}")
+    write_atomic(stage / "clusters.csv", clusters_table(result.algorithm_comparison).to_csv(index=False))
     rec = result.recommended
     columns = {"cluster": sets.labels[rec], **{f"cluster_{n}": a for n, a in sets.labels.items()},
                "outlier_score": sets.scores[rec], "is_outlier": sets.flags[rec]}
@@ -295,7 +302,9 @@ def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path,
                "mixtures": {n: r.mixture for n, r in result.sets.items() if r.mixture},
                "mix_rule": MIX_RULE,
                "k_at_range_edge": {n: r.k_note for n, r in result.sets.items() if r.k_note},
-               "agreement": result.agreement.to_dict(orient="records")}
+               "agreement": result.agreement.to_dict(orient="records"),
+               "algorithm_rule": ALGORITHM_RULE,
+               "algorithm_comparison": {n: c.summary() for n, c in result.algorithm_comparison.items()}}
     if "umap" in params:
         summary["umap"] = {"params": params["umap"],
                            "sets": {n: {k: v for k, v in r.umap.items() if k != "params"}
