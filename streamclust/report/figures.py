@@ -11,7 +11,7 @@ grids, not the points, are then drawn:
 * :func:`render_small_multiples` -- one panel per cluster over the grey density
   of all rows;
 * :func:`render_algorithm_panels` -- one small overview per labelling of the
-  same rows (one per clustering algorithm), noise in grey;
+  same rows (one per clustering algorithm), noise in dark grey;
 * :func:`render_metrics_vs_k` -- silhouette, Calinski-Harabasz, Davies-Bouldin
   and inertia against k, the chosen k marked;
 * :func:`write_scatter3d_html` -- an interactive 3-D scatter of a sample of rows:
@@ -573,11 +573,15 @@ def render_small_multiples(
     return _save(fig, path, dpi)
 
 
+#: Colour of noise (label -1) in :func:`render_algorithm_panels`: a dark grey, unlike every cluster colour.
+NOISE_COLOR = np.array([0.2, 0.2, 0.2])
+
+
 def label_colors(clusters: Sequence[int]) -> np.ndarray:
     """``(len(clusters), 3)`` RGB colours of sorted label values: the non-negative labels take
-    :func:`cluster_colors` in order, noise (``-1``) and any other negative label grey."""
+    :func:`cluster_colors` in order, noise (``-1``) and any other negative label :data:`NOISE_COLOR`."""
     values = np.asarray(clusters, np.int64)
-    colors = np.tile(np.array([0.55, 0.55, 0.55]), (len(values), 1))
+    colors = np.tile(NOISE_COLOR, (len(values), 1))
     positive = values >= 0
     colors[positive] = cluster_colors(int(positive.sum()))
     return colors
@@ -591,7 +595,7 @@ def matched_label_colors(clusters: Sequence[int], overlap: np.ndarray) -> np.nda
     :func:`render_density_overview` colours a labelling without noise).  The one-to-one matching of
     largest total overlap (Hungarian assignment) gives each matched cluster its reference
     cluster's colour; unmatched clusters take the colours after the reference's; noise (negative
-    labels) is grey.
+    labels) is :data:`NOISE_COLOR`.
 
     Parameters
     ----------
@@ -611,7 +615,7 @@ def matched_label_colors(clusters: Sequence[int], overlap: np.ndarray) -> np.nda
     if overlap.shape[0] != len(values):
         raise InputError(f"overlap has {overlap.shape[0]} rows for {len(values)} clusters.")
     n_ref = overlap.shape[1]
-    colors = np.tile(np.array([0.55, 0.55, 0.55]), (len(values), 1))
+    colors = np.tile(NOISE_COLOR, (len(values), 1))
     positive = np.flatnonzero(values >= 0)
     palette = cluster_colors(n_ref + len(positive))
     rows, cols = linear_sum_assignment(overlap[positive], maximize=True)
@@ -636,7 +640,7 @@ def render_algorithm_panels(
     """One panel per labelling of the same rows in the same projection (e.g. one per clustering
     algorithm): each panel drawn like :func:`render_density_overview` -- every cluster in its
     colour, blended where clusters overlap, opacity by log density -- with noise (label ``-1``) in
-    grey (:func:`label_colors`).
+    dark grey (:data:`NOISE_COLOR`).
 
     Parameters
     ----------

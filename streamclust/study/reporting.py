@@ -187,7 +187,7 @@ def _algorithm_report(result: StudyResult, name: str, run: RunGroup, path: Path,
         panels_caption=(f"Every row of the set in the same 2-D projection ({projection_name}) and frame, binned, "
                         "one panel per algorithm coloured by its clusters (blended where clusters overlap, "
                         "darker = denser, log scale); a cluster takes the colour of the k-means cluster it "
-                        "shares most rows with (one to one), so like colours are like groups; grey = noise "
+                        "shares most rows with (one to one), so like colours are like groups; dark grey = noise "
                         "(rows the algorithm left unassigned)."),
         attribute_ami=comparison.attribute_ami if comparison.attribute_ami.shape[1] else None,
         attribute_purity=comparison.attribute_purity if comparison.attribute_purity.shape[1] else None,
