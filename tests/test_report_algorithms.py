@@ -58,8 +58,9 @@ def test_report_compares_every_algorithm_of_every_set(study):
         assert [(alg, int(k)) for _, alg, k in rows] == [(alg, int(chosen_k[alg])) for alg in ALGS]
         assert [alg for chosen, alg, _ in rows if chosen] == [comparison.recommended]
         assert "noise share" in section and "BIC" in section and "Davies-Bouldin" in section
-        assert f"<strong>Recommended algorithm: {comparison.recommended}</strong>" in section
-        assert html.escape(comparison.reason, quote=True) in section and html.escape(ALGORITHM_RULE, quote=True) in section
+        reason = html.escape(comparison.reason.removeprefix(f"{comparison.recommended}: "), quote=True)
+        assert f"Recommended algorithm: {comparison.recommended}</strong>: {reason}." in section
+        assert html.escape(ALGORITHM_RULE, quote=True) in section
         assert "Agreement (ARI)" in section and "Agreement (AMI)" in section
         # what each algorithm's clusters follow, then one sentence per cluster per algorithm
         for alg in ALGS:

@@ -137,7 +137,7 @@ class AlgorithmReport:
     recommended : str
         The recommended algorithm (its row of ``table``, by the ``algorithm`` column, is highlighted).
     reason : str
-        Why it is recommended.
+        Why it is recommended (shown after the algorithm's name).
     rule : str
         The rule that recommends, in words.
     ari, ami : DataFrame, shape (n_algorithms, n_algorithms), optional
@@ -667,7 +667,7 @@ def _set_algorithms(page: _Page, rep: SetReport, anchor: str) -> str:
            "<p>Every clustering algorithm run on the set's reduced rows, at its chosen k (the k rule above; "
            "silhouette on the same sampled rows for all, the other metrics exact over all rows).</p>",
            _table(table, highlight=highlight),
-           f"<p><strong>Recommended algorithm: {_e(alg.recommended)}</strong>. {_e(alg.reason)}.</p>"]
+           f"<p><strong>Recommended algorithm: {_e(alg.recommended)}</strong>: {_e(alg.reason)}.</p>"]
     if alg.rule:
         out.append(f'<p class="muted">Rule: {_e(alg.rule)}.</p>')
     matrices = [f"<div><h4>{_e(title)}</h4>{_table(m.round(3), index=True)}</div>"

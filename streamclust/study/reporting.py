@@ -182,7 +182,8 @@ def _algorithm_report(result: StudyResult, name: str, run: RunGroup, path: Path,
                                      title=f"{name}: all {int(shown.n_rows):,} images per algorithm, "
                                            f"{projection_name}")
     return AlgorithmReport(
-        table=_algorithm_table(comparison), recommended=comparison.recommended, reason=comparison.reason,
+        table=_algorithm_table(comparison), recommended=comparison.recommended,
+        reason=comparison.reason.removeprefix(f"{comparison.recommended}: "),
         rule=ALGORITHM_RULE, ari=comparison.ari, ami=comparison.ami, panels=panels,
         panels_caption=(f"Every row of the set in the same 2-D projection ({projection_name}) and frame, binned, "
                         "one panel per algorithm coloured by its clusters (blended where clusters overlap, "
