@@ -141,9 +141,9 @@ def test_report_with_every_algorithm_renders_in_chromium(study, tmp_path):
     assert check["images"] == len(re.findall(r"<img ", page.read_text(encoding="utf-8"))) >= 4 * len(SETS)
 
 
-def test_panels_of_every_algorithm_count_every_row_in_bounded_blocks(study):
-    """The panels' colours follow the k-means clusters each algorithm's clusters overlap most; the
-    overlap tables add up to every row."""
+def test_overlap_with_kmeans_counts_every_row_of_the_stored_labels(study):
+    """The overlap tables the panels' colours are matched by: every stored label of every algorithm,
+    every row counted once; k-means against itself is diagonal."""
     _, result = study
     store = CaseStore(result.out_dir.parent / "case.zarr")
     run = store.run(result.run_id)
