@@ -6,15 +6,19 @@ same in summary.json, and every algorithm's clusters in clusters.csv."""
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
 import shutil
+import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from test_report import _check_page, _tags
 
+from streamclust.io.ingest import convert_case
 from streamclust.io.store import CaseStore
 from streamclust.report import matched_label_colors
 from streamclust.report.figures import NOISE_COLOR, cluster_colors
@@ -27,14 +31,30 @@ SETS = ["vdc_color", "vdc_type"]
 K = "4:7"
 
 
+def _write_images(case, paths: list[str]) -> None:
+    """An images.zip of tiny one-colour JPEGs, one per path (the montages need only something to show)."""
+    colours = []
+    for i in range(5):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 12), (40 * i, 120, 200 - 40 * i)).save(buf, format="JPEG")
+        colours.append(buf.getvalue())
+    with zipfile.ZipFile(case / "images.zip", "w", zipfile.ZIP_STORED) as zf:
+        for i, path in enumerate(paths):
+            zf.writestr(path, colours[i % 5])
+
+
 @pytest.fixture(scope="module")
 def study(demo_case, tmp_path_factory):
-    """One study of a copy of the 2,000-row demo store: 2 sets x 4 algorithms, with the case's metadata
-    (a mixture is a set like the others here: its section is built by the same code)."""
+    """The issue's scenario on a copy of the 2,000-row demo case: its folder (vehicle_info.txt and an
+    images.zip) converted, then one study of 2 sets x 4 algorithms given neither metadata nor images:
+    it uses those convert recorded."""
     base = tmp_path_factory.mktemp("algorithm-report")
-    shutil.copytree(demo_case(N_ROWS) / "case.zarr", base / "case.zarr")
-    result = run_study(base / "case.zarr", base / "study", descriptors=SETS, k=K, n_components=16,
-                       algorithms=ALGS, metadata=demo_case(N_ROWS) / "case" / "vehicle_info.txt", random_state=0)
+    shutil.copytree(demo_case(N_ROWS) / "case", base / "case")
+    paths = pd.read_csv(base / "case" / "images_paths.csv")["paths"].str.replace("\\", "/").tolist()
+    _write_images(base / "case", paths)
+    convert_case(base / "case", base / "case.zarr")
+    result = run_study(base / "case.zarr", base / "study", descriptors=SETS, k=K, n_components=16, algorithms=ALGS,
+                       random_state=0)
     return base / "study", result
 
 
@@ -73,8 +93,10 @@ def test_report_compares_every_algorithm_of_every_set(study):
         assert srcs == [f"report_files/{name}-algorithms.png"] and (out / srcs[0]).stat().st_size > 10_000
     assert text.count("Algorithm comparison</h3>") == len(SETS)
     assert "<h3>Algorithm recommended per set</h3>" in text
-    # the k-means cards say whose clusters they are
+    # the k-means cards say whose clusters they are, with montages from the recorded images.zip
     assert f"<h3>The {result.sets['vdc_color'].k} k-means clusters</h3>" in text
+    for name in SETS:
+        assert all(f'src="report_files/{name}-cluster{c}.png"' in text for c in range(result.sets[name].k))
 
 
 def test_summary_carries_the_algorithm_comparison(study):
