@@ -1,6 +1,7 @@
 """The study's report: figures (PNG, interactive 3-D), image montages and the HTML page.
 
-- :mod:`~streamclust.report.figures`: density overviews, small multiples, metric curves, the 3-D view.
+- :mod:`~streamclust.report.figures`: density overviews, small multiples, one panel per algorithm, metric curves,
+  the 3-D view.
 - :mod:`~streamclust.report.images`: images read safely from a zip or folder (path checks, size limits).
 - :mod:`~streamclust.report.montages`: which rows to show per cluster, the top outliers, image montages.
 - :mod:`~streamclust.report.html`: the report's data classes and :func:`write_report`.
@@ -12,7 +13,10 @@ from streamclust.report.figures import (
     DensityHistograms,
     cluster_colors,
     density_histograms,
+    label_colors,
+    matched_label_colors,
     projection_extent,
+    render_algorithm_panels,
     render_density_overview,
     render_metrics_vs_k,
     render_small_multiples,
@@ -20,6 +24,7 @@ from streamclust.report.figures import (
     write_scatter3d_html,
 )
 from streamclust.report.html import (
+    AlgorithmReport,
     ClusterCard,
     ComparisonTable,
     OutlierInfo,
@@ -32,6 +37,7 @@ from streamclust.report.images import ImageSource, UnsafePathError
 from streamclust.report.montages import montage, pick_montage_rows
 
 __all__ = [
+    "AlgorithmReport",
     "ClusterCard",
     "ComparisonTable",
     "DensityHistograms",
@@ -43,9 +49,12 @@ __all__ = [
     "cluster_colors",
     "collect_versions",
     "density_histograms",
+    "label_colors",
+    "matched_label_colors",
     "montage",
     "pick_montage_rows",
     "projection_extent",
+    "render_algorithm_panels",
     "render_density_overview",
     "render_metrics_vs_k",
     "render_small_multiples",

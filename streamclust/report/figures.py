@@ -10,6 +10,8 @@ grids, not the points, are then drawn:
   separate layer of black crosses;
 * :func:`render_small_multiples` -- one panel per cluster over the grey density
   of all rows;
+* :func:`render_algorithm_panels` -- one small overview per labelling of the
+  same rows (one per clustering algorithm), noise in dark grey;
 * :func:`render_metrics_vs_k` -- silhouette, Calinski-Harabasz, Davies-Bouldin
   and inertia against k, the chosen k marked;
 * :func:`write_scatter3d_html` -- an interactive 3-D scatter of a sample of rows:
@@ -58,6 +60,9 @@ __all__ = [
     "hex_color",
     "render_density_overview",
     "render_small_multiples",
+    "render_algorithm_panels",
+    "label_colors",
+    "matched_label_colors",
     "render_metrics_vs_k",
     "sample_points",
     "write_scatter3d_html",
@@ -565,6 +570,128 @@ def render_small_multiples(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
+    return _save(fig, path, dpi)
+
+
+#: Colour of noise (label -1) in :func:`render_algorithm_panels`: a dark grey, unlike every cluster colour.
+NOISE_COLOR = np.array([0.2, 0.2, 0.2])
+
+
+def label_colors(clusters: Sequence[int]) -> np.ndarray:
+    """``(len(clusters), 3)`` RGB colours of sorted label values: the non-negative labels take
+    :func:`cluster_colors` in order, noise (``-1``) and any other negative label :data:`NOISE_COLOR`."""
+    values = np.asarray(clusters, np.int64)
+    colors = np.tile(NOISE_COLOR, (len(values), 1))
+    positive = values >= 0
+    colors[positive] = cluster_colors(int(positive.sum()))
+    return colors
+
+
+def matched_label_colors(clusters: Sequence[int], overlap: np.ndarray) -> np.ndarray:
+    """Colours of one labelling matched to a reference labelling's, so that the same group of rows
+    has the same colour in both pictures.
+
+    The reference's clusters are coloured by :func:`cluster_colors` in order (as
+    :func:`render_density_overview` colours a labelling without noise).  The one-to-one matching of
+    largest total overlap (Hungarian assignment) gives each matched cluster its reference
+    cluster's colour; unmatched clusters take the colours after the reference's; noise (negative
+    labels) is :data:`NOISE_COLOR`.
+
+    Parameters
+    ----------
+    clusters : sequence of int, shape (n_groups,)
+        The labelling's sorted label values.
+    overlap : ndarray of int, shape (n_groups, n_reference)
+        ``overlap[i, j]``: rows shared by cluster ``clusters[i]`` and the ``j``-th reference cluster.
+
+    Returns
+    -------
+    ndarray, shape (n_groups, 3)
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    values = np.asarray(clusters, np.int64)
+    overlap = np.asarray(overlap, np.float64)
+    if overlap.shape[0] != len(values):
+        raise InputError(f"overlap has {overlap.shape[0]} rows for {len(values)} clusters.")
+    n_ref = overlap.shape[1]
+    colors = np.tile(NOISE_COLOR, (len(values), 1))
+    positive = np.flatnonzero(values >= 0)
+    palette = cluster_colors(n_ref + len(positive))
+    rows, cols = linear_sum_assignment(overlap[positive], maximize=True)
+    colors[positive[rows]] = palette[cols]
+    unmatched = np.setdiff1d(np.arange(len(positive)), rows)
+    colors[positive[unmatched]] = palette[n_ref:n_ref + len(unmatched)]
+    return colors
+
+
+def render_algorithm_panels(
+    hists: Mapping[str, DensityHistograms],
+    path: str | os.PathLike[str],
+    *,
+    titles: Mapping[str, str] | None = None,
+    colors: Mapping[str, np.ndarray] | None = None,
+    title: str = "",
+    axis_labels: tuple[str, str] = ("component 1", "component 2"),
+    ncols: int = 4,
+    panel_size: float = 3.2,
+    dpi: int = 100,
+) -> Path:
+    """One panel per labelling of the same rows in the same projection (e.g. one per clustering
+    algorithm): each panel drawn like :func:`render_density_overview` -- every cluster in its
+    colour, blended where clusters overlap, opacity by log density -- with noise (label ``-1``) in
+    dark grey (:data:`NOISE_COLOR`).
+
+    Parameters
+    ----------
+    hists : mapping of str to DensityHistograms
+        One grid set per panel, in panel order (give them the same ``extent`` to compare them).
+    path : path of the PNG.
+    titles : mapping of str to str, optional
+        Panel titles by key (default: the key, its number of clusters and its noise share).
+    colors : mapping of str to ndarray, optional
+        Per key, ``(n_clusters, 3)`` RGB colours of ``hists[key].clusters`` (e.g.
+        :func:`matched_label_colors`); default :func:`label_colors`.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    if not hists:
+        raise InputError("render_algorithm_panels needs at least one labelling.")
+    n = len(hists)
+    ncols = max(1, min(int(ncols), n))
+    nrows = math.ceil(n / ncols)
+    fig = _figure(panel_size * ncols, panel_size * nrows + (0.7 if title else 0.3))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    names = list(hists)
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        hist = hists[names[i]]
+        panel_colors = (colors or {}).get(names[i])
+        _imshow(ax, _compose(hist.counts, label_colors(hist.clusters) if panel_colors is None else panel_colors),
+                hist.extent)
+        ax.set_xlim(hist.extent[0], hist.extent[1])
+        ax.set_ylim(hist.extent[2], hist.extent[3])
+        text = (titles or {}).get(names[i])
+        if not text:
+            noise = int(hist.counts[hist.clusters < 0].sum())
+            text = f"{names[i]}: {int((hist.clusters >= 0).sum())} clusters"
+            if noise:
+                text += f", {noise / max(1, hist.n_rows):.0%} noise"
+        ax.set_title(text, fontsize=9)
+        if i % ncols == 0:
+            ax.set_ylabel(axis_labels[1], fontsize=8)
+        if i >= n - ncols:
+            ax.set_xlabel(axis_labels[0], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
     return _save(fig, path, dpi)
 
 

@@ -14,14 +14,17 @@ It reads top to bottom:
 2. **one section per descriptor set** -- facts (dimensions, PCA components,
    chosen k), the metrics table and metrics-vs-k plot, the density overview and
    small multiples, the density overview in UMAP coordinates beside the PCA
-   one when the set has it, a link to the interactive 3-D view, then one *card per
+   one when the set has it, a link to the interactive 3-D view, the *algorithm
+   comparison* when several clustering algorithms ran (their chosen k and
+   metrics, agreement, one density panel each, what their clusters follow, one
+   sentence per cluster, the recommended algorithm and the rule), then one *card per
    cluster* (sentence, montage, profile table) and the set's *outliers* (rule,
    count flagged, montage of the top outliers with their scores).  Sets named
    like ``vdc_color+vdc_type`` are mixtures of the named sets and are flagged
    as such;
 3. **Outliers** -- flagged counts of every set side by side;
 4. **Comparison** -- agreement tables between sets and the recommendation with
-   its reasons;
+   its reasons, and the algorithm recommended for each set;
 5. **Mixtures** -- which sets are mixtures of which;
 6. **How to reproduce** -- the command lines.
 """
@@ -51,6 +54,7 @@ from streamclust.errors import InputError
 from streamclust.report.figures import cluster_colors, hex_color
 
 __all__ = [
+    "AlgorithmReport",
     "ClusterCard",
     "OutlierInfo",
     "SetReport",
@@ -122,6 +126,50 @@ class OutlierInfo:
 
 
 @dataclass(kw_only=True)
+class AlgorithmReport:
+    """The comparison of the clustering algorithms run on one set.
+
+    Attributes
+    ----------
+    table : DataFrame, shape (n_algorithms, n_columns)
+        One row per algorithm (e.g. ``algorithm``, ``k``, the metrics at that k, noise share),
+        shown as given.
+    recommended : str
+        The recommended algorithm (its row of ``table``, by the ``algorithm`` column, is highlighted).
+    reason : str
+        Why it is recommended (shown after the algorithm's name).
+    rule : str
+        The rule that recommends, in words.
+    ari, ami : DataFrame, shape (n_algorithms, n_algorithms), optional
+        Agreement between the algorithms' clusters.
+    panels : path, optional
+        PNG: one density panel of all rows per algorithm, coloured by its clusters
+        (:func:`streamclust.report.figures.render_algorithm_panels`).
+    panels_caption : str
+        What the panels show (the projection).
+    attribute_ami, attribute_purity : DataFrame, shape (n_algorithms, n_attributes), optional
+        How each algorithm's clusters follow each metadata attribute.
+    best_attribute_lines : list of str
+        One line per algorithm: the attribute its clusters separate best.
+    sentences : dict of str to list of str
+        One sentence per cluster, by algorithm.
+    """
+
+    table: pd.DataFrame
+    recommended: str
+    reason: str
+    rule: str = ""
+    ari: pd.DataFrame | None = None
+    ami: pd.DataFrame | None = None
+    panels: PathLike | None = None
+    panels_caption: str = ""
+    attribute_ami: pd.DataFrame | None = None
+    attribute_purity: pd.DataFrame | None = None
+    best_attribute_lines: list[str] = field(default_factory=list)
+    sentences: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class SetReport:
     """Everything shown for one descriptor set.
 
@@ -153,6 +201,8 @@ class SetReport:
     umap_overview : path, optional
         PNG: the density overview of all rows in UMAP coordinates, shown beside
         ``density_overview``.
+    algorithms : AlgorithmReport, optional
+        The comparison of the clustering algorithms run on the set.
     """
 
     name: str
@@ -170,6 +220,7 @@ class SetReport:
     k_rule: str | None = None
     notes: list[str] = field(default_factory=list)
     umap_overview: PathLike | None = None
+    algorithms: AlgorithmReport | None = None
 
     @property
     def components(self) -> list[str]:
@@ -289,6 +340,9 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 pre { background: #0f1720; color: #e6edf3; padding: 12px 14px; border-radius: 6px; overflow-x: auto;
       font-size: 13px; }
 .scroll { overflow-x: auto; }
+.matrices { display: flex; flex-wrap: wrap; gap: 0 28px; }
+details { margin: 6px 0; }
+summary { cursor: pointer; font-weight: 600; }
 footer { margin-top: 48px; color: var(--muted); font-size: 12px; }
 """
 
@@ -602,6 +656,43 @@ def _set_pictures(page: _Page, rep: SetReport, anchor: str) -> str:
     return "".join(out)
 
 
+def _set_algorithms(page: _Page, rep: SetReport, anchor: str) -> str:
+    """The algorithm comparison: table, recommendation, agreement, density panels, interpretation."""
+    alg = rep.algorithms
+    if alg is None:
+        return ""
+    table = alg.table.reset_index(drop=True)
+    highlight = (table["algorithm"] == alg.recommended).tolist() if "algorithm" in table.columns else None
+    out = [f'<h3 id="{_e(anchor)}-algorithms">Algorithm comparison</h3>',
+           "<p>Every clustering algorithm run on the set's reduced rows, at its chosen k (the k rule above; "
+           "silhouette on the same sampled rows for all, the other metrics exact over all rows).</p>",
+           _table(table, highlight=highlight),
+           f"<p><strong>Recommended algorithm: {_e(alg.recommended)}</strong>: {_e(alg.reason)}.</p>"]
+    if alg.rule:
+        out.append(f'<p class="muted">Rule: {_e(alg.rule)}.</p>')
+    matrices = [f"<div><h4>{_e(title)}</h4>{_table(m.round(3), index=True)}</div>"
+                for title, m in (("Agreement (ARI)", alg.ari), ("Agreement (AMI)", alg.ami)) if m is not None]
+    if matrices:
+        out.append(f'<div class="matrices">{"".join(matrices)}</div>')
+    out.append(_figure(page.assets, alg.panels, f"{anchor}-algorithms",
+                       f"density of all rows of {rep.name} per algorithm", alg.panels_caption))
+    if alg.best_attribute_lines or alg.attribute_ami is not None:
+        out.append("<h4>What each algorithm's clusters follow</h4>")
+        if alg.best_attribute_lines:
+            out.append("<ul>" + "".join(f"<li>{_e(line)}.</li>" for line in alg.best_attribute_lines) + "</ul>")
+        scores = [f"<div><h4>{_e(title)}</h4>{_table(m.round(3), index=True)}</div>"
+                  for title, m in (("AMI with each attribute", alg.attribute_ami),
+                                   ("Purity with each attribute", alg.attribute_purity))
+                  if m is not None and m.shape[1]]
+        if scores:
+            out.append(f'<div class="matrices">{"".join(scores)}</div>')
+    for name, sentences in alg.sentences.items():
+        items = "".join(f"<li>{_e(s)}</li>" for s in sentences)
+        out.append(f"<details><summary>{_e(name)}: one sentence per cluster ({len(sentences)})</summary>"
+                   f"<ul>{items}</ul></details>")
+    return "".join(out)
+
+
 def _set_clusters(page: _Page, rep: SetReport, anchor: str) -> str:
     """One card per cluster, by label value, each with its density-picture colour."""
     if not rep.clusters:
@@ -610,7 +701,8 @@ def _set_clusters(page: _Page, rep: SetReport, anchor: str) -> str:
     order = sorted(rep.clusters, key=lambda c: int(c.cluster))
     cards = "".join(_cluster_card(page.assets, anchor, card, hex_color(colors[i]), page.data.n_rows)
                     for i, card in enumerate(order))
-    return (f"<h3>The {len(order)} clusters</h3>"
+    which = " k-means" if rep.algorithms is not None else ""
+    return (f"<h3>The {len(order)}{which} clusters</h3>"
             '<p class="muted">Each montage shows images nearest the cluster centre, a random '
             "draw, and border cases (closest to another cluster).</p>"
             f'<div class="cards">{cards}</div>')
@@ -640,7 +732,8 @@ def _set_sections(page: _Page) -> list[_Section]:
     for rep in page.data.sets:
         anchor = page.set_anchors[rep.name]
         parts = [build(page, rep, anchor)
-                 for build in (_set_facts, _set_metrics, _set_pictures, _set_clusters, _set_outliers)]
+                 for build in (_set_facts, _set_metrics, _set_pictures, _set_algorithms, _set_clusters,
+                               _set_outliers)]
         sections.append(_Section("".join(parts) + "</section>",
                                  _TocEntry(anchor, rep.name, " (mixture)" if rep.is_mixture else "",
                                            group="Descriptor sets")))
@@ -679,6 +772,12 @@ def _comparison_sections(page: _Page) -> list[_Section]:
         out.append(f"<h3>Recommendation: {_e(data.recommendation)}</h3>")
         if data.recommendation_reasons:
             out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in data.recommendation_reasons) + "</ul>")
+    compared = [s for s in data.sets if s.algorithms is not None]
+    if compared:
+        out.append("<h3>Algorithm recommended per set</h3><ul>"
+                   + "".join(f'<li>{page.set_link(s.name)}: <a href="#{_e(page.set_anchors[s.name])}-algorithms">'
+                             f"{_e(s.algorithms.recommended)}</a> ({_e(s.algorithms.reason)})</li>"
+                             for s in compared if s.algorithms is not None) + "</ul>")
     out.append("</section>")
     return [_Section("".join(out), _TocEntry("comparison", "Comparison and recommendation"))]
 
@@ -722,6 +821,8 @@ def _picture_sources(data: ReportData) -> list[PathLike | None]:
         sources += [c.montage for c in s.clusters]
         if s.outliers is not None:
             sources.append(s.outliers.montage)
+        if s.algorithms is not None:
+            sources.append(s.algorithms.panels)
     return sources
 
 

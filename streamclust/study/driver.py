@@ -32,7 +32,10 @@ For each descriptor set, in bounded memory:
    on the same reduced rows, scored with the same exact all-row metrics and the
    same sampled silhouette, k chosen by the same rule; their chosen labels go to
    ``runs/<id>/<set>/labels_<algorithm>`` and ``algorithms.csv`` compares them
-   (ARI / AMI) with k-means and each other.
+   (ARI / AMI) with k-means and each other.  Each algorithm's clusters are then profiled
+   against the metadata and one algorithm is recommended per set
+   (:mod:`~streamclust.study.algorithm_comparison`, rule
+   :data:`~streamclust.study.algorithm_comparison.ALGORITHM_RULE`).
 
 8. **Mixtures** (``mix=``, see :func:`~streamclust.study.rules.parse_mix`) -- a mixture such as
    ``vdc_color+vdc_type`` is built from the members' stored reduced rows
@@ -60,11 +63,16 @@ per set, ``outlier_score``, ``is_outlier``, then ``outlier_score_<set>``,
 ``is_outlier_<set>`` per set; one row per image in store order; the unsuffixed
 columns are the recommended set's; the same rows, typed, in ``results.parquet``),
 ``outliers.csv`` (the top outliers of each set with score, rank and flag),
+``clusters.csv`` (one row per set x algorithm x cluster: size, share, outlier rate, top
+attribute values, sentence, ``set``, ``algorithm``; k-means rows first in each set),
+``comparison.csv`` (the best set per attribute),
 ``metrics.csv`` (one row per set x algorithm x k, with ``bic`` for gmm and
 ``noise_fraction`` for hdbscan), ``algorithms.csv`` (``set, algorithm_a, algorithm_b, ari, ami``),
 ``cluster_<set>_<algorithm>`` columns at the end of ``results.csv`` for the algorithms other than k-means,
-``models/<set>/`` (arrays + JSON, see :mod:`streamclust.io.persist`) and
-``summary.json``.  They are written into ``out_dir/.partial-<run id>/`` and moved
+``models/<set>/`` (arrays + JSON, see :mod:`streamclust.io.persist`),
+``report.html`` (:mod:`~streamclust.study.reporting`) and ``summary.json`` (its
+``algorithm_comparison`` holds, per set, each algorithm's k, metrics and best attribute, their
+agreement, the recommended algorithm and the reason).  They are written into ``out_dir/.partial-<run id>/`` and moved
 into ``out_dir`` (``summary.json`` last) only when everything is written, and the
 run in the store is marked complete after that: a study that fails or is killed
 leaves the previous study's outputs in ``out_dir`` untouched and never a run that
@@ -94,6 +102,7 @@ from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
+from streamclust.study.algorithm_comparison import ALGORITHM_RULE, clusters_table, compare_algorithms
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
 from streamclust.study.case_files import CaseFile, CaseFileArg, choose_images, choose_metadata
 from streamclust.study.outputs import publish, write_results
@@ -264,9 +273,16 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     write_atomic(stage / "metrics.csv", metrics_all.to_csv(index=False))
     write_atomic(stage / "algorithms.csv", agreement_all.to_csv(index=False))
     write_atomic(stage / "comparison.csv", comparison.recommendation.to_csv())
-    clusters = pd.concat([p.clusters.rename_axis("cluster").reset_index().assign(set=n)
-                          for n, p in result.profiles.items()], ignore_index=True)
-    write_atomic(stage / "clusters.csv", clusters.to_csv(index=False))
+    with progress_step("comparison of the algorithms"):
+        result.algorithm_comparison = {
+            n: compare_algorithms(n, {"kmeans": sets.labels[n], **sets.extra_labels.get(n, {})}, metrics_all,
+                                  agreement_all, ks=plan.ks, kmeans_profile=result.profiles[n],
+                                  attributes=attributes, outlier_flags=sets.flags[n], memory=plan.budget)
+            for n in result.sets}
+    for n, c in result.algorithm_comparison.items():
+        if len(c.algorithms) > 1:
+            logger.info(f"{n}: recommended algorithm {c.reason}")
+    write_atomic(stage / "clusters.csv", clusters_table(result.algorithm_comparison).to_csv(index=False))
     rec = result.recommended
     columns = {"cluster": sets.labels[rec], **{f"cluster_{n}": a for n, a in sets.labels.items()},
                "outlier_score": sets.scores[rec], "is_outlier": sets.flags[rec]}
@@ -295,7 +311,9 @@ def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path,
                "mixtures": {n: r.mixture for n, r in result.sets.items() if r.mixture},
                "mix_rule": MIX_RULE,
                "k_at_range_edge": {n: r.k_note for n, r in result.sets.items() if r.k_note},
-               "agreement": result.agreement.to_dict(orient="records")}
+               "agreement": result.agreement.to_dict(orient="records"),
+               "algorithm_rule": ALGORITHM_RULE,
+               "algorithm_comparison": {n: c.summary() for n, c in result.algorithm_comparison.items()}}
     if "umap" in params:
         summary["umap"] = {"params": params["umap"],
                            "sets": {n: {k: v for k, v in r.umap.items() if k != "params"}

@@ -4,7 +4,10 @@ Reads the run arrays (reduced rows, labels, outlier scores and flags) block by
 block: density plots are 2-D histograms of the first two principal components
 of EVERY row (:mod:`streamclust.report.figures`) and, for a study run with ``umap=True``,
 of every row's stored UMAP position (``<set>/umap``), with a 3-D view of a
-sample of rows (first three principal components) beside; montages come straight from the image zip
+sample of rows (first three principal components) beside; when several clustering algorithms ran, one
+small density panel per algorithm (the same projection, UMAP when stored, coloured by that algorithm's
+stored labels ``<set>/labels_<algorithm>``) beside their comparison
+(:mod:`streamclust.study.algorithm_comparison`); montages come straight from the image zip
 or folder (:mod:`streamclust.report.images`, paths checked against the root), and the
 text comes from the cluster profiles and the set comparison
 (:mod:`streamclust.analysis`).  Everything is written under
@@ -23,6 +26,7 @@ import pandas as pd
 
 from streamclust.estimators import pca_projection
 from streamclust.report import (
+    AlgorithmReport,
     ClusterCard,
     ComparisonTable,
     ImageSource,
@@ -30,8 +34,10 @@ from streamclust.report import (
     ReportData,
     SetReport,
     density_histograms,
+    matched_label_colors,
     montage,
     pick_montage_rows,
+    render_algorithm_panels,
     render_density_overview,
     render_metrics_vs_k,
     render_small_multiples,
@@ -39,16 +45,21 @@ from streamclust.report import (
     write_report,
     write_scatter3d_html,
 )
+from streamclust.study.algorithm_comparison import ALGORITHM_RULE, AlgorithmComparison
 from streamclust.study.rules import K_RULE, MIX_RULE
 
 if TYPE_CHECKING:
     from streamclust.io.store import CaseStore, RunGroup
+    from streamclust.report import DensityHistograms
     from streamclust.study.results import StudyResult
 
 __all__ = ["build_study_report"]
 
 #: Rows drawn for the 3-D view of a set whose study stored a UMAP (``umap=True``).
 SCATTER3D_ROWS = 2000
+
+#: Bins per axis of the per-algorithm density panels (small pictures; 80 KB of counts per cluster).
+ALGORITHM_PANEL_BINS = 100
 
 #: How the report names each outlier score of the study.
 SCORE_NAMES = {"combined": "combined z-score (neighbours, norm, residual)", "kdist": "k-distance",
@@ -87,6 +98,9 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
         scatter = write_scatter3d_html(points, point_labels, files / f"{name}-3d.html",
                                        title=f"{name}: {len(points):,} sampled images, first three components")
 
+    shown = (run.array(f"{name}/umap"), umap_hist, ("UMAP 1", "UMAP 2"), "UMAP") if res.umap is not None else \
+        (pca_projection(reduced, 2), hist, ("component 1", "component 2"), "first two principal components")
+    algorithms = _algorithm_report(result, name, run, files / f"{name}-algorithms.png", *shown, memory=memory)
     picks = pick_montage_rows(reduced, labels, res.centers, n_nearest=8, n_random=8, n_border=8, memory=memory)
     profile = result.profiles.get(name)
     cards = []
@@ -121,7 +135,66 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
     return SetReport(name=name, n_features=res.n_features, n_components=res.n_components, k=res.k,
                      metrics=res.metrics, metrics_plot=metrics_png, density_overview=overview,
                      small_multiples=multiples, scatter3d=scatter, clusters=cards, outliers=outliers,
-                     explained_variance=res.explained_variance, k_rule=K_RULE, notes=notes, umap_overview=umap_png)
+                     explained_variance=res.explained_variance, k_rule=K_RULE, notes=notes, umap_overview=umap_png,
+                     algorithms=algorithms)
+
+
+def _algorithm_table(comparison: AlgorithmComparison) -> pd.DataFrame:
+    """The algorithm table as the report shows it, shape (n_algorithms, <= 10): noise share and BIC
+    only when some algorithm has them, the best attribute only with metadata."""
+    t = comparison.table
+    shown = pd.DataFrame({"algorithm": t["algorithm"], "k": t["k"].astype(int),
+                          "silhouette (sampled)": t["silhouette"], "Calinski-Harabasz": t["calinski_harabasz"],
+                          "Davies-Bouldin": t["davies_bouldin"]})
+    if t["noise_fraction"].notna().any():
+        shown["noise share"] = [f"{v:.1%}" if pd.notna(v) else "" for v in t["noise_fraction"]]
+    if t["bic"].notna().any():
+        shown["BIC"] = t["bic"]
+    shown["k at range edge"] = t["k_at_range_edge"].astype(bool)
+    if t["best_attribute"].notna().any():
+        shown["best attribute (AMI)"] = [f"{a} ({v:.2f})" if a else "" for a, v in
+                                         zip(t["best_attribute"], t["best_attribute_ami"])]
+    shown["recommended"] = t["recommended"].astype(bool)
+    return shown
+
+
+def _algorithm_report(result: StudyResult, name: str, run: RunGroup, path: Path, projection: Any,
+                      shown: DensityHistograms, axis_labels: tuple[str, str], projection_name: str, *,
+                      memory: Any) -> AlgorithmReport | None:
+    """The set's algorithm comparison, with one density panel of all rows per algorithm (each a
+    block-wise pass over the projection and that algorithm's stored labels, on the grid extent of
+    the set's overview); None when k-means ran alone."""
+    comparison = result.algorithm_comparison.get(name)
+    if comparison is None or len(comparison.algorithms) < 2:
+        return None
+    hists, titles, colors = {}, {}, {}
+    for row in comparison.table.itertuples():
+        labels = run.array(f"{name}/labels" if row.algorithm == "kmeans" else f"{name}/labels_{row.algorithm}")
+        hist = hists[row.algorithm] = density_histograms(projection, labels, bins=ALGORITHM_PANEL_BINS,
+                                                         extent=shown.extent, memory=memory)
+        overlap = comparison.overlap[row.algorithm].reindex(index=hist.clusters, fill_value=0)
+        colors[row.algorithm] = matched_label_colors(hist.clusters, overlap.to_numpy())
+        details = [f"silhouette {row.silhouette:.3f}"] + (
+            [f"{row.noise_fraction:.0%} noise"] if pd.notna(row.noise_fraction) else [])
+        titles[row.algorithm] = (f"{row.algorithm}{' (recommended)' if row.recommended else ''}: k={row.k}\n"
+                                 + ", ".join(details))
+    panels = render_algorithm_panels(hists, path, titles=titles, colors=colors, axis_labels=axis_labels,
+                                     title=f"{name}: all {int(shown.n_rows):,} images per algorithm, "
+                                           f"{projection_name}")
+    return AlgorithmReport(
+        table=_algorithm_table(comparison), recommended=comparison.recommended,
+        reason=comparison.reason.removeprefix(f"{comparison.recommended}: "),
+        rule=ALGORITHM_RULE, ari=comparison.ari, ami=comparison.ami, panels=panels,
+        panels_caption=(f"Every row of the set in the same 2-D projection ({projection_name}) and frame, binned, "
+                        "one panel per algorithm coloured by its clusters (blended where clusters overlap, "
+                        "darker = denser, log scale); a cluster takes the colour of the k-means cluster it "
+                        "shares most rows with (one to one), so like colours are like groups; dark grey = noise "
+                        "(rows the algorithm left unassigned)."),
+        attribute_ami=comparison.attribute_ami if comparison.attribute_ami.shape[1] else None,
+        attribute_purity=comparison.attribute_purity if comparison.attribute_purity.shape[1] else None,
+        best_attribute_lines=list(comparison.best_attribute_lines.values()),
+        sentences={alg: p.clusters["sentence"].tolist() for alg, p in comparison.profiles.items()
+                   if p.clusters is not None})
 
 
 def _known_text(truth: dict | None) -> str | None:

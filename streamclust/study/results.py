@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from streamclust.analysis import ClusterProfiles, SetComparison
+from streamclust.study.algorithm_comparison import AlgorithmComparison
 
 __all__ = ["SetResult", "StudyResult"]
 
@@ -62,6 +63,9 @@ class StudyResult:
     agreement: pd.DataFrame | None = None
     #: summary.json's ``best`` (see ``BEST_RULE``).
     best: dict[str, Any] | None = None
+    #: Per set: how its algorithms compare and the one recommended
+    #: (:func:`~streamclust.study.algorithm_comparison.compare_algorithms`).
+    algorithm_comparison: dict[str, AlgorithmComparison] = field(default_factory=dict)
 
     @property
     def results_csv(self) -> Path:
