@@ -131,3 +131,34 @@ def test_silhouette_sample_read_once_gives_the_same_estimates():
         centers = X[rng.choice(len(X), k, replace=False)]
         assert sampled_silhouette(rows, centers=centers, n_samples=len(rows)) == sampled_silhouette(
             X, centers=centers, n_samples=1000, random_state=7)
+
+
+def test_silhouette_scores_equal_scikit_learn_for_every_labelling():
+    """One shared distance pass gives scikit-learn's silhouette of each labelling: random labels,
+    a noise label (-1), singleton clusters, and blocks smaller than the sample (the smallest budget)."""
+    from sklearn.metrics import silhouette_score
+
+    from streamclust.estimators.metrics import silhouette_scores
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1500, 12))
+    X[:500] += 4
+    labelings = [rng.integers(0, k, len(X)) for k in (2, 7)]
+    labelings.append(rng.integers(-1, 4, len(X)))
+    labelings.append(np.r_[np.zeros(len(X) - 2, int), [5, 9]])
+    for memory in ("1GB", "8MiB"):  # 8 MiB: blocks of 699 rows
+        ours = silhouette_scores(X, labelings, memory=memory)
+        assert ours == pytest.approx([silhouette_score(X, lab) for lab in labelings], abs=1e-12)
+    with pytest.raises(ValueError, match="Number of labels is 1"):
+        silhouette_scores(X, [np.zeros(len(X), int)])
+
+
+def test_sweep_silhouettes_equal_one_call_per_k():
+    from streamclust.estimators.metrics import sweep_silhouettes
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(800, 6)).astype(np.float32)
+    centers = {k: rng.normal(size=(k, 6)) for k in (2, 3, 5)}
+    swept = sweep_silhouettes(X, centers)
+    for k, C in centers.items():
+        assert swept[k] == pytest.approx(sampled_silhouette(X, centers=C, n_samples=len(X)), abs=1e-12)

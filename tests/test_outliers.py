@@ -52,8 +52,9 @@ def mixture():
 @pytest.fixture(scope="module")
 def fitted(mixture):
     X, _ = mixture
-    # reference smaller than n so that rows in and out of the reference are both exercised
-    return KNNOutlierDetector(n_neighbors=K, reference_size=8000, random_state=0).fit(X)
+    # reference smaller than n so that rows in and out of the reference are both exercised; the
+    # approximate index, which "auto" keeps for references over EXACT_SEARCH_ROWS rows
+    return KNNOutlierDetector(n_neighbors=K, reference_size=8000, random_state=0, search="nndescent").fit(X)
 
 
 def test_fitted_attributes(fitted, mixture):
@@ -72,7 +73,7 @@ def test_fitted_attributes(fitted, mixture):
     # the index can be rebuilt identically from the saved reference and seed
     from streamclust.estimators.neighbors import build_index
 
-    again = build_index(det.reference_, n_neighbors=det.index_neighbors_, seed=det.index_seed_)
+    again = build_index(det.reference_, n_neighbors=det.index_neighbors_, seed=det.index_seed_, search=det.search)
     q = X[:2000]
     np.testing.assert_array_equal(again.query(q, k=K + 1, epsilon=det.search_epsilon_)[0],
                                   det.index_.query(q, k=K + 1, epsilon=det.search_epsilon_)[0])
@@ -176,7 +177,7 @@ def test_numpy_dask_zarr_inputs_and_block_size_give_equal_scores(fitted, mixture
     np.testing.assert_array_equal(dist_c, dist_n)
 
     # fitting on the Zarr array draws the same sample and gives the same scores
-    det_z = KNNOutlierDetector(n_neighbors=K, reference_size=8000, random_state=0).fit(z)
+    det_z = KNNOutlierDetector(n_neighbors=K, reference_size=8000, random_state=0, search="nndescent").fit(z)
     np.testing.assert_array_equal(det_z.reference_indices_, det.reference_indices_)
     np.testing.assert_array_equal(det_z.outlier_scores_, ref)
     pred = det_z.predict(z)
@@ -325,3 +326,28 @@ def demo_scores(demo_case):
 def test_demo_case_auc_vs_exact_lof(demo_scores):
     for (name, score), (ours, lof) in demo_scores.items():
         assert ours >= 0.95 and ours >= lof - 0.01, (name, score, ours, lof)
+
+
+def test_small_references_are_searched_exactly(mixture):
+    """``search="auto"`` searches a reference of at most EXACT_SEARCH_ROWS rows exactly: scikit-learn's
+    brute-force neighbours (ties aside), a row equal to a reference row at distance exactly 0, recall 1,
+    and the same scores as ``search="exact"``; a larger reference gets the NN-descent index."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from streamclust.estimators.neighbors import EXACT_SEARCH_ROWS, ExactIndex, build_index
+
+    X, _ = mixture
+    det = KNNOutlierDetector(n_neighbors=K, reference_size=3000, random_state=0).fit(X)
+    assert isinstance(det.index_, ExactIndex) and det.recall_ == 1.0
+    exact = KNNOutlierDetector(n_neighbors=K, reference_size=3000, random_state=0, search="exact").fit(X)
+    np.testing.assert_array_equal(det.outlier_scores_, exact.outlier_scores_)
+    q = np.r_[X[det.reference_indices_[:50]], X[:500]]
+    ind, dist = det.index_.query(q, k=K)
+    true_dist, _ = NearestNeighbors(n_neighbors=K).fit(det.reference_.astype(np.float64)).kneighbors(q)
+    np.testing.assert_allclose(dist, true_dist, rtol=1e-4, atol=1e-4)
+    assert np.all(dist[:50, 0] == 0) and np.all(np.diff(dist, axis=1) >= 0)
+    np.testing.assert_allclose(np.linalg.norm(q[:, None, :] - det.reference_[ind], axis=2), dist, rtol=1e-5)
+    big = np.zeros((EXACT_SEARCH_ROWS + 1, 2), np.float32)
+    assert isinstance(build_index(big[:EXACT_SEARCH_ROWS], n_neighbors=5, seed=0), ExactIndex)
+    with pytest.raises(ValueError, match="search='kd'"):
+        build_index(big[:10], n_neighbors=5, seed=0, search="kd")

@@ -1,6 +1,13 @@
-"""Approximate nearest neighbours with pynndescent, the one way every estimator builds and queries
-an index: the seeded single-threaded build, the process-wide query lock, numba's disk cache for
-the kernels pynndescent ships uncached, and the memory an index holds.
+"""Nearest neighbours, the one way every estimator builds and queries an index: pynndescent's
+approximate index (the seeded single-threaded build, numba's disk cache for the kernels pynndescent
+ships uncached), an exact brute-force index with the same interface for small references, the
+process-wide query lock, and the memory an index holds.
+
+References of at most :data:`EXACT_SEARCH_ROWS` rows are searched exactly (:class:`ExactIndex`):
+there, a BLAS distance block per query block is faster than NN-descent's build and queries, and it
+spares the process the ~20-50 s numba compilation of ``nn_descent``, which pynndescent's code keeps
+out of numba's disk cache (it takes the distance function as an argument and reads the thread count
+through a pointer, so every process compiles it anew).
 
 Queries are serialised by :data:`QUERY_LOCK`: pynndescent's query kernels are numba-parallel and
 not safe to call from several Dask threads at once.
@@ -16,11 +23,141 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QUERY_LOCK", "build_index", "cache_kernels", "cache_build_kernels", "index_nbytes", "warm_up"]
+__all__ = ["EXACT_SEARCH_ROWS", "ExactIndex", "QUERY_LOCK", "SEARCHES", "build_index", "build_nndescent_index",
+           "cache_kernels", "cache_build_kernels", "index_nbytes", "warm_up"]
 
 
 #: Serialises index queries across the threads of the process (see module doc).
 QUERY_LOCK = threading.Lock()
+
+#: References up to this many rows get an :class:`ExactIndex` instead of an NN-descent index.
+EXACT_SEARCH_ROWS = 20_000
+
+#: The ``search=`` values of :func:`build_index`.
+SEARCHES = ("auto", "exact", "nndescent")
+
+#: Extra candidates taken from the float32 distance block before their distances are recomputed
+#: row by row: a true neighbour that the block's round-off ranks just past ``k`` is still found.
+_EXACT_MARGIN = 8
+
+#: Bytes of each temporary block of one :meth:`ExactIndex.query` step.
+_EXACT_BLOCK_BYTES = 32 << 20
+
+
+class ExactIndex:
+    """Brute-force nearest neighbours of a small reference, queried like ``pynndescent.NNDescent``.
+
+    Each block of queries gets its float32 distance block to the reference centred on its mean
+    (one GEMM, which keeps the cancellation of ``|q|^2 + |r|^2 - 2 q.r`` small), the
+    ``k + 8`` nearest candidates by that block, then their distances recomputed directly as
+    ``sqrt(sum((q - r)^2))``, so a row identical to a reference row is at distance exactly 0,
+    as in pynndescent.
+
+    Parameters
+    ----------
+    reference : ndarray of float32, shape (m, d)
+    """
+
+    def __init__(self, reference: np.ndarray) -> None:
+        self.reference = np.ascontiguousarray(reference, dtype=np.float32)
+        self._centre = self.reference.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self._centred = self.reference - self._centre
+        self._sq = np.einsum("ij,ij->i", self._centred, self._centred)
+
+    def query(self, queries: np.ndarray, k: int = 10, epsilon: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest reference rows of every query, nearest first.
+
+        Parameters
+        ----------
+        queries : ndarray, shape (n, d)
+        k : int
+            At most the reference's rows.
+        epsilon : float
+            Ignored (the search is exact); accepted for pynndescent's interface.
+
+        Returns
+        -------
+        indices : ndarray of int32, shape (n, k)
+            Rows of the reference.
+        distances : ndarray of float32, shape (n, k)
+            Euclidean distances, ascending.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        m, n = self.reference.shape[0], queries.shape[0]
+        k = int(k)
+        if not 1 <= k <= m:
+            raise ValueError(f"k={k} should be between 1 and the reference's {m} rows.")
+        width = min(m, k + _EXACT_MARGIN)
+        # the distance block (step, m) and the candidates' differences (step, width, d), float32
+        step = max(1, _EXACT_BLOCK_BYTES // (4 * max(m, width * self.reference.shape[1])))
+        indices = np.empty((n, k), np.int32)
+        distances = np.empty((n, k), np.float32)
+        for s in range(0, n, step):
+            q = queries[s:s + step] - self._centre
+            d2 = q @ self._centred.T
+            d2 *= -2.0
+            d2 += self._sq
+            cand = _smallest(d2, width) if width < m else np.broadcast_to(np.arange(m), d2.shape)
+            diff = self._centred[cand] - q[:, None, :]
+            exact = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+            order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+            indices[s:s + step] = np.take_along_axis(cand, order, axis=1)
+            distances[s:s + step] = np.take_along_axis(exact, order, axis=1)
+        return indices, distances
+
+
+def _smallest(values: np.ndarray, width: int) -> np.ndarray:
+    """Columns of the ``width`` smallest values of every row, in no order: ``(b, m)`` -> ``(b, width)``.
+
+    A bounded max-heap per row, compiled by numba and kept in its disk cache: most values are
+    rejected by one comparison with the heap's top, ~5x faster than ``np.argpartition`` here.
+    """
+    return _smallest_kernel()(np.ascontiguousarray(values, dtype=np.float32), int(width))
+
+
+_KERNEL: list[Any] = []
+
+
+def _smallest_kernel() -> Any:
+    """The compiled kernel of :func:`_smallest` (compiled or loaded from the disk cache on first use)."""
+    if _KERNEL:
+        return _KERNEL[0]
+    import numba
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def smallest(values, width):  # pragma: no cover - compiled
+        b, m = values.shape
+        out = np.empty((b, width), np.int32)
+        for i in numba.prange(b):
+            hv = np.empty(width, np.float32)
+            hi = np.empty(width, np.int32)
+            for j in range(width):  # a max-heap of the first `width` values, built by insertion
+                v, c = values[i, j], j
+                while c > 0 and hv[(c - 1) >> 1] < v:
+                    p = (c - 1) >> 1
+                    hv[c], hi[c] = hv[p], hi[p]
+                    c = p
+                hv[c], hi[c] = v, j
+            for j in range(width, m):
+                v = values[i, j]
+                if v >= hv[0]:
+                    continue
+                c = 0  # replace the top and sift it down
+                while True:
+                    left = 2 * c + 1
+                    if left >= width:
+                        break
+                    big = left + 1 if left + 1 < width and hv[left + 1] > hv[left] else left
+                    if hv[big] <= v:
+                        break
+                    hv[c], hi[c] = hv[big], hi[big]
+                    c = big
+                hv[c], hi[c] = v, j
+            out[i] = hi
+        return out
+
+    _KERNEL.append(smallest)
+    return smallest
 
 
 def index_nbytes(n_reference: int, n_features: int, index_neighbors: int) -> int:
@@ -50,9 +187,9 @@ def index_nbytes(n_reference: int, n_features: int, index_neighbors: int) -> int
 def warm_up(verbose: bool = False) -> float:
     """Compile (or load from numba's disk cache) every kernel the detector uses.
 
-    Builds and queries a tiny index (300 x 8) exactly as :class:`~streamclust.estimators.KNNOutlierDetector`
-    does, so that the one-off compilation of its disk-cached kernels (paid once per
-    machine, see :func:`cache_build_kernels`) and of the few build kernels numba
+    Builds and queries a tiny NN-descent index (300 x 8) as :class:`~streamclust.estimators.KNNOutlierDetector`
+    does for references over :data:`EXACT_SEARCH_ROWS` rows, so that the one-off compilation of its
+    disk-cached kernels (paid once per machine, see :func:`cache_build_kernels`) and of the few build kernels numba
     cannot cache (``nn_descent`` takes the distance function as an argument: paid
     once per process) happen here, visibly, rather than inside the first ``fit``.
 
@@ -69,7 +206,7 @@ def warm_up(verbose: bool = False) -> float:
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 8)).astype(np.float32)
-    index = build_index(X, n_neighbors=10, seed=0)
+    index = build_nndescent_index(X, n_neighbors=10, seed=0)
     with QUERY_LOCK:
         index.query(X[:20], k=5, epsilon=0.1)
     elapsed = time.perf_counter() - t0
@@ -123,7 +260,32 @@ def cache_build_kernels() -> None:
     cache_kernels(_UNCACHED_BUILD_KERNELS)
 
 
-def build_index(reference: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
+def build_index(reference: np.ndarray, *, n_neighbors: int, seed: int, search: str = "auto") -> Any:
+    """The index of ``reference``, ready to query: an :class:`ExactIndex` or :func:`build_nndescent_index`.
+
+    Parameters
+    ----------
+    reference : ndarray of float32, shape (m, d), C-contiguous
+    n_neighbors : int
+        Degree of the NN-descent graph (unused by an exact index).
+    seed : int
+        Seeds the NN-descent build (an exact index has no randomness).
+    search : {"auto", "exact", "nndescent"}
+        ``"auto"``: exact up to :data:`EXACT_SEARCH_ROWS` rows, NN-descent above.
+
+    Returns
+    -------
+    ExactIndex or pynndescent.NNDescent
+        Query it under :data:`QUERY_LOCK` with ``index.query(rows, k=k, epsilon=eps)``.
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"search={search!r} should be one of {', '.join(map(repr, SEARCHES))}.")
+    if search == "exact" or (search == "auto" and reference.shape[0] <= EXACT_SEARCH_ROWS):
+        return ExactIndex(reference)
+    return build_nndescent_index(reference, n_neighbors=n_neighbors, seed=seed)
+
+
+def build_nndescent_index(reference: np.ndarray, *, n_neighbors: int, seed: int) -> Any:
     """Single-threaded, deterministic NNDescent over ``reference``, ready to query.
 
     Parameters

@@ -88,7 +88,7 @@ from sklearn.utils.validation import check_is_fitted
 from streamclust.core.blocks import block_rows_for, map_blocks_reduce, parse_memory
 from streamclust.errors import MemoryBudgetError, StreamclustWarning
 from streamclust.estimators.blockwise import check_X, chunk_rows_of, rows_outside, take_rows, to_blockable
-from streamclust.estimators.neighbors import QUERY_LOCK, build_index, index_nbytes
+from streamclust.estimators.neighbors import QUERY_LOCK, SEARCHES, build_index, index_nbytes
 
 __all__ = ["KNNOutlierDetector", "RECALL_TARGET"]
 
@@ -214,8 +214,9 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
     """Approximate-kNN density outlier scores (LOF-style) for every row, in bounded memory.
 
     Neighbours are searched in a seeded uniform reference sample of the rows with a
-    pynndescent index; see the module documentation for the algorithm, the
-    determinism guarantees and numba's compile cost (:func:`~streamclust.estimators.neighbors.warm_up`).
+    pynndescent index, or exactly for a small reference (``search``); see the module documentation
+    for the algorithm, the determinism guarantees and numba's compile cost
+    (:func:`~streamclust.estimators.neighbors.warm_up`).
 
     Parameters
     ----------
@@ -249,6 +250,10 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         Query ``epsilon`` of pynndescent (search breadth).  ``"auto"`` tries
         :data:`EPSILON_STEPS` until the recall@k measured at fit reaches
         :data:`RECALL_TARGET`.
+    search : {"auto", "exact", "nndescent"}, default="auto"
+        How the reference is searched: ``"auto"`` is exact (BLAS brute force,
+        :class:`~streamclust.estimators.neighbors.ExactIndex`) for a reference of at most
+        :data:`~streamclust.estimators.neighbors.EXACT_SEARCH_ROWS` rows and pynndescent above.
     memory : str, int or None, default=None
         Memory budget (e.g. ``"1GB"``; None = 1 GiB).  The index takes at most half.
     block_rows : int or None, default=None
@@ -267,7 +272,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         Sorted global row numbers of the reference sample.
     reference_ : ndarray of float32, shape (n_reference, n_features)
         The sample, in the order of ``reference_indices_``.
-    index_ : pynndescent.NNDescent
+    index_ : pynndescent.NNDescent or ExactIndex
         Index over ``reference_`` (neighbour indices are positions in it).
     index_seed_ : int
         Seed the index was built with: ``build_index(reference_,
@@ -324,6 +329,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         mad_factor: float | None = None,
         index_neighbors: int | None = None,
         search_epsilon: str | float = "auto",
+        search: str = "auto",
         memory: str | int | None = None,
         block_rows: int | None = None,
         random_state: Any = None,
@@ -337,6 +343,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         self.mad_factor = mad_factor
         self.index_neighbors = index_neighbors
         self.search_epsilon = search_epsilon
+        self.search = search
         self.memory = memory
         self.block_rows = block_rows
         self.random_state = random_state
@@ -379,6 +386,8 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
         e = self.search_epsilon
         if not (e == "auto" if isinstance(e, str) else (is_real(e) and 0 <= e <= 1)):
             raise ValueError(f"search_epsilon={e!r} should be 'auto' or a float in [0, 1].")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search={self.search!r} should be one of {', '.join(map(repr, SEARCHES))}.")
         if self.block_rows is not None and not (is_int(self.block_rows) and self.block_rows >= 1):
             raise ValueError(f"block_rows={self.block_rows!r} should be a positive integer or None.")
         if self.n_jobs is not None and not (is_int(self.n_jobs) and (self.n_jobs >= 1 or self.n_jobs == -1)):
@@ -471,7 +480,7 @@ class KNNOutlierDetector(OutlierMixin, BaseEstimator):
 
         # --- index
         t = time.perf_counter()
-        self.index_ = build_index(reference, n_neighbors=nn, seed=index_seed)
+        self.index_ = build_index(reference, n_neighbors=nn, seed=index_seed, search=self.search)
         times["build"] = time.perf_counter() - t
 
         # --- query epsilon vs recall on a probe of rows in and out of the reference

@@ -305,7 +305,8 @@ class DescriptorSetModel:
             for a in _DET_SCALARS:
                 setattr(det, a, det_params[a])
             seed = int(params["index_seed"])
-            det.index_ = build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed)
+            det.index_ = build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed,
+                                     search=det.search)
             screen = None
             if "screen" in params:
                 screen = RobustZScreen.from_fitted(arrays["screen_location"], arrays["screen_scale"],

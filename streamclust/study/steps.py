@@ -24,10 +24,10 @@ from streamclust.estimators import (
     StreamingPCA,
     VarianceBalancer,
     kmeans_sweep,
-    sampled_silhouette,
     silhouette_sample,
     sweep_metrics,
 )
+from streamclust.estimators.metrics import sweep_silhouettes
 from streamclust.estimators.screening import evidence_rows, screen_scores
 from streamclust.io.store import CaseStore, RunGroup
 from streamclust.model import DescriptorSetModel, MixPreprocessing, distance_quantiles
@@ -197,10 +197,10 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     with progress_step(f"{name}: metrics"):
         scores = sweep_metrics(reduced, centers, memory=budget)
         sil_sample = silhouette_sample(reduced, silhouette_samples, random_state=random_state, memory=budget)
-    sil_rows = sil_sample[1]
+        silhouettes = sweep_silhouettes(sil_sample[1], centers, memory=budget)  # one sample, one distance pass
     rows = []
-    for kk in ks:  # one sample read for every k
-        sil = sampled_silhouette(sil_rows, centers=centers[kk], n_samples=len(sil_rows))
+    for kk in ks:
+        sil = silhouettes[kk]
         rows.append({"set": name, "algorithm": "kmeans", "k": kk, "n_rows": store.n_rows,
                      "n_features": prepared.n_features, "n_components": pca.n_components_,
                      "inertia": scores[kk]["inertia"],
