@@ -7,6 +7,7 @@
     python benchmarks/run.py stages   [--rows 416314]    # convert, preprocess, k sweep, outliers, projection per set
     python benchmarks/run.py scale    [--scale-base 416314]   # peak RSS of the pipeline at 1x, 4x, 10x rows
     python benchmarks/run.py assign   [--rows 416314]    # saved model on new rows vs the study's labelling pass
+    python benchmarks/run.py algorithms [--rows 416314]  # 4 sets x kmeans,ward,gmm,hdbscan + report: peak RSS
     python benchmarks/run.py readme                      # "Latest results" of benchmarks/README.md from the tables
 
 Every measured method runs in a fresh process; peak RSS is that process's own maximum
@@ -142,6 +143,28 @@ def bench_study(data: Path, rows: int, k: str, memory: str, lof_rows: int | None
             ["stage", "method", "wall_s", "peak_rss_mb", "time_ratio", "rss_ratio", "chosen_k"],
             "Ratios are streamclust / in-memory scikit-learn from the same run.  Promise: "
             + "; ".join(verdicts) + ".")
+
+
+# ------------------------------------------------------------------ algorithms
+def bench_algorithms(data: Path, rows: int, k: str, memory: str, algorithms: str) -> None:
+    """The 4-set study with every clustering algorithm and the report comparing them (report=True,
+    no UMAP), against the promise of a peak RSS under 1 GiB.  In memory, scikit-learn would hold the
+    raw descriptors at least, and its Ward (AgglomerativeClustering) a condensed distance matrix of
+    ``n (n - 1) / 2`` float64: both sizes are printed, computed, not run."""
+    case, store = _demo(data, rows, convert=not Path(data, f"demo-{rows}", "case.zarr", "zarr.json").exists())
+    r = measure("stages:study_streamclust", store=store, out=str(data / f"demo-{rows}" / "study-algorithms"),
+                k=k, memory=memory, umap=False, algorithms=algorithms)
+    raw = sum(p.stat().st_size for p in Path(case, "descriptors").glob("*.pickle")) / 2**20
+    ward = rows * (rows - 1) / 2 * 8 / 2**20
+    ok = r["peak_rss_mb"] < 1024
+    out = [{"method": f"streamclust run_study(algorithms={algorithms}, report=True; --memory {memory})",
+            "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"], "chosen_k": _chosen_k(r)},
+           {"method": "in memory: the raw descriptors alone (computed)", "peak_rss_mb": raw},
+           {"method": "in memory: scikit-learn Ward's condensed distances of one set (computed)",
+            "peak_rss_mb": ward}]
+    _report(f"algorithms: demo case, {rows:,} rows, 4 descriptor sets, {algorithms}, with the report", out,
+            ["method", "wall_s", "peak_rss_mb", "chosen_k"],
+            f"Promise: peak RSS under 1 GiB {'PASS' if ok else 'FAIL'} ({r['peak_rss_mb']:.0f} MB).")
 
 
 # ------------------------------------------------------------------ stages
@@ -374,7 +397,8 @@ def update_readme(results: Path, readme: Path = README) -> None:
 def main() -> None:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["convert", "study", "stages", "scale", "assign", "all", "readme"])
+    parser.add_argument("which", choices=["convert", "study", "stages", "scale", "assign", "algorithms", "all",
+                                          "readme"])
     parser.add_argument("--rows", type=int, default=None, help="rows of the demo case (default 416,314)")
     parser.add_argument("--data", type=Path, default=Path(".bench-data"), help="generated data (default .bench-data/)")
     parser.add_argument("--quick", action="store_true",
@@ -396,6 +420,8 @@ def main() -> None:
                         help="'study' without the UMAP view of every row (its report keeps the PCA density views)")
     parser.add_argument("--scale-base", type=int, default=None, help="1x rows of 'scale' (default 416,314)")
     parser.add_argument("--scale-factors", default=None, help="row multiples of 'scale' (default 1,4,10)")
+    parser.add_argument("--algorithms", default="kmeans,ward,gmm,hdbscan",
+                        help="algorithms of 'algorithms' (default kmeans,ward,gmm,hdbscan)")
     parser.add_argument("--results", type=Path, default=None, help="results file (default results/latest.md)")
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.quick else 416_314)
@@ -407,7 +433,7 @@ def main() -> None:
     if args.which == "readme":
         update_readme(RESULTS)
         return
-    todo = ["convert", "study", "stages", "scale", "assign"] if args.which == "all" else [args.which]
+    todo = ["convert", "study", "stages", "scale", "assign", "algorithms"] if args.which == "all" else [args.which]
     if "convert" in todo:
         bench_convert(args.data, rows)
     if "study" in todo:
@@ -419,6 +445,8 @@ def main() -> None:
         bench_scale(args.data, rows, base, factors, k, args.memory, args.lof_rows)
     if "assign" in todo:
         bench_assign(args.data, rows)
+    if "algorithms" in todo:
+        bench_algorithms(args.data, rows, k, args.memory, args.algorithms)
 
 
 if __name__ == "__main__":

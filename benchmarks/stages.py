@@ -234,14 +234,17 @@ def convert_case_streamclust(case: str, store: str, memory: str = "1GB") -> dict
     return {"rows": s.n_rows, "sets": s.descriptor_names()}
 
 
-def study_streamclust(store: str, out: str, k: str = "2:15", memory: str = "1GB", umap: bool = False) -> dict:
+def study_streamclust(store: str, out: str, k: str = "2:15", memory: str = "1GB", umap: bool = False,
+                      algorithms: str = "kmeans") -> dict:
     """The whole streamclust study (run_study, report=True): per set StreamingPCA(64), the k sweep with
     exact metrics and labels, kNN outlier scores of every row, profiles and models; then the set
     comparison, results/outliers/clusters CSVs and report.html with density plots of all rows
-    (``umap``: also every row's position in a 2-D UMAP of each set, shown in the report)."""
+    (``umap``: also every row's position in a 2-D UMAP of each set, shown in the report; ``algorithms``:
+    the clustering algorithms, compared in the report)."""
     from streamclust.study import run_study
 
-    res = run_study(store, out, k=k, memory=memory, random_state=SEED, report=True, umap=umap)
+    res = run_study(store, out, k=k, memory=memory, random_state=SEED, report=True, umap=umap,
+                    algorithms=algorithms.split(","))
     return {name: {"k": r.k, "seconds": round(r.seconds, 1), "outliers": r.n_outliers}
             for name, r in res.sets.items()}
 
