@@ -95,7 +95,7 @@ import pandas as pd
 
 from streamclust.analysis import compare_sets
 from streamclust.core.blocks import parse_memory
-from streamclust.core.files import write_atomic
+from streamclust.core.files import write_atomic, write_csv
 from streamclust.core.logs import forward_log
 from streamclust.core.progress import progress_step, show_progress
 from streamclust.core.scheduler import runs_on_scheduler
@@ -105,6 +105,7 @@ from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithm_comparison import ALGORITHM_RULE, clusters_table, compare_algorithms
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
 from streamclust.study.case_files import CaseFile, CaseFileArg, choose_images, choose_metadata
+from streamclust.study.arguments import check_study_arguments
 from streamclust.study.outputs import publish, write_results
 from streamclust.study.reporting import build_study_report
 from streamclust.study.results import StudyResult
@@ -270,9 +271,9 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     result.comparison = comparison
     result.recommended = comparison.recommended_set or plan.names[0]
     logger.info(f"recommended set: {result.recommended} ({comparison.reason})")
-    write_atomic(stage / "metrics.csv", metrics_all.to_csv(index=False))
-    write_atomic(stage / "algorithms.csv", agreement_all.to_csv(index=False))
-    write_atomic(stage / "comparison.csv", comparison.recommendation.to_csv())
+    write_csv(stage / "metrics.csv", metrics_all)
+    write_csv(stage / "algorithms.csv", agreement_all)
+    write_csv(stage / "comparison.csv", comparison.recommendation, index=True)
     with progress_step("comparison of the algorithms"):
         result.algorithm_comparison = {
             n: compare_algorithms(n, {"kmeans": sets.labels[n], **sets.extra_labels.get(n, {})}, metrics_all,
@@ -282,7 +283,7 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     for n, c in result.algorithm_comparison.items():
         if len(c.algorithms) > 1:
             logger.info(f"{n}: recommended algorithm {c.reason}")
-    write_atomic(stage / "clusters.csv", clusters_table(result.algorithm_comparison).to_csv(index=False))
+    write_csv(stage / "clusters.csv", clusters_table(result.algorithm_comparison))
     rec = result.recommended
     columns = {"cluster": sets.labels[rec], **{f"cluster_{n}": a for n, a in sets.labels.items()},
                "outlier_score": sets.scores[rec], "is_outlier": sets.flags[rec]}
@@ -294,7 +295,7 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
             columns[f"cluster_{n}_{alg}"] = arr
     with progress_step("results"):
         write_results(stage / "results.csv", stage / "results.parquet", plan.store.ids, columns)
-    write_atomic(stage / "outliers.csv", pd.concat(sets.top_outliers, ignore_index=True).to_csv(index=False))
+    write_csv(stage / "outliers.csv", pd.concat(sets.top_outliers, ignore_index=True))
 
 
 def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path, params: dict[str, Any],
@@ -413,6 +414,9 @@ def run_study(
     StudyResult
     """
     with forward_log(log), show_progress(progress):  # the steps log to logging; `log` receives their lines too
+        check_study_arguments(store_path, out_dir, n_components=n_components, n_init=n_init, random_state=random_state,
+                              outlier_neighbors=outlier_neighbors, metadata=metadata, images=images,
+                              outlier_truth=outlier_truth)
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
         out = Path(out_dir)
