@@ -8,6 +8,8 @@ here has its formula-leading text cells neutralised (:func:`neutralise_formulas`
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -117,19 +119,50 @@ def neutralise_formulas(frame: Any) -> Any:
         hit = np.fromiter((_formula_like(v) for v in values), dtype=bool, count=len(values))
         if hit.any():
             values = values.copy()
-            values[hit] = ["'" + v for v in values[hit]]
+            values[hit] = [_neutral(v) for v in values[hit]]
             out = frame.copy() if out is frame else out
             out.isetitem(i, values)
     for axis in ("columns", "index"):
         labels = getattr(frame, axis)
         if not pd.api.types.is_numeric_dtype(labels.dtype) and any(_formula_like(v) for v in labels):
             out = frame.copy() if out is frame else out
-            setattr(out, axis, labels.map(lambda v: "'" + v if _formula_like(v) else v))
+            setattr(out, axis, labels.map(_neutral))
+    if any(_formula_like(name) for name in frame.index.names):  # the index column's header
+        out = frame.copy() if out is frame else out
+        out.index = out.index.set_names([_neutral(name) for name in frame.index.names])
     return out
 
 
 def _formula_like(value: object) -> bool:
     return isinstance(value, str) and value.startswith(FORMULA_STARTS)
+
+
+def _neutral(value: Any) -> Any:
+    return "'" + value if _formula_like(value) else value
+
+
+def _csv_quotes_cr() -> bool:
+    """Whether this Python's csv writer quotes a field holding a bare CR (CPython >= 3.11.9, gh-67044)."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(["\r"])
+    return text.getvalue().startswith('"')
+
+
+_QUOTES_CR = _csv_quotes_cr()
+
+
+def _safe_csv(frame: Any, buf: IO[str] | None = None, **to_csv: Any) -> Any:
+    """``frame.to_csv(buf, **to_csv)``, its formula-like cells neutralised (:func:`neutralise_formulas`),
+    every field quoted when a text cell holds a CR that this Python's csv writer would leave bare:
+    readers would take it for the end of the row, and what follows it for a new cell."""
+    import pandas as pd
+
+    safe = neutralise_formulas(frame)
+    if not _QUOTES_CR:
+        texts = [safe.columns, safe.index, *(c for _, c in safe.items() if not pd.api.types.is_numeric_dtype(c.dtype))]
+        if any(isinstance(v, str) and "\r" in v for values in texts for v in values):
+            to_csv["quoting"] = csv.QUOTE_ALL
+    return safe.to_csv(buf, **to_csv)
 
 
 def write_csv(path: str | os.PathLike[str], frame: Any, *, index: bool = False) -> None:
@@ -143,7 +176,7 @@ def write_csv(path: str | os.PathLike[str], frame: Any, *, index: bool = False) 
     index : bool
         Write the index as the first column.
     """
-    write_atomic(path, neutralise_formulas(frame).to_csv(index=index))
+    write_atomic(path, _safe_csv(frame, index=index))
 
 
 def write_csv_frames(path: str | os.PathLike[str], frames: Iterable[Any]) -> None:
@@ -161,4 +194,4 @@ def write_csv_frames(path: str | os.PathLike[str], frames: Iterable[Any]) -> Non
     """
     with atomic_output(path, "w", newline="") as f:
         for i, frame in enumerate(frames):
-            neutralise_formulas(frame).to_csv(f, header=i == 0, index=False, float_format="%.6g")
+            _safe_csv(frame, f, header=i == 0, index=False, float_format="%.6g")
