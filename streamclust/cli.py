@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--memory", default=None, metavar="SIZE", type=_memory_arg,
+    common.add_argument("--memory", default=None, metavar="SIZE",
                         help="memory budget of the whole process, e.g. 512MB, 2GiB (default: 1GiB, "
                              "the API's default)")
     common.add_argument("--debug", action="store_true",
@@ -235,15 +235,6 @@ def _int_or_float(text: str) -> int | float:
         return float(text)
 
 
-def _memory_arg(text: str) -> str:
-    """``--memory``: checked as the API will read it (:func:`parse_memory`), kept as text."""
-    try:
-        parse_memory(text)
-    except StreamclustError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _run_convert(args: argparse.Namespace, say) -> None:
     from streamclust.io.ingest import convert_case
 
@@ -307,6 +298,7 @@ def _run_demo(args: argparse.Namespace, say) -> None:
     from streamclust.study.rules import parse_k_range
 
     parse_k_range(args.k)  # refused before the demo case is generated
+    parse_memory(args.memory)
     check_output_path(args.out, "folder")
     case = args.out / "case"
     t0 = time.perf_counter()

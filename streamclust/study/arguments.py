@@ -16,10 +16,11 @@ __all__ = ["check_study_arguments"]
 PathLike = str | os.PathLike[str]
 
 
-def check_study_arguments(store_path: PathLike, out_dir: PathLike, *, n_components: Any, n_init: Any,
-                          random_state: Any, outlier_neighbors: Any, metadata: PathLike | None,
+def check_study_arguments(store_path: PathLike, out_dir: PathLike, n_components: Any, n_init: Any,
+                          random_state: Any, outlier_neighbors: Any, *, metadata: PathLike | None,
                           images: PathLike | None, outlier_truth: PathLike | None) -> None:
-    """Raise :class:`~streamclust.errors.InputError` naming the first bad argument (see the module docstring)."""
+    """Raise :class:`~streamclust.errors.InputError` naming the first bad argument of
+    :func:`~streamclust.study.run_study` (same names; see the module docstring)."""
     pca_components("n_components", n_components)
     positive_int("n_init", n_init)
     random_seed("random_state", random_state)

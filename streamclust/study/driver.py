@@ -362,8 +362,7 @@ def run_study(
     n_init : int
         k-means starts per k; the lowest full-data inertia wins.
     memory : str or int, optional
-        Memory budget of the whole process, e.g. ``"1GB"`` (default 1 GiB; ``memory`` applies to
-        each worker on a cluster).
+        Memory budget of the whole process, e.g. ``"1GB"`` (default 1 GiB; on a cluster, of each worker).
     silhouette_samples : int
         Rows sampled for the silhouette estimate (one sample per set serves every algorithm and k).
     metadata, images : path, None or False
@@ -396,9 +395,8 @@ def run_study(
         always runs and alone defines ``cluster_<set>`` and the saved model; the default runs it
         alone (the CLI's ``--algorithms`` default is ``kmeans,ward``).
     mix : str or list of str, optional
-        Step 8: mixtures studied as sets of their own, e.g. ``["vdc_color+vdc_type",
-        "osnet+vdc_color:2,1"]`` (:func:`~streamclust.study.rules.parse_mix`); members missing from
-        ``descriptors`` are studied too.
+        Step 8: mixtures studied as sets of their own, e.g. ``["vdc_color+vdc_type", "osnet+vdc_color:2,1"]``
+        (:func:`~streamclust.study.rules.parse_mix`); members missing from ``descriptors`` are studied too.
     scheduler : str, optional
         Where the parallel passes run: ``"local:N"`` worker processes for the call,
         ``"tcp://host:port"`` a running scheduler whose workers can read ``store_path``; default
@@ -414,9 +412,8 @@ def run_study(
     StudyResult
     """
     with forward_log(log), show_progress(progress):  # the steps log to logging; `log` receives their lines too
-        check_study_arguments(store_path, out_dir, n_components=n_components, n_init=n_init, random_state=random_state,
-                              outlier_neighbors=outlier_neighbors, metadata=metadata, images=images,
-                              outlier_truth=outlier_truth)
+        check_study_arguments(store_path, out_dir, n_components, n_init, random_state, outlier_neighbors,
+                              metadata=metadata, images=images, outlier_truth=outlier_truth)
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
         out = Path(out_dir)
