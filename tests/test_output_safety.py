@@ -263,7 +263,7 @@ def test_the_api_entry_points_refuse_such_outputs_too(hostile, tmp_path):
 
 # -- parameters ------------------------------------------------------------------------------------------
 
-STUDY = ["--k", "3:4", "--no-report", "--algorithms", "kmeans"]  # small, should a case be accepted
+STUDY = ["--k", "3:4", "--algorithms", "kmeans"]  # small, should a case be accepted
 #: (argv after the store and -o for study, or whole for demo/assign, words the error names)
 PARAMETER_CASES = {
     "--components 0": (["--components", "0"], "n_components=0"),
@@ -287,7 +287,7 @@ PARAMETER_CASES = {
     "--mix one set": (["--mix", SET], "(--mix) should join two or more"),
     "--mix unknown set": (["--mix", f"{SET}+nope"], "(--mix): unknown descriptor set(s) 'nope'"),
     "--mix bad weights": (["--mix", f"{SET}+x:a,b"], "(--mix)"),
-    "--images not a zip": (["--images", "{root}/meta.csv"], "not a zip file nor a folder of images (images)"),
+    "--images not a zip": (["--images", "{root}/meta.csv"], "meta.csv: not a zip file nor a folder of images"),
     "--metadata missing": (["--metadata", "{root}/missing.csv"], "metadata"),
     "--outlier-truth missing": (["--outlier-truth", "{root}/missing.csv"], "outlier"),
     "demo --rows 0": (["demo", "--rows", "0"], "rows"),
@@ -333,6 +333,6 @@ def test_run_study_refuses_bad_parameters_before_any_work(hostile, tmp_path, key
     value = hostile / value if keyword in ("images", "metadata") else value
     runs = _runs(hostile / "case.zarr")
     with pytest.raises(InputError) as caught:
-        run_study(hostile / "case.zarr", tmp_path / "out", k="3:4", report=False, **{keyword: value})
+        run_study(hostile / "case.zarr", tmp_path / "out", k="3:4", report=keyword == "images", **{keyword: value})
     assert words in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists() and _runs(hostile / "case.zarr") == runs

@@ -1,4 +1,4 @@
-"""Where a command may write, and what it reads, checked before any work (pure path logic).
+"""Where a command may write, checked before any work (pure path logic).
 
 An output never is, nor lies inside, one of the command's inputs, a Zarr store or a model folder
 (symlinks resolved), and it stands where a thing of its kind can: a CSV is not a folder, a study's
@@ -8,7 +8,6 @@ output folder is not a file, a store is a new, empty or store folder.  fsspec UR
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -16,7 +15,7 @@ from typing import Literal
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError
 
-__all__ = ["check_output_path", "check_input_path"]
+__all__ = ["check_output_path"]
 
 #: Files that make a folder a Zarr node (v3; v2 group or array) or a saved model.
 _STORE_FILES = ("zarr.json", ".zgroup", ".zarray")
@@ -24,7 +23,7 @@ _MODEL_FILE = "model.json"
 
 
 def check_output_path(out: str | os.PathLike[str], kind: Literal["file", "folder", "store"], *,
-                      inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
+                      inputs: Iterable[object] = ()) -> None:
     """Refuse an output path that writing would damage something through, before any work.
 
     Parameters
@@ -34,8 +33,8 @@ def check_output_path(out: str | os.PathLike[str], kind: Literal["file", "folder
     kind : {"file", "folder", "store"}
         What is written there: one file (assign's CSV), a folder of outputs (a study), or a store
         (``convert``: the store itself may exist, to be resumed).
-    inputs : iterable of path, optional
-        What the command reads (files or folders; None and URLs are skipped).
+    inputs : iterable, optional
+        What the command reads, files or folders; what is not a local path (None, False, a URL) is skipped.
 
     Raises
     ------
@@ -48,7 +47,7 @@ def check_output_path(out: str | os.PathLike[str], kind: Literal["file", "folder
     target = Path(out).resolve()
     where = f"{os.fspath(out)}: the output"
     for item in inputs:
-        if item is None or is_url(item):
+        if not isinstance(item, (str, os.PathLike)) or not os.fspath(item) or is_url(item):
             continue
         source = Path(item).resolve()
         if target == source:
@@ -85,29 +84,3 @@ def _check_kind(target: Path, where: str, kind: str) -> None:
         raise InputError(f"{where} is a folder holding other files, not a Zarr store; give a new or empty "
                          "folder, or the store to resume.")
 
-
-def check_input_path(path: str | os.PathLike[str], kind: Literal["file", "zip or folder"], *,
-                     option: str) -> None:
-    """Refuse a missing input, or one of the wrong kind, before any work (cheap: no file is read
-    but a zip's last bytes, where its directory ends).
-
-    Parameters
-    ----------
-    path : path
-    kind : {"file", "zip or folder"}
-        A regular file (metadata, truth CSV), or a zip file or folder (images).
-    option : str
-        How the input was given, for the message (``--metadata``, ``images``).
-
-    Raises
-    ------
-    InputError
-        Naming ``path``, the option and what it should be.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such {'file' if kind == 'file' else 'zip file or folder'} ({option}).")
-    if kind == "file" and not p.is_file():
-        raise InputError(f"{p}: is not a file ({option}).")
-    if kind == "zip or folder" and not p.is_dir() and not (p.is_file() and zipfile.is_zipfile(p)):
-        raise InputError(f"{p}: not a zip file nor a folder of images ({option}).")

@@ -104,8 +104,8 @@ from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithm_comparison import ALGORITHM_RULE, clusters_table, compare_algorithms
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
-from streamclust.study.case_files import CaseFile, CaseFileArg, choose_images, choose_metadata
 from streamclust.study.arguments import check_study_arguments
+from streamclust.study.case_files import CaseFile, CaseFileArg, choose_images, choose_metadata
 from streamclust.study.outputs import publish, write_results
 from streamclust.study.reporting import build_study_report
 from streamclust.study.results import StudyResult
@@ -416,9 +416,9 @@ def run_study(
                               metadata=metadata, images=images, outlier_truth=outlier_truth)
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
+        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report)
         params = plan.params(n_components=n_components, n_init=n_init, memory=memory,
                              silhouette_samples=silhouette_samples, outlier_neighbors=outlier_neighbors,
                              outlier_score=outlier_score, outlier_truth=outlier_truth, random_state=random_state,
