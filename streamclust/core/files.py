@@ -159,7 +159,8 @@ def _safe_csv(frame: Any, buf: IO[str] | None = None, **to_csv: Any) -> Any:
 
     safe = neutralise_formulas(frame)
     if not _QUOTES_CR:
-        texts = [safe.columns, safe.index, *(c for _, c in safe.items() if not pd.api.types.is_numeric_dtype(c.dtype))]
+        texts = [values for values in (safe.columns, safe.index, *(c for _, c in safe.items()))
+                 if not pd.api.types.is_numeric_dtype(values.dtype)]
         if any(isinstance(v, str) and "\r" in v for values in texts for v in values):
             to_csv["quoting"] = csv.QUOTE_ALL
     return safe.to_csv(buf, **to_csv)
