@@ -8,15 +8,18 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from streamclust import __version__
-from streamclust.core.blocks import bound_heaps
+from streamclust.core.arguments import pca_components, positive_int, random_seed
+from streamclust.core.blocks import bound_heaps, parse_memory
 from streamclust.core.logs import PACKAGE_LOGGER
+from streamclust.core.paths import check_output_path
 from streamclust.core.scheduler import SCHEDULER_HELP, use_scheduler
 from streamclust.core.urls import is_url
-from streamclust.errors import StreamclustError
+from streamclust.errors import InputError, StreamclustError
 
 __all__ = ["main", "build_parser"]
 
@@ -119,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--k", default="2:15", metavar="K|A:B",
                        help="k to try: one value, an inclusive range A:B, or a list 4,8,12 (default 2:15)")
     study.add_argument("--components", default="64", metavar="N|FRACTION",
+                       type=_number_arg(pca_components, "n_components", _int_or_float),
                        help="PCA components, or a variance fraction like 0.9 (default 64)")
-    study.add_argument("--n-init", type=int, default=3, help="k-means starts per k (default 3)")
+    study.add_argument("--n-init", type=_number_arg(positive_int, "n_init", int), default=3,
+                       help="k-means starts per k (default 3)")
     metadata = study.add_mutually_exclusive_group()
     metadata.add_argument("--metadata", type=Path, metavar="FILE",
                           help="per-image attributes for cluster profiles and sentences: VeRi-Wild "
@@ -134,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "also found under another top folder (longest common path suffix)")
     images.add_argument("--no-images", action="store_true", help="use no images, not even the recorded source")
     study.add_argument("--no-report", action="store_true", help="skip report.html")
-    study.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    study.add_argument("--seed", type=_number_arg(random_seed, "seed", int), default=0, help="random seed (default 0)")
     study.add_argument("--algorithms", default="kmeans,ward", metavar="NAME[,NAME...]",
                        help="clustering algorithms compared on every set: kmeans, ward, gmm, hdbscan "
                             "(default kmeans,ward; kmeans always runs and defines the saved model)")
@@ -183,10 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes OUT/case/ (raw files in the real case's format, with truth.csv),\n"
                     "OUT/case.zarr and OUT/study/.",
     )
-    demo.add_argument("--rows", type=int, default=20_000, help="images to generate (default 20000)")
+    demo.add_argument("--rows", type=_number_arg(positive_int, "rows", int), default=20_000,
+                      help="images to generate (default 20000)")
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
     demo.add_argument("--k", default="2:15", metavar="K|A:B", help="k range of the study (default 2:15)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_number_arg(random_seed, "seed", int), default=0, help="random seed (default 0)")
     demo.add_argument("--no-images", action="store_true", help="skip rendering images.zip")
 
     completion = sub.add_parser(
@@ -205,9 +211,28 @@ def _store_arg(text: str) -> Path | str:
     return text if is_url(text) else Path(text)
 
 
-def _components(text: str) -> int | float:
-    value = float(text)
-    return value if 0 < value < 1 else int(value)
+def _number_arg(check: Callable[[str, object], Any], name: str, parse: Callable[[str], Any]
+                ) -> Callable[[str], Any]:
+    """An argparse ``type``: ``check(name, parse(text))``, whose refusal (also of text ``parse``
+    cannot read) becomes argparse's one-line error naming the option and ``name=value``."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = text  # refused by the check, which names the parameter
+        try:
+            return check(name, value)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _int_or_float(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _run_convert(args: argparse.Namespace, say) -> None:
@@ -232,7 +257,7 @@ def _run_study(args: argparse.Namespace, say, store=None, out=None, outlier_trut
     result = run_study(
         store or args.store, out or args.out,
         descriptors=args.descriptors.split(",") if getattr(args, "descriptors", None) else None,
-        k=args.k, n_components=_components(getattr(args, "components", "64")),
+        k=args.k, n_components=getattr(args, "components", 64),
         n_init=getattr(args, "n_init", 3), memory=args.memory, random_state=args.seed,
         metadata=False if getattr(args, "no_metadata", False) else getattr(args, "metadata", None),
         images=False if getattr(args, "no_images", False) else getattr(args, "images", None),
@@ -270,7 +295,11 @@ def _run_assign(args: argparse.Namespace, say) -> int:
 def _run_demo(args: argparse.Namespace, say) -> None:
     from streamclust.datasets.synthetic import make_demo_case
     from streamclust.io.ingest import convert_case
+    from streamclust.study.rules import parse_k_range
 
+    parse_k_range(args.k)  # refused before the demo case is generated
+    parse_memory(args.memory)
+    check_output_path(args.out, "folder")
     case = args.out / "case"
     t0 = time.perf_counter()
     make_demo_case(case, n_rows=args.rows, seed=args.seed, images=not args.no_images, progress=not args.quiet)

@@ -26,6 +26,7 @@ import numpy as np
 
 from streamclust.core.blocks import parse_memory, rows_not_in
 from streamclust.core.files import write_atomic
+from streamclust.core.paths import check_output_path
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError, StoreError, one_line
@@ -640,6 +641,7 @@ def convert_case(
     """
     _check_policy(nan_policy)
     files = discover_case(case_dir, descriptors, paths_csv)
+    check_output_path(out, "store", inputs=[case_dir, files.paths_csv, *files.descriptors.values()])
     sources = {
         name: open_source(path, allow_restricted_pickle=allow_restricted_pickle)
         for name, path in files.descriptors.items()

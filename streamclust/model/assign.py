@@ -24,6 +24,7 @@ import pandas as pd
 
 from streamclust.core.blocks import block_rows_for, iter_blocks
 from streamclust.core.files import write_csv_frames
+from streamclust.core.paths import check_output_path
 from streamclust.core.scheduler import map_ordered, runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError
@@ -139,6 +140,7 @@ def assign_new(
     """
     import time
 
+    check_output_path(out_csv, "file", inputs=[model_dir, new_input, paths_csv])
     model = DescriptorSetModel.load(model_dir)
     source = new_input if is_url(new_input) else Path(new_input)
     rows, paths = _open_input(source, model, Path(paths_csv) if paths_csv else None, allow_restricted_pickle)

@@ -95,7 +95,7 @@ import pandas as pd
 
 from streamclust.analysis import compare_sets
 from streamclust.core.blocks import parse_memory
-from streamclust.core.files import write_atomic
+from streamclust.core.files import write_atomic, write_csv
 from streamclust.core.logs import forward_log
 from streamclust.core.progress import progress_step, show_progress
 from streamclust.core.scheduler import runs_on_scheduler
@@ -104,6 +104,7 @@ from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithm_comparison import ALGORITHM_RULE, clusters_table, compare_algorithms
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
+from streamclust.study.arguments import check_study_arguments
 from streamclust.study.case_files import CaseFile, CaseFileArg, choose_images, choose_metadata
 from streamclust.study.outputs import publish, write_results
 from streamclust.study.reporting import build_study_report
@@ -270,9 +271,9 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     result.comparison = comparison
     result.recommended = comparison.recommended_set or plan.names[0]
     logger.info(f"recommended set: {result.recommended} ({comparison.reason})")
-    write_atomic(stage / "metrics.csv", metrics_all.to_csv(index=False))
-    write_atomic(stage / "algorithms.csv", agreement_all.to_csv(index=False))
-    write_atomic(stage / "comparison.csv", comparison.recommendation.to_csv())
+    write_csv(stage / "metrics.csv", metrics_all)
+    write_csv(stage / "algorithms.csv", agreement_all)
+    write_csv(stage / "comparison.csv", comparison.recommendation, index=True)
     with progress_step("comparison of the algorithms"):
         result.algorithm_comparison = {
             n: compare_algorithms(n, {"kmeans": sets.labels[n], **sets.extra_labels.get(n, {})}, metrics_all,
@@ -282,7 +283,7 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
     for n, c in result.algorithm_comparison.items():
         if len(c.algorithms) > 1:
             logger.info(f"{n}: recommended algorithm {c.reason}")
-    write_atomic(stage / "clusters.csv", clusters_table(result.algorithm_comparison).to_csv(index=False))
+    write_csv(stage / "clusters.csv", clusters_table(result.algorithm_comparison))
     rec = result.recommended
     columns = {"cluster": sets.labels[rec], **{f"cluster_{n}": a for n, a in sets.labels.items()},
                "outlier_score": sets.scores[rec], "is_outlier": sets.flags[rec]}
@@ -294,7 +295,7 @@ def _compare_and_write(plan: _Plan, result: StudyResult, sets: _EverySet, stage:
             columns[f"cluster_{n}_{alg}"] = arr
     with progress_step("results"):
         write_results(stage / "results.csv", stage / "results.parquet", plan.store.ids, columns)
-    write_atomic(stage / "outliers.csv", pd.concat(sets.top_outliers, ignore_index=True).to_csv(index=False))
+    write_csv(stage / "outliers.csv", pd.concat(sets.top_outliers, ignore_index=True))
 
 
 def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path, params: dict[str, Any],
@@ -361,8 +362,7 @@ def run_study(
     n_init : int
         k-means starts per k; the lowest full-data inertia wins.
     memory : str or int, optional
-        Memory budget of the whole process, e.g. ``"1GB"`` (default 1 GiB; ``memory`` applies to
-        each worker on a cluster).
+        Memory budget of the whole process, e.g. ``"1GB"`` (default 1 GiB; on a cluster, of each worker).
     silhouette_samples : int
         Rows sampled for the silhouette estimate (one sample per set serves every algorithm and k).
     metadata, images : path, None or False
@@ -395,9 +395,8 @@ def run_study(
         always runs and alone defines ``cluster_<set>`` and the saved model; the default runs it
         alone (the CLI's ``--algorithms`` default is ``kmeans,ward``).
     mix : str or list of str, optional
-        Step 8: mixtures studied as sets of their own, e.g. ``["vdc_color+vdc_type",
-        "osnet+vdc_color:2,1"]`` (:func:`~streamclust.study.rules.parse_mix`); members missing from
-        ``descriptors`` are studied too.
+        Step 8: mixtures studied as sets of their own, e.g. ``["vdc_color+vdc_type", "osnet+vdc_color:2,1"]``
+        (:func:`~streamclust.study.rules.parse_mix`); members missing from ``descriptors`` are studied too.
     scheduler : str, optional
         Where the parallel passes run: ``"local:N"`` worker processes for the call,
         ``"tcp://host:port"`` a running scheduler whose workers can read ``store_path``; default
@@ -413,11 +412,13 @@ def run_study(
     StudyResult
     """
     with forward_log(log), show_progress(progress):  # the steps log to logging; `log` receives their lines too
+        check_study_arguments(store_path, out_dir, n_components, n_init, random_state, outlier_neighbors,
+                              metadata=metadata, images=images, outlier_truth=outlier_truth)
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
+        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report)
         params = plan.params(n_components=n_components, n_init=n_init, memory=memory,
                              silhouette_samples=silhouette_samples, outlier_neighbors=outlier_neighbors,
                              outlier_score=outlier_score, outlier_truth=outlier_truth, random_state=random_state,
