@@ -206,6 +206,8 @@ OUTPUT_CASES = {
                                      lambda r, t: t, "is a folder"),
     "convert -o STORE/descriptors": (lambda r, t: ["convert", f"{r}/case", "-o", f"{r}/case.zarr/descriptors"],
                                      lambda r, t: r / "case.zarr", "lies inside the Zarr store"),
+    "convert -o CASE/descriptors": (lambda r, t: ["convert", f"{r}/case", "-o", f"{r}/case/descriptors"],
+                                    lambda r, t: r / "case" / "descriptors", "not a Zarr store"),
     "convert -o an existing file": (lambda r, t: ["convert", f"{r}/case", "-o", str(_file(t))],
                                     lambda r, t: t, "is an existing file"),
     "convert -o a folder of other files": (lambda r, t: ["convert", f"{r}/case", "-o", str(_file(t).parent)],
@@ -336,3 +338,11 @@ def test_run_study_refuses_bad_parameters_before_any_work(hostile, tmp_path, key
         run_study(hostile / "case.zarr", tmp_path / "out", k="3:4", report=keyword == "images", **{keyword: value})
     assert words in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists() and _runs(hostile / "case.zarr") == runs
+
+
+def test_a_store_may_live_inside_its_case_folder(hostile, tmp_path):
+    """Only the case's input files are protected, not its folder: ``convert CASE -o CASE/case.zarr`` works."""
+    case = tmp_path / "case"
+    shutil.copytree(hostile / "case", case)
+    convert_case(case, case / "case.zarr")
+    assert CaseStore(case / "case.zarr").descriptor_names() == [SET]
