@@ -641,9 +641,7 @@ def convert_case(
     """
     _check_policy(nan_policy)
     files = discover_case(case_dir, descriptors, paths_csv)
-    # the input files, not the case folder: a store may live beside them (CASE/case.zarr); CASE/descriptors
-    # itself is refused as an existing folder that is not a store
-    check_output_path(out, "store", inputs=[files.paths_csv, *files.descriptors.values()])
+    check_output_path(out, "store", inputs=[files.paths_csv, *files.descriptors.values()])  # not CASE/case.zarr
     sources = {
         name: open_source(path, allow_restricted_pickle=allow_restricted_pickle)
         for name, path in files.descriptors.items()
