@@ -308,7 +308,8 @@ def _count_problem(attrs: Any, key: str, *, equal: int | None = None, at_most: i
             or equal is not None and value != equal or at_most is not None and value > at_most:
         want = f"{equal}" if equal is not None else f"an integer in [0, {at_most}]" if at_most is not None \
             else "an integer >= 0"
-        return f"attribute {key}={value!r} should be {want}"
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return f"attribute {key}={shown} should be {want}"
     return None
 
 
@@ -326,7 +327,8 @@ class _CheckedArray(zarr.Array):
             raise
         except Exception as exc:  # zarr's codecs raise several types for bytes that do not decode
             first = selection[0] if isinstance(selection, tuple) and selection else selection
-            rows = f"rows {first.start}-{first.stop}" if isinstance(first, slice) else f"selection {first!r}"
+            rows = (f"rows {first.start or 0}-{self.shape[0] if first.stop is None else first.stop}"
+                    if isinstance(first, slice) else f"selection {first!r}")
             raise StoreError(f"{self.label}: {rows} cannot be read ({type(exc).__name__}: {one_line(exc)[:200]}); "
                              f"{_DAMAGED_FIX}.") from exc
 
@@ -359,12 +361,16 @@ def _open_node(group: zarr.Group, path: str, where: str) -> zarr.Array | zarr.Gr
         Its ``zarr.json`` is not valid Zarr v3 metadata (zarr raises many types for that).
     """
     try:
-        return group[path]
+        node = group[path]
     except KeyError:
         return None
     except Exception as exc:
         raise StoreError(f"{where}: its zarr.json cannot be read ({type(exc).__name__}: {one_line(exc)[:200]}); "
                          f"{_DAMAGED_FIX}.") from exc
+    if not isinstance(node.metadata.attributes, dict):  # zarr leaves an array's unchecked
+        raise StoreError(f"{where}: its zarr.json has attributes of type {type(node.metadata.attributes).__name__}, "
+                         f"expected an object; {_DAMAGED_FIX}.")
+    return node
 
 
 def _open_array(group: zarr.Group, path: str, where: str) -> zarr.Array | None:
