@@ -267,7 +267,7 @@ def _metadata_problem(arr: zarr.Array, *, ndim: int | None, kinds: str, min_chun
     if not isinstance(meta, ArrayV3Metadata):
         return f"is a Zarr v{meta.zarr_format} array, expected v3"
     shape = tuple(meta.shape)
-    if ndim is not None and len(shape) != ndim or not shape:
+    if (ndim is not None and len(shape) != ndim) or not shape:
         return f"has shape {shape}, expected {ndim or 'at least 1'} dimension(s)"
     if not isinstance(meta.chunk_grid, RegularChunkGrid):
         return f"has a chunk grid of type {type(meta.chunk_grid).__name__}, expected 'regular'"
@@ -304,16 +304,16 @@ def _count_problem(attrs: Any, key: str, *, equal: int | None = None, at_most: i
     if key not in attrs:
         return None
     value = attrs[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
-            or equal is not None and value != equal or at_most is not None and value > at_most:
-        want = f"{equal}" if equal is not None else f"an integer in [0, {at_most}]" if at_most is not None \
-            else "an integer >= 0"
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        return f"attribute {key}={shown} should be {want}"
-    return None
+    whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if whole and (equal is None or value == equal) and (at_most is None or value <= at_most):
+        return None
+    want = (str(equal) if equal is not None else
+            f"an integer in [0, {at_most}]" if at_most is not None else "an integer >= 0")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"attribute {key}={shown} should be {want}"
 
 
-@dataclass(frozen=False)
+@dataclass(frozen=False, repr=False)  # zarr's repr, which names the store and the array
 class _CheckedArray(zarr.Array):
     """A zarr array of a checked store whose reads that fail (a chunk that does not decode to its
     declared shape, type or codecs) raise :class:`StoreError` naming the store and the array."""
@@ -677,8 +677,9 @@ class CaseStore:
         """Refuse an array of ``descriptors`` or ``meta`` whose metadata streamclust does not write, or
         whose rows differ from the ids'."""
         problem = _metadata_problem(arr, ndim=ndim, kinds=kinds, min_chunk_rows=MIN_CHUNK_ROWS)
-        if problem is None and arr.shape[0] != self.n_rows:
-            problem = f"has {arr.shape[0]} rows but {self.path}: ids has {self.n_rows}"
+        n_ids = self.n_rows if problem is None else None
+        if n_ids is not None and arr.shape[0] != n_ids:
+            problem = f"has {arr.shape[0]} rows but {self.path}: ids has {n_ids}"
         if problem is None and ndim == 2 and arr.shape[1] == 0:
             problem = "has no feature (0 columns)"
         if problem is not None:
