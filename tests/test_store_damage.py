@@ -256,7 +256,13 @@ def test_cli_convert_refuses_a_nested_set_name(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["a\\b", "__x", ".zgroup"])
-def test_a_badly_named_node_found_in_a_store_is_refused(store, name):
+def test_a_badly_named_node_found_in_a_store_is_refused_and_files_that_are_no_nodes_left_alone(store, tiny, name):
+    """A Finder's .DS_Store, an editor's backup, an empty folder are no nodes: neither listed nor refused."""
+    (store / "descriptors" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (store / "descriptors" / "zarr.json~").write_text("{")
+    (store / "descriptors" / "__empty").mkdir()
+    assert CaseStore(store).descriptor_names() == [SET]
+    np.testing.assert_array_equal(CaseStore(store).descriptor(SET)[:], tiny["X"])
     shutil.copytree(store / "descriptors" / SET, store / "descriptors" / name)
     _refused(store, f"descriptors: holds a node named {name!r}", read=lambda s: s.descriptor_names())
 

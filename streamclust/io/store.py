@@ -655,14 +655,16 @@ class CaseStore:
         nodes = {}
         where = f"{self.path}: {group_name}"
         for name in sorted(_listing(where, self.root.store.list_dir(group.store_path.path))):
-            if name == "zarr.json":
+            if name in ("", "zarr.json"):  # a folder marker of an object store; the group's own metadata
                 continue
             problem = set_name_problem(name)
-            if problem is not None:
+            if problem is not None and (name in _RESERVED_NAMES or "\\" in name):  # zarr cannot open these
                 raise StoreError(f"{where}: holds a node named {name!r}, which {problem}; {_DAMAGED_FIX}.")
             node = _open_node(group, name, f"{where}/{name}")
-            if node is None:
+            if node is None:  # a file or folder that is no node (.DS_Store, a set being created)
                 continue
+            if problem is not None:
+                raise StoreError(f"{where}: holds a node named {name!r}, which {problem}; {_DAMAGED_FIX}.")
             if not isinstance(node, kind):
                 expected = "an array" if kind is zarr.Array else "a group"
                 raise StoreError(f"{where}/{name}: is not {expected}; {_DAMAGED_FIX}.")
