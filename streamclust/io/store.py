@@ -26,6 +26,17 @@ Every array carries provenance attributes (``source``, ``source_size``,
 and ``rows_written``; only arrays and runs whose status is ``"complete"`` are
 listed, so an interrupted conversion or study never looks finished.  An
 interrupted descriptor conversion is resumed from ``rows_written``.
+
+Reading checks the store before any work (:class:`StoreError`, one line naming the store, the array
+and what is wrong): the real ``zarr.json`` of every array read (never the consolidated copy) has sane
+declared shapes, chunks of rows only (at least :data:`MIN_CHUNK_ROWS` rows for ``ids``, descriptor
+sets and metadata columns, at most :data:`MAX_CHUNK_BYTES` decoded), a data type of its kind (real
+float descriptors), codecs on :data:`READABLE_CODECS`, little-endian bytes, the default chunk keys
+and numeric attributes that hold numbers; every descriptor set and metadata column has the rows of
+``ids``; every chunk file of ``ids`` and of a descriptor set is present (one listing per array, so a
+chunk an interrupted copy or upload left out is never read as zeros); a chunk that does not decode
+is refused when read.  Set names are checked (:func:`check_set_name`) when a set is created and
+when found in a store.
 """
 
 from __future__ import annotations
@@ -33,29 +44,41 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import itertools
 import logging
+import math
 import os
 import socket
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+from zarr.core.metadata import ArrayV3Metadata
+from zarr.core.sync import sync
 
 from streamclust import __version__
 from streamclust.core.scheduler import active_client
 from streamclust.core.urls import is_url
-from streamclust.errors import StoreError, one_line
+from streamclust.errors import InputError, StoreError, StreamclustError, one_line
 
 __all__ = [
     "SCHEMA_VERSION",
     "MAX_FIXED_ID_CHARS",
+    "MIN_CHUNK_ROWS",
+    "MAX_CHUNK_BYTES",
+    "READABLE_CODECS",
     "CaseStore",
     "RunGroup",
+    "check_set_name",
+    "set_name_problem",
     "chunk_rows_for",
     "disk_full_error",
     "now_iso",
@@ -79,6 +102,33 @@ MAX_FIXED_ID_CHARS = 1024
 
 #: The dimension of the rows of every array of a store.
 ROW_DIM = "image"
+
+#: Fewest rows per chunk of ``ids``, a descriptor set or a metadata column (unless the array has fewer
+#: rows): streamclust writes at least this many (:func:`chunk_rows_for`); a store declaring smaller
+#: chunks is damaged or hostile, and its chunk grid would be a task graph of millions of tasks.
+MIN_CHUNK_ROWS = 1024
+
+#: Most bytes one decoded chunk of a store may take: zarr decodes whole chunks, so a declared chunk
+#: shape bounds the memory of every read (streamclust writes chunks of about 8 MiB; a 1024-row chunk
+#: of float32 holds up to 262,144 features within this bound).
+MAX_CHUNK_BYTES = 1 << 30
+
+#: Codecs of the arrays a store may use: those streamclust and zarr's defaults write (``bytes``,
+#: little-endian, or ``vlen-utf8`` for variable-length strings, then ``blosc`` or ``zstd``) and two
+#: more that only decode bytes (``gzip``, ``crc32c``).  Others (``transpose``, ``sharding_indexed``,
+#: numcodecs filters) are refused: streamclust never writes them, and one added to a ``zarr.json``
+#: would change how every value is read.
+READABLE_CODECS = frozenset({"bytes", "vlen-utf8", "blosc", "zstd", "gzip", "crc32c"})
+
+#: Most missing chunks a refusal names (it counts them all).
+_SHOWN_CHUNKS = 5
+
+#: Names a set (or any node of a store) may not take: zarr's metadata file, the current and parent folders.
+_RESERVED_NAMES = frozenset({"zarr.json", ".", ".."})
+
+#: The remedy of every damaged-store refusal.
+_DAMAGED_FIX = ("the store is damaged (an interrupted copy or upload, or an edited zarr.json): copy it again "
+                "from its source, or convert the case again into a new store")
 
 #: Column dimensions of the 2-D run arrays that have a name of their own (others: ``<array>_dim1``).
 _RUN_COLUMN_DIMS = {"reduced": "component", "umap": "umap_axis"}
@@ -165,6 +215,172 @@ def _base_attrs() -> dict[str, Any]:
     }
 
 
+def set_name_problem(name: object) -> str | None:
+    """What makes ``name`` unfit to name a descriptor set (a node of a store), or None.
+
+    A name is a non-empty string of at most 255 characters without ``/``, ``\\`` or control
+    characters (NUL included), that is not ``zarr.json``, ``.`` or ``..`` and does not start with
+    ``__`` (reserved by Zarr v3) or ``.`` (hidden, or a Zarr v2 metadata file).
+    """
+    if not isinstance(name, str) or not name:
+        return "is empty" if name == "" else f"is a {type(name).__name__}, not a string"
+    if len(name) > 255:
+        return f"has {len(name)} characters (at most 255)"
+    if name in _RESERVED_NAMES or name.startswith(("__", ".")):
+        return "is reserved (zarr.json, '.', '..', or a name starting with '.' or '__')"
+    bad = [c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127]
+    if bad:
+        return f"holds {bad[0]!r} (path separators and control characters are refused)"
+    return None
+
+
+def check_set_name(name: object, what: str = "descriptor set") -> str:
+    """``name`` when it may name a descriptor set (or another node, ``what``), else :class:`InputError`
+    saying why (see :func:`set_name_problem`): the node would otherwise land in another folder of the
+    store (``a/b``, ``..``), hide another node (``zarr.json``) or be invisible to its readers."""
+    problem = set_name_problem(name)
+    if problem is not None:
+        hint = " (e.g. --descriptor NAME=FILE)" if what == "descriptor set" else ""
+        raise InputError(f"{what} name {name!r} {problem}; give it another name{hint}.")
+    return cast(str, name)
+
+
+def _codec_name(codec: Any) -> str:
+    return str(codec.to_dict().get("name", type(codec).__name__))
+
+
+def _metadata_problem(arr: zarr.Array, *, ndim: int | None, kinds: str, min_chunk_rows: int) -> str | None:
+    """What in the metadata of ``arr`` streamclust cannot read safely, or None.
+
+    Parameters
+    ----------
+    arr : zarr.Array
+        Opened from its own ``zarr.json``.
+    ndim : int or None
+        The dimensions it must have (None: any, at least one).
+    kinds : str
+        numpy dtype kinds it may hold (``"f"``: real float; ``"UT"``: strings; ...).
+    min_chunk_rows : int
+        Fewest rows per chunk unless the array has fewer rows.
+    """
+    meta = arr.metadata
+    if not isinstance(meta, ArrayV3Metadata):
+        return f"is a Zarr v{meta.zarr_format} array, expected v3"
+    shape = tuple(meta.shape)
+    if (ndim is not None and len(shape) != ndim) or not shape:
+        return f"has shape {shape}, expected {ndim or 'at least 1'} dimension(s)"
+    if not isinstance(meta.chunk_grid, RegularChunkGrid):
+        return f"has a chunk grid of type {type(meta.chunk_grid).__name__}, expected 'regular'"
+    chunks = tuple(meta.chunk_grid.chunk_shape)
+    if len(chunks) != len(shape) or any(c < 1 for c in chunks) or chunks[1:] != shape[1:]:
+        return f"declares chunks {chunks} for shape {shape}; streamclust chunks rows only (chunks[1:] == shape[1:])"
+    if not min(shape[0], min_chunk_rows) <= chunks[0] <= max(1, shape[0]):
+        return (f"declares chunks of {chunks[0]} rows for {shape[0]} rows; streamclust writes "
+                f"between {min(shape[0], min_chunk_rows)} and {max(1, shape[0])}")
+    dtype = arr.dtype
+    if not isinstance(dtype, np.dtype) or dtype.kind not in kinds:
+        return f"has data type {meta.data_type.to_json(zarr_format=3)!r}, expected numpy kind(s) {kinds!r}"
+    if dtype.kind == "U" and dtype.itemsize // 4 > MAX_FIXED_ID_CHARS:
+        return f"declares strings of {dtype.itemsize // 4} characters (at most {MAX_FIXED_ID_CHARS})"
+    if dtype.kind not in "OT" and math.prod(chunks) * dtype.itemsize > MAX_CHUNK_BYTES:
+        return (f"declares chunks {chunks} of {math.prod(chunks) * dtype.itemsize} bytes "
+                f"(at most {MAX_CHUNK_BYTES})")
+    encoding = meta.chunk_key_encoding
+    if not isinstance(encoding, DefaultChunkKeyEncoding) or encoding.separator != "/":
+        return f"has chunk key encoding {encoding.to_dict()}, expected the default with '/'"
+    names = [_codec_name(c) for c in meta.codecs]
+    refused = [n for n in names if n not in READABLE_CODECS]
+    if refused:
+        return f"uses codec(s) {refused}; readable: {sorted(READABLE_CODECS)}"
+    if any(isinstance(c, BytesCodec) and c.endian is not None and c.endian.value != "little" for c in meta.codecs):
+        return "declares big-endian bytes; streamclust writes little-endian"
+    if meta.storage_transformers:
+        return f"has storage transformers {list(meta.storage_transformers)}"
+    return None
+
+
+def _count_problem(attrs: Any, key: str, *, equal: int | None = None, at_most: int | None = None) -> str | None:
+    """What is wrong with the numeric attribute ``attrs[key]`` (absent is fine), or None."""
+    if key not in attrs:
+        return None
+    value = attrs[key]
+    whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if whole and (equal is None or value == equal) and (at_most is None or value <= at_most):
+        return None
+    want = (str(equal) if equal is not None else
+            f"an integer in [0, {at_most}]" if at_most is not None else "an integer >= 0")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"attribute {key}={shown} should be {want}"
+
+
+@dataclass(frozen=False, repr=False)  # zarr's repr, which names the store and the array
+class _CheckedArray(zarr.Array):
+    """A zarr array of a checked store whose reads that fail (a chunk that does not decode to its
+    declared shape, type or codecs) raise :class:`StoreError` naming the store and the array."""
+
+    label: str = ""
+
+    def __getitem__(self, selection: Any) -> Any:
+        try:
+            return super().__getitem__(selection)
+        except (StreamclustError, IndexError, MemoryError):
+            raise
+        except Exception as exc:  # zarr's codecs raise several types for bytes that do not decode
+            first = selection[0] if isinstance(selection, tuple) and selection else selection
+            rows = (f"rows {first.start or 0}-{self.shape[0] if first.stop is None else first.stop}"
+                    if isinstance(first, slice) else f"selection {first!r}")
+            raise StoreError(f"{self.label}: {rows} cannot be read ({type(exc).__name__}: {one_line(exc)[:200]}); "
+                             f"{_DAMAGED_FIX}.") from exc
+
+
+def _log_replacing(reason: str) -> None:
+    """Log that a conversion replaces a damaged set (``reason``, one line)."""
+    logger.warning(f"{reason} Converting it again from the start.")
+
+
+async def _collect(keys: AsyncIterator[str]) -> list[str]:
+    return [key async for key in keys]
+
+
+def _listing(where: str, keys: AsyncIterator[str]) -> list[str]:
+    """The keys an async listing of a zarr store yields (``[]`` for a folder that is not there)."""
+    try:
+        return sync(_collect(keys))
+    except FileNotFoundError:
+        return []
+    except Exception as exc:  # fsspec and zarr raise several types for a listing that fails
+        raise StoreError(f"{where}: cannot list its files ({type(exc).__name__}: {one_line(exc)}).") from exc
+
+
+def _open_node(group: zarr.Group, path: str, where: str) -> zarr.Array | zarr.Group | None:
+    """Node ``path`` of ``group`` read from its own ``zarr.json``, or None when it has none.
+
+    Raises
+    ------
+    StoreError
+        Its ``zarr.json`` is not valid Zarr v3 metadata (zarr raises many types for that).
+    """
+    try:
+        node = group[path]
+    except KeyError:
+        return None
+    except Exception as exc:
+        raise StoreError(f"{where}: its zarr.json cannot be read ({type(exc).__name__}: {one_line(exc)[:200]}); "
+                         f"{_DAMAGED_FIX}.") from exc
+    if not isinstance(node.metadata.attributes, dict):  # zarr leaves an array's unchecked
+        raise StoreError(f"{where}: its zarr.json has attributes of type {type(node.metadata.attributes).__name__}, "
+                         f"expected an object; {_DAMAGED_FIX}.")
+    return node
+
+
+def _open_array(group: zarr.Group, path: str, where: str) -> zarr.Array | None:
+    """Like :func:`_open_node`, refusing a group where an array is expected."""
+    node = _open_node(group, path, where)
+    if node is not None and not isinstance(node, zarr.Array):
+        raise StoreError(f"{where}: is a group, expected an array; {_DAMAGED_FIX}.")
+    return node
+
+
 class RunGroup:
     """One study run inside a store: ``runs/<run_id>``.
 
@@ -172,10 +388,13 @@ class RunGroup:
     :meth:`CaseStore.runs` only after :meth:`complete`.
     """
 
-    def __init__(self, group: zarr.Group, run_id: str, on_finish: Callable[[], object] | None = None) -> None:
+    def __init__(self, group: zarr.Group, run_id: str, on_finish: Callable[[], object] | None = None, *,
+                 n_rows: Callable[[], int] | None = None, where: str | None = None) -> None:
         self.group = group
         self.run_id = run_id
         self._on_finish = on_finish  # the store's consolidation, after complete() and fail()
+        self._n_rows = n_rows  # the store's rows, which every run array has (checked by array())
+        self._where = where or f"runs/{run_id}"  # how messages name the run
 
     @property
     def status(self) -> str:
@@ -208,11 +427,24 @@ class RunGroup:
         return arr
 
     def array(self, name: str) -> zarr.Array:
-        """An array of this run, e.g. ``"osnet/labels"``."""
-        try:
-            return cast(zarr.Array, self.group[name])
-        except KeyError:
-            raise StoreError(f"run {self.run_id!r} has no array {name!r}.") from None
+        """An array of this run, e.g. ``"osnet/labels"``, checked like the store's arrays (sane
+        metadata, numeric or bool, the store's rows); a chunk that does not decode is refused when read.
+
+        Raises
+        ------
+        StoreError
+            No such array, a group in its place, or metadata streamclust does not write.
+        """
+        where = f"{self._where}/{name}"
+        arr = _open_array(self.group, name, where)
+        if arr is None:
+            raise StoreError(f"run {self.run_id!r} has no array {name!r}.")
+        problem = _metadata_problem(arr, ndim=None, kinds="biuf", min_chunk_rows=1)
+        if problem is None and self._n_rows is not None and arr.shape[0] != self._n_rows():
+            problem = f"has {arr.shape[0]} rows but the store's ids have {self._n_rows()}"
+        if problem is not None:
+            raise StoreError(f"{where}: {problem}; {_DAMAGED_FIX}.")
+        return _CheckedArray(arr.async_array, where)
 
     def complete(self, summary: dict[str, Any] | None = None) -> None:
         """Mark the run complete (the last write of a study), then consolidate the store's metadata."""
@@ -250,6 +482,8 @@ class CaseStore:
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "r") -> None:
         self.path = str(path)
+        #: (array, shape, chunks) whose every chunk file was found present (one listing per array).
+        self._complete_grids: set[tuple[str, tuple[int, ...], tuple[int, ...]]] = set()
         if mode not in ("r", "r+", "a"):
             raise ValueError(f"mode={mode!r} should be 'r', 'r+' or 'a'.")
         if mode != "a" and not self._exists():
@@ -323,10 +557,22 @@ class CaseStore:
 
     @property
     def ids(self) -> zarr.Array:
-        """``(n,)`` string array of image paths (forward slashes)."""
-        if "ids" not in self.root or self.root["ids"].attrs.get("status") != "complete":
+        """``(n,)`` string array of image paths (forward slashes), checked (see the module docstring).
+
+        Raises
+        ------
+        StoreError
+            No complete ``ids``, metadata streamclust does not write, or a chunk file missing.
+        """
+        arr = _open_array(self.root, "ids", f"{self.path}: ids")
+        if arr is None or arr.attrs.get("status") != "complete":
             raise StoreError(f"{self.path}: has no complete 'ids' array; convert the case again.")
-        return cast(zarr.Array, self.root["ids"])
+        problem = (_metadata_problem(arr, ndim=1, kinds="UTO", min_chunk_rows=MIN_CHUNK_ROWS)
+                   or _count_problem(arr.attrs, "dropped_rows"))
+        if problem is not None:
+            raise StoreError(f"{self.path}: ids {problem}; {_DAMAGED_FIX}.")
+        self._check_chunks_present("ids", arr)
+        return _CheckedArray(arr.async_array, f"{self.path}: ids")
 
     def write_ids(self, blocks: Iterable[np.ndarray], n_rows: int, attrs: dict[str, Any], *,
                   max_len: int | None = None) -> zarr.Array:
@@ -359,10 +605,11 @@ class CaseStore:
         width = max(1, int(max_len))
         dtype: Any = f"<U{width}" if fixed else str
         rows = chunk_rows_for(width, 4) if fixed else 65536
+        self._complete_grids.clear()
         with _quiet_zarr_format_warnings():
-            arr = self.root.create_array(
+            arr = self.root.create_array(  # every chunk written, so that a missing one is damage
                 "ids", shape=(n_rows,), dtype=dtype, chunks=(min(rows, max(1, n_rows)),), overwrite=True,
-                dimension_names=(ROW_DIM,),
+                dimension_names=(ROW_DIM,), config={"write_empty_chunks": True},
             )
             arr.attrs.update({**_base_attrs(), **attrs, "status": "writing"})
             start = 0
@@ -390,23 +637,175 @@ class CaseStore:
                                  "stored as a fixed-width string.")
 
     # ---------------------------------------------------------- descriptors
+    def _children(self, group_name: str, kind: type[zarr.Array] | type[zarr.Group]) -> dict[str, Any]:
+        """The nodes of group ``group_name`` (``descriptors``, ``meta``, ``runs``) by name, each read from its
+        own ``zarr.json``; names are listed from the store (a folder without ``zarr.json`` is no node).
+
+        Raises
+        ------
+        StoreError
+            ``group_name`` is an array, a node has a name no set may take (:func:`set_name_problem`),
+            is not of ``kind``, or its metadata cannot be read.
+        """
+        group = _open_node(self.root, group_name, f"{self.path}: {group_name}")
+        if group is None:
+            return {}
+        if not isinstance(group, zarr.Group):
+            raise StoreError(f"{self.path}: {group_name} is an array, expected a group; {_DAMAGED_FIX}.")
+        nodes = {}
+        where = f"{self.path}: {group_name}"
+        for name in sorted(_listing(where, self.root.store.list_dir(group.store_path.path))):
+            if name in ("", "zarr.json"):  # a folder marker of an object store; the group's own metadata
+                continue
+            problem = set_name_problem(name)
+            if problem is not None and (name in _RESERVED_NAMES or "\\" in name):  # zarr cannot open these
+                raise StoreError(f"{where}: holds a node named {name!r}, which {problem}; {_DAMAGED_FIX}.")
+            node = _open_node(group, name, f"{where}/{name}")
+            if node is None:  # a file or folder that is no node (.DS_Store, a set being created)
+                continue
+            if problem is not None:
+                raise StoreError(f"{where}: holds a node named {name!r}, which {problem}; {_DAMAGED_FIX}.")
+            if not isinstance(node, kind):
+                expected = "an array" if kind is zarr.Array else "a group"
+                raise StoreError(f"{where}/{name}: is not {expected}; {_DAMAGED_FIX}.")
+            nodes[name] = node
+        return nodes
+
+    def _complete_arrays(self, group_name: str) -> dict[str, zarr.Array]:
+        return {name: arr for name, arr in self._children(group_name, zarr.Array).items()
+                if arr.attrs.get("status") == "complete"}
+
+    def _check_rows(self, where: str, arr: zarr.Array, *, ndim: int, kinds: str) -> None:
+        """Refuse an array of ``descriptors`` or ``meta`` whose metadata streamclust does not write, or
+        whose rows differ from the ids'."""
+        problem = _metadata_problem(arr, ndim=ndim, kinds=kinds, min_chunk_rows=MIN_CHUNK_ROWS)
+        n_ids = self.n_rows if problem is None else None
+        if n_ids is not None and arr.shape[0] != n_ids:
+            problem = f"has {arr.shape[0]} rows but {self.path}: ids has {n_ids}"
+        if problem is None and ndim == 2 and arr.shape[1] == 0:
+            problem = "has no feature (0 columns)"
+        if problem is not None:
+            raise StoreError(f"{self.path}: {where} {problem}; {_DAMAGED_FIX}.")
+
+    def _check_chunks_present(self, where: str, arr: zarr.Array) -> None:
+        """Refuse ``arr`` when a chunk file of its grid is missing (zarr would read it as the fill value)
+        or one lies outside its declared shape; one listing of its chunk folder, once per shape.
+
+        ``arr`` is chunked along rows only (see :func:`_metadata_problem`): its chunk keys are
+        ``c/<i>`` (1-D) or ``c/<i>/0`` (2-D) for ``i < ceil(rows / chunk rows)``.
+        """
+        shape, chunks = tuple(arr.shape), tuple(arr.chunks)
+        if (where, shape, chunks) in self._complete_grids:
+            return
+        n_chunks = -(-shape[0] // chunks[0])
+        tail = ("0",) * (len(shape) - 1)
+        prefix = f"{arr.store_path.path}/c/"
+        present: set[int] = set()
+        outside: list[str] = []
+        for key in _listing(f"{self.path}: {where}", self.root.store.list_prefix(prefix)):
+            index = key[len(prefix):].split("/")
+            if not key.startswith(prefix) or not all(p.isascii() and p.isdigit() for p in index) \
+                    or len(index) != len(shape):
+                continue  # not a chunk key: zarr never reads it
+            if tuple(index[1:]) == tail and int(index[0]) < n_chunks:
+                present.add(int(index[0]))
+            else:
+                outside.append("c/" + "/".join(index))
+        if outside:
+            raise StoreError(f"{self.path}: {where} holds {len(outside)} chunk file(s) outside its declared shape "
+                             f"{shape} with chunks {chunks} ({', '.join(sorted(outside)[:_SHOWN_CHUNKS])}); "
+                             f"{_DAMAGED_FIX}.")
+        missing = n_chunks - len(present)
+        if missing:
+            first = [i for i in itertools.islice((i for i in range(n_chunks) if i not in present), _SHOWN_CHUNKS)]
+            names = ", ".join("/".join(("c", str(i)) + tail) for i in first) + (", ..." if missing > len(first) else "")
+            fill = np.asarray(arr.metadata.fill_value).item()
+            raise StoreError(f"{self.path}: {where} lacks {missing} of its {n_chunks} chunk files ({names}), which "
+                             f"zarr would read as {fill!r}; {_DAMAGED_FIX}.")
+        self._complete_grids.add((where, shape, chunks))
+
     def descriptor_names(self) -> list[str]:
-        """Names of the complete descriptor sets, sorted."""
-        if "descriptors" not in self.root:
-            return []
-        group = cast(zarr.Group, self.root["descriptors"])
-        return sorted(
-            name for name, arr in group.arrays() if arr.attrs.get("status") == "complete"
-        )
+        """Names of the complete descriptor sets, sorted.
+
+        Raises
+        ------
+        StoreError
+            A node of ``descriptors`` is unreadable, a group, or badly named (:meth:`_children`).
+        """
+        return sorted(self._complete_arrays("descriptors"))
 
     def descriptor(self, name: str) -> zarr.Array:
-        """The ``(n, d)`` float32 array of one complete descriptor set."""
-        names = self.descriptor_names()
-        if name not in names:
+        """The ``(n, d)`` float array of one complete descriptor set, checked (see the module docstring).
+
+        Raises
+        ------
+        StoreError
+            No complete set ``name``; metadata streamclust does not write (shape, chunks, type, codecs,
+            ``rows_written``, ...); rows other than the ids'; a chunk file missing.
+        """
+        sets = self._complete_arrays("descriptors")
+        if name not in sets:
             raise StoreError(
-                f"{self.path}: no complete descriptor set {name!r}; the store has {names}."
+                f"{self.path}: no complete descriptor set {name!r}; the store has {sorted(sets)}."
             )
-        return cast(zarr.Array, cast(zarr.Group, self.root["descriptors"])[name])
+        arr, where = sets[name], f"descriptors/{name}"
+        self._check_rows(where, arr, ndim=2, kinds="f")
+        problem = (_count_problem(arr.attrs, "rows_written", equal=arr.shape[0])
+                   or _count_problem(arr.attrs, "imputed_rows", at_most=arr.shape[0])
+                   or _count_problem(arr.attrs, "imputed_values", at_most=arr.shape[0] * arr.shape[1]))
+        if problem is not None:
+            raise StoreError(f"{self.path}: {where} {problem}; {_DAMAGED_FIX}.")
+        self._check_chunks_present(where, arr)
+        return _CheckedArray(arr.async_array, f"{self.path}: {where}")
+
+    def _resumable(self, name: str, n_rows: int, n_features: int, attrs: dict[str, Any]
+                   ) -> tuple[zarr.Array, int] | None:
+        """``(array, rows written)`` of an existing set ``name`` a conversion keeps or resumes, or None
+        to replace it: absent, of other sources or rows, or damaged (logged).
+
+        Raises
+        ------
+        StoreError
+            A complete set ``name`` with another number of features exists.
+        """
+        where = f"descriptors/{name}"
+        try:
+            old = _open_array(self.root, where, f"{self.path}: {where}")
+        except StoreError as exc:
+            _log_replacing(str(exc))
+            return None
+        if old is None:
+            return None
+        problem = _metadata_problem(old, ndim=2, kinds="f", min_chunk_rows=MIN_CHUNK_ROWS)
+        if problem is not None:
+            _log_replacing(f"{self.path}: {where} {problem}.")
+            return None
+        complete = old.attrs.get("status") == "complete"
+        if complete and old.shape[1] != n_features:
+            raise StoreError(
+                f"{self.path}: descriptor set {name!r} has {old.shape[1]} features, "
+                f"{attrs.get('source', 'the new file')} has {n_features}; convert it under "
+                "another name or into a new store."
+            )
+        same = old.shape == (n_rows, n_features) and all(
+            old.attrs.get(key) == attrs.get(key) for key in ("source_fingerprint", "row_policy")
+        )
+        if not same:
+            return None
+        if complete:
+            try:
+                self._check_chunks_present(where, old)
+            except StoreError as exc:
+                _log_replacing(str(exc))
+                return None
+            return old, n_rows
+        problem = (_count_problem(old.attrs, "rows_written", at_most=n_rows)
+                   or _count_problem(old.attrs, "imputed_rows", at_most=n_rows)
+                   or _count_problem(old.attrs, "imputed_values", at_most=n_rows * n_features))
+        if problem is not None:
+            _log_replacing(f"{self.path}: {where} {problem}.")
+            return None
+        return old.with_config({"write_empty_chunks": True}), int(cast(int, old.attrs.get("rows_written", 0)))
 
     def open_descriptor_for_writing(
         self, name: str, n_rows: int, n_features: int, attrs: dict[str, Any]
@@ -417,7 +816,10 @@ class CaseStore:
         its ``row_policy`` (which rows are kept, how NaN/Inf are handled) match
         ``attrs``; a complete one with the same keys is returned with all rows
         written; anything else is replaced, except a complete set of another
-        width, which is refused.
+        width, which is refused.  A damaged one (metadata streamclust does not
+        write, a numeric attribute that is not one, a chunk file missing) is
+        replaced, with a warning.  Every chunk is written, zeros too, so that a
+        missing chunk file is damage (:meth:`descriptor`).
 
         Returns
         -------
@@ -427,55 +829,68 @@ class CaseStore:
 
         Raises
         ------
+        InputError
+            ``name`` cannot name a set (:func:`check_set_name`), or one chunk of ``n_features``
+            would exceed :data:`MAX_CHUNK_BYTES`.
         StoreError
             A complete set ``name`` with another number of features exists.
         """
-        group = self.root.require_group("descriptors")
-        if name in group:
-            old = cast(zarr.Array, group[name])
-            if old.attrs.get("status") == "complete" and old.shape[1] != n_features:
-                raise StoreError(
-                    f"{self.path}: descriptor set {name!r} has {old.shape[1]} features, "
-                    f"{attrs.get('source', 'the new file')} has {n_features}; convert it under "
-                    "another name or into a new store."
-                )
-            same = old.shape == (n_rows, n_features) and all(
-                old.attrs.get(key) == attrs.get(key) for key in ("source_fingerprint", "row_policy")
-            )
-            if same and old.attrs.get("status") == "complete":
-                return old, n_rows
-            if same:
-                return old, int(cast(int, old.attrs.get("rows_written", 0)))
-        rows = chunk_rows_for(n_features)
+        check_set_name(name)
+        rows = min(chunk_rows_for(n_features), max(1, n_rows))
+        if rows * n_features * 4 > MAX_CHUNK_BYTES:
+            raise InputError(f"{attrs.get('source', name)}: {n_features} features make chunks of "
+                             f"{rows * n_features * 4} bytes, more than streamclust reads ({MAX_CHUNK_BYTES}).")
+        try:
+            group = self.root.require_group("descriptors")
+        except zarr.errors.ContainsArrayError:
+            raise StoreError(f"{self.path}: descriptors is an array, expected a group; {_DAMAGED_FIX}.") from None
+        kept = self._resumable(name, n_rows, n_features, attrs)
+        if kept is not None:
+            return kept
         arr = group.create_array(
             name,
             shape=(n_rows, n_features),
             dtype="float32",
-            chunks=(min(rows, max(1, n_rows)), n_features),
+            chunks=(rows, n_features),
             compressors=_COMPRESSOR,
             overwrite=True,
             dimension_names=(ROW_DIM, f"{name}_feature"),
+            config={"write_empty_chunks": True},
         )
         arr.attrs.update({**_base_attrs(), **attrs, "status": "writing", "rows_written": 0})
         return arr, 0
 
     # ----------------------------------------------------------------- meta
     def write_meta(self, column: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
-        """Store one ``(n,)`` metadata column (strings) aligned with the ids, then consolidate."""
+        """Store one ``(n,)`` metadata column (strings) aligned with the ids, then consolidate.
+
+        Raises
+        ------
+        InputError
+            ``column`` cannot name a node (:func:`check_set_name`).
+        """
+        check_set_name(column, what="metadata column")
         group = self.root.require_group("meta")
         arr = group.create_array(
             column, shape=values.shape, dtype=str, chunks=(min(65536, max(1, len(values))),),
-            overwrite=True, dimension_names=(ROW_DIM,),
+            overwrite=True, dimension_names=(ROW_DIM,), config={"write_empty_chunks": True},
         )
         arr[:] = values
         arr.attrs.update({**_base_attrs(), **attrs, "status": "complete"})
         self.consolidate()
 
     def meta_columns(self) -> list[str]:
-        """Names of the stored metadata columns."""
-        if "meta" not in self.root:
-            return []
-        return sorted(n for n, a in cast(zarr.Group, self.root["meta"]).arrays() if a.attrs.get("status") == "complete")
+        """Names of the complete metadata columns, each checked like a descriptor set's rows.
+
+        Raises
+        ------
+        StoreError
+            A column is unreadable, badly named, not 1-D strings, or of other rows than the ids.
+        """
+        columns = self._complete_arrays("meta")
+        for name, arr in columns.items():
+            self._check_rows(f"meta/{name}", arr, ndim=1, kinds="UTO")
+        return sorted(columns)
 
     # ----------------------------------------------------------------- runs
     def new_run(self, params: dict[str, Any]) -> RunGroup:
@@ -491,15 +906,23 @@ class CaseStore:
             {**_base_attrs(), "status": "running", "params": params,
              "host": socket.gethostname(), "pid": os.getpid()}
         )
-        return RunGroup(group, run_id, on_finish=self.consolidate)
+        return self._run_group(group, run_id)
+
+    def _run_group(self, group: zarr.Group, run_id: str) -> RunGroup:
+        return RunGroup(group, run_id, on_finish=self.consolidate, n_rows=lambda: self.n_rows,
+                        where=f"{self.path}: runs/{run_id}")
 
     def runs(self, *, include_incomplete: bool = False) -> list[RunGroup]:
-        """Runs of this store, oldest first; only complete ones unless asked."""
-        if "runs" not in self.root:
-            return []
+        """Runs of this store, oldest first; only complete ones unless asked.
+
+        Raises
+        ------
+        StoreError
+            A node of ``runs`` is unreadable, an array, or badly named.
+        """
         out = []
-        for run_id, group in sorted(cast(zarr.Group, self.root["runs"]).groups()):
-            run = RunGroup(group, run_id, on_finish=self.consolidate)
+        for run_id, group in sorted(self._children("runs", zarr.Group).items()):
+            run = self._run_group(group, run_id)
             if include_incomplete or run.status == "complete":
                 out.append(run)
         return out
