@@ -66,7 +66,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from streamclust.core.blocks import parse_memory
-from streamclust.errors import MemoryBudgetError
+from streamclust.errors import InputError, MemoryBudgetError
 from streamclust.estimators.blockwise import (
     check_finite,
     check_X,
@@ -210,21 +210,22 @@ class _Embedding:
 
 class _GramPass:
     """Per block of dask-ml's ``(r, l)`` squared distances: ``sum_x g_x g_x^T`` over the rows of
-    positive degree (``(q, q)`` float64) and how many rows had a degree <= 0."""
+    positive degree (``(q, q)`` float32) and how many rows had a degree <= 0."""
 
     def __init__(self, embedding: _Embedding, degree_weights: np.ndarray) -> None:
         self.embedding = embedding
-        self.degree_weights = degree_weights  # sqrt(r) A^+ r, (l,): degree = scaled affinities . this
+        # sqrt(r) A^+ r, (l,): a row's degree is its scaled affinities . this
+        self.degree_weights = np.asarray(degree_weights, dtype=np.float32)
 
     def __call__(self, d2: np.ndarray, rows: slice) -> list:
         f, nearest = self.embedding.scaled_affinities(np.array(d2, dtype=np.float32))
-        degree = f.astype(np.float64) @ self.degree_weights  # d_x / exp(-gamma nearest)
+        degree = (f @ self.degree_weights).astype(np.float64)  # d_x / exp(-gamma nearest)
         ok = degree > 0
         f = f if ok.all() else f[ok]
         f *= np.sqrt(np.exp(-self.embedding.gamma * nearest[ok].astype(np.float64)) / degree[ok]
                      ).astype(np.float32)[:, None]
         g = f @ self.embedding.projection
-        return [(g.T @ g).astype(np.float64), int((~ok).sum())]
+        return [g.T @ g, int((~ok).sum())]  # float32 per block (half the pending results), float64 sums
 
 
 class _Labels:
@@ -242,7 +243,7 @@ class _Labels:
 
 
 def _add_gram(a: list, b: list) -> list:
-    return [a[0] + b[0], a[1] + b[1]]
+    return [np.add(a[0], b[0], dtype=np.float64), a[1] + b[1]]
 
 
 class NystromSpectralClustering(ClusterMixin, BaseEstimator):
@@ -415,10 +416,7 @@ def _fit_embedding(head: NystromSpectralClustering, X: Any, sample: np.ndarray, 
     br = _distance_block_rows(n_land, head.memory, head.block_rows, X)
     rows = to_blockable(X, br).astype(np.float32) - shift.astype(np.float32)
     degrees = fold_blocks(_DegreeSum(), rbf_kernel(rows, lm.astype(np.float32), gamma=gamma), br, np.add)
-    check_finite(degrees)
-    if not np.all(degrees > 0):
-        raise ValueError(f"gamma={gamma:g} makes some landmarks' affinities to every row underflow to 0; "
-                         "give a smaller gamma (or None for the rule).")
+    check_finite(degrees)  # each >= ~1: a landmark is one of the rows
     inv_sqrt = 1.0 / np.sqrt(degrees)
     sq = np.einsum("ij,ij->i", lm, lm)
     a = np.exp(-gamma * np.maximum(sq[:, None] + sq[None, :] - 2.0 * (lm @ lm.T), 0.0))
@@ -426,19 +424,19 @@ def _fit_embedding(head: NystromSpectralClustering, X: Any, sample: np.ndarray, 
     keep = s > _EIG_RTOL * s.max()
     s, u = s[keep][::-1], u[:, keep][:, ::-1]
     if s.size < width:
-        raise ValueError(f"the {n_land} landmarks' affinities have rank {s.size} < n_clusters={width} "
-                         "(too few distinct rows); give more landmarks or a smaller n_clusters.")
+        raise InputError(f"the {n_land} landmarks' affinities have rank {s.size} < n_clusters={width}: the "
+                         "rows have too few distinct values for that many clusters; ask for fewer clusters.")
     half = u / np.sqrt(s)  # U S^-1/2, (l, q)
     degree_weights = u @ ((u.T @ np.sqrt(degrees)) / s)  # sqrt(r) A^+ r: a row's degree from its scaled affinities
     gram, n_bad = fold_blocks(_GramPass(_Embedding(gamma, landmarks, shift, inv_sqrt, half), degree_weights),
                               _landmark_sq_distances(X, landmarks, shift, br), br, _add_gram,
-                              result_nbytes=8 * half.shape[1] ** 2, memory=head.memory)
+                              result_nbytes=4 * half.shape[1] ** 2, memory=head.memory)
     check_finite(gram)
     lam, ur = np.linalg.eigh(gram)
     lam, ur = lam[::-1][:width], ur[:, ::-1][:, :width]
     if not np.all(lam > 0):
-        raise ValueError(f"the approximated affinity has fewer than n_clusters={width} positive "
-                         "eigenvalues; give more landmarks or a smaller n_clusters.")
+        raise InputError(f"the approximated affinity has fewer than n_clusters={width} positive eigenvalues: "
+                         "the rows have too few distinct values for that many clusters; ask for fewer clusters.")
     shared = {"landmarks_": landmarks, "gamma_": gamma, "landmark_degrees_": degrees,
               "nonpositive_degree_rows_": int(n_bad), "eigenvalues_": lam}
     return _Embedding(gamma, landmarks, shift, inv_sqrt, half @ (ur / np.sqrt(lam))), shared
@@ -458,10 +456,12 @@ def _fit_models(models: list[NystromSpectralClustering], X: Any) -> None:
             raise ValueError(f"n_samples={n} should be >= n_clusters={m.n_clusters}.")
     rng = check_random_state(head.random_state)
     sample = _sample_rows(head, X, n, d, width, resolve_block_rows(d, head.memory, head.block_rows, X), rng)
-    embedding, shared = _fit_embedding(head, X, sample, width, rng)
-    seed = int(rng.randint(np.iinfo(np.int32).max))
+    # the (l, l) eigenproblems and the sample's embedding: one BLAS thread, as in the passes (two
+    # OpenBLAS threads made a 300 x 300 eigh 20x slower on a loaded 2-core machine)
     with threadpool_limits(limits=1, user_api="blas"):
+        embedding, shared = _fit_embedding(head, X, sample, width, rng)
         raw = embedding.raw(sample)
+    seed = int(rng.randint(np.iinfo(np.int32).max))
     for m in models:
         k = m.n_clusters
         for name, value in shared.items():
