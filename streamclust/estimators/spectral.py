@@ -23,13 +23,15 @@ only the affinities of every row to ``l`` seeded landmark rows, ``W ~ C A^+ C^T`
 6. fits :class:`~streamclust.estimators.kmeans.StreamingKMeans` on the row-normalised first
    ``n_clusters`` columns of the sample's embedding.
 
-``predict`` embeds any rows block by block (squared distances to the landmarks from
-:func:`dask_ml.metrics.pairwise.euclidean_distances`, lazy for Dask/Zarr input) and gives each
-the nearest k-means centre.  A row's own factors ``sqrt(d_x)`` and ``exp(-gamma min_j ||x -
-l_j||^2)`` cancel in the row normalisation, so the embedding is computed from the kernel shifted
-by each row's nearest landmark: rows far from every landmark (outliers) are embedded like their
-nearest landmark instead of underflowing to 0/0.  Rows whose approximated degree is not positive
-(the Nystrom graph can give a few) are left out of ``R`` and counted (``nonpositive_degree_rows_``).
+``predict`` embeds any rows block by block and gives each the nearest k-means centre (lazy for
+Dask/Zarr input).  A row's own factors ``sqrt(d_x)`` and ``exp(-gamma min_j ||x - l_j||^2)``
+cancel in the row normalisation, so the embedding is computed from the kernel shifted by each
+row's nearest landmark: rows far from every landmark (outliers) are embedded like their nearest
+landmark instead of underflowing to 0/0, and ``||x||^2`` is not needed (``predict`` takes
+``||l_j||^2 - 2 x.l_j`` from one float32 GEMM per chunk of rows; dask-ml's distance graph, three
+temporaries per block, cost 3-5x that, and ``predict`` runs once per k in a study).  Rows whose
+approximated degree is not positive (the Nystrom graph can give a few) are left out of ``R`` and
+counted (``nonpositive_degree_rows_``).
 
 Why not :class:`dask_ml.cluster.SpectralClustering` as it is
 ----------------------------------------------------------
@@ -38,12 +40,15 @@ Measured on 416,314 x 64 float32 rows (10 planted blobs, 2 cores, ``n_components
 ``predict`` (its labels are for the fitted rows only); its embedding depends on k (the first k
 eigenvectors are taken before the normalisation), so a k sweep repeats everything; and it uses the
 extended eigenvectors without orthogonalising them ("OK when V2 is orthogonal", they are not): on
-two moons lifted to 10-d its one-shot embedding gave ARI 0.09 / 0.99 / 0.58 for three seeds, the
-orthogonalised one 1.0 for all three.  dask-ml's pairwise kernels serve here as they are.
+two moons lifted to 10-d (5,000 rows, 300 landmarks, gamma by :data:`GAMMA_RULE`) it gave ARI
+0.39 / 0.99 / 0.58 for seeds 0 / 1 / 2, this estimator 1.0 for all three.  dask-ml's pairwise
+kernels serve here as they are: its ``rbf_kernel`` (step 3) and ``euclidean_distances`` (step 5)
+compute the affinities of every row.
 
 Cost and memory: three reads of the rows (sample, degrees, ``R``) and ``predict``'s one, each
-``O(n l d)`` flops; memory is the sample (``kmeans_rows x d``), its ``kmeans_rows x n_clusters``
-float32 embedding, blocks of ``(rows, l)`` float64 affinities and ``O(l^2)``.  The embedding does
+``O(n l d)`` flops, in float32 (rows and landmarks shifted by the landmarks' mean; sums and the
+``(l, l)`` algebra in float64); memory is the sample (``kmeans_rows x d``), its ``kmeans_rows x
+n_clusters`` embedding, blocks of ``(rows, l)`` affinities and ``O(l^2)``.  The embedding does
 not depend on k: :func:`spectral_sweep` fits it once for the largest k and one k-means per k.
 
 Determinism: a given ``random_state`` gives the same sample, landmarks, gamma and k-means seeds;
@@ -89,7 +94,7 @@ GAMMA_NEIGHBOR = 7
 #: heuristic") gives a kernel so wide that on two moons lifted to 10-d spectral clustering is no
 #: better than k-means (ARI 0.27-0.30 vs 0.25); this rule gave 1.0 there and the blobs' 1.0.
 GAMMA_RULE = (f"gamma = 1 / median over the landmarks of the squared distance to their {GAMMA_NEIGHBOR}th "
-              "nearest other landmark (landmarks with duplicates that close are left out; 1 when all coincide)")
+              "nearest other landmark (landmarks at distance 0 from it, duplicates, are left out; 1 when all coincide)")
 
 #: Eigen-directions of the landmarks' normalised affinity below this share of the largest are dropped.
 _EIG_RTOL = 1e-8
@@ -167,7 +172,7 @@ class _Embedding:
 
     Only differences between a row's squared distances to the landmarks matter (the row's own
     factors cancel), so rows are mapped through ``||l_j||^2 - 2 x.l_j`` (one float32 GEMM, no
-    ``||x||^2``), ``CHUNK`` rows at a time so the ``(rows, l)`` temporaries stay small.
+    ``||x||^2``), ``chunk`` rows at a time so the ``(rows, l)`` temporaries stay in cache.
     """
 
     def __init__(self, gamma: float, landmarks: np.ndarray, shift: np.ndarray, inv_sqrt_degree: np.ndarray,
@@ -262,7 +267,7 @@ class NystromSpectralClustering(ClusterMixin, BaseEstimator):
         sample size; at least ``n_clusters``.
     gamma : float, optional
         RBF kernel coefficient, ``exp(-gamma ||x - y||^2)``; default :data:`GAMMA_RULE`.
-    kmeans_rows : int, default=100_000
+    kmeans_rows : int, default=50_000
         Rows sampled (seeded) whose embedding the final k-means is fitted on, capped so the sample
         takes at most a quarter of ``memory``; all rows when there are fewer.
     n_init : int, default=3
@@ -308,7 +313,7 @@ class NystromSpectralClustering(ClusterMixin, BaseEstimator):
         *,
         n_landmarks: int = 300,
         gamma: float | None = None,
-        kmeans_rows: int = 100_000,
+        kmeans_rows: int = 50_000,
         n_init: int = 3,
         memory: str | int | None = None,
         block_rows: int | None = None,
@@ -457,7 +462,7 @@ def _fit_models(models: list[NystromSpectralClustering], X: Any) -> None:
     rng = check_random_state(head.random_state)
     sample = _sample_rows(head, X, n, d, width, resolve_block_rows(d, head.memory, head.block_rows, X), rng)
     # the (l, l) eigenproblems and the sample's embedding: one BLAS thread, as in the passes (two
-    # OpenBLAS threads made a 300 x 300 eigh 20x slower on a loaded 2-core machine)
+    # OpenBLAS threads made a 300 x 300 eigh take 140-530 ms instead of 33-39 ms on a loaded 2-core machine)
     with threadpool_limits(limits=1, user_api="blas"):
         embedding, shared = _fit_embedding(head, X, sample, width, rng)
         raw = embedding.raw(sample)
@@ -483,7 +488,7 @@ def spectral_sweep(
     *,
     n_landmarks: int = 300,
     gamma: float | None = None,
-    kmeans_rows: int = 100_000,
+    kmeans_rows: int = 50_000,
     n_init: int = 3,
     memory: str | int | None = None,
     block_rows: int | None = None,
