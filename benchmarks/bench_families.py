@@ -14,6 +14,9 @@ array, then runs each family in a fresh Python process (so its peak RSS,
   plus re-cutting the tree for k = 2..15 without a data pass;
 * ``gmm``: :class:`StreamingGaussianMixture` (diagonal) fit, then ``predict`` of all rows;
 * ``hdbscan``: :class:`SampledHDBSCAN` (20,000-row sample) fit (labels every row);
+* ``spectral``: the study's spectral step: :func:`spectral_sweep` (Nystrom, 300 landmarks, one
+  embedding for k = 2..15), then per k the labels of every row + exact CH/DB + sampled silhouette
+  (``score_labels``, as the study scores every algorithm); ARI at ``--k``;
 * ``birch``: :class:`StreamingBirch` at two thresholds around the blobs' radius
   (shows the threshold's phase transition in 64-d);
 * in-memory scikit-learn baselines, where they fit: ``KMeans`` and ``GaussianMixture``
@@ -157,6 +160,27 @@ def stage_hdbscan(path: str, memory: str, sample_size: int = 20_000, min_cluster
             "noise_recall": float((noise & out).sum() / max(1, out.sum())), "outlier_rate": float(out.mean())}
 
 
+def stage_spectral(path: str, k: int, memory: str, k_max: int = 15) -> dict:
+    from streamclust.estimators import silhouette_sample, spectral_sweep
+    from streamclust.study.algorithms import score_labels
+
+    X, y = _open(path)
+    t = time.perf_counter()
+    models = spectral_sweep(X, range(2, k_max + 1), memory=memory, random_state=0)
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    sample = silhouette_sample(X, random_state=0, memory=memory)
+    sil = {kk: score_labels(X, m.predict(X), sample, budget=memory)["silhouette"] for kk, m in models.items()}
+    score_s = time.perf_counter() - t
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        labels = models[k].predict(X).compute()
+    return {"rows": int(X.shape[0]), "sweep_fit_s": fit_s, "score_2_k_max_s": score_s, "ari": _ari(y, labels),
+            "silhouette_by_k": {kk: round(v, 4) for kk, v in sil.items()}, "gamma": models[k].gamma_,
+            "eigenvalues": [round(float(v), 3) for v in models[k_max].eigenvalues_]}
+
+
 def stage_birch(path: str, k: int, memory: str, threshold: float, max_subclusters: int = 5000) -> dict:
     from streamclust.errors import MemoryBudgetError
     from streamclust.estimators.hierarchy import StreamingBirch
@@ -258,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=20_000, help="HDBSCAN sample / sklearn baselines' sample")
     ap.add_argument("--birch-factors", default="1.0,1.25",
                     help="StreamingBirch thresholds as multiples of the median planted blob radius")
-    ap.add_argument("--skip", default="", help="comma list of: kmeans,ward,gmm,hdbscan,birch,baselines")
+    ap.add_argument("--skip", default="", help="comma list of: kmeans,ward,gmm,hdbscan,spectral,birch,baselines")
     ap.add_argument("--workdir", default=None, help="where to write the Zarr array (temp dir)")
     ap.add_argument("--json", default=None, help="also write the raw results to this file")
     args = ap.parse_args(argv)
@@ -304,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
                        f"{100 * o['sample_noise']:.1f}%), ARI non-noise {o['ari_non_noise']:.3f}, noise "
                        f"precision/recall vs planted {100 * o['outlier_rate']:.1f}% outliers "
                        f"{o['noise_precision']:.2f}/{o['noise_recall']:.2f}"))
+        if "spectral" not in skip:
+            r = results["spectral"] = _run_child("stage_spectral", k=args.k, **common)
+            o = r["result"]
+            add("Nystrom spectral (300 landmarks) k=2..15 + all-row scores", r,
+                notes=f"sweep fit {o['sweep_fit_s']:.1f} s, labels + CH/DB/silhouette for 14 k "
+                      f"{o['score_2_k_max_s']:.1f} s")
         if "birch" not in skip:
             radius = data["result"]["median_blob_radius"]
             for f in map(float, filter(None, args.birch_factors.split(","))):

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--no-report", action="store_true", help="skip report.html")
     study.add_argument("--seed", type=_number_arg(random_seed, "seed", int), default=0, help="random seed (default 0)")
     study.add_argument("--algorithms", default="kmeans,ward", metavar="NAME[,NAME...]",
-                       help="clustering algorithms compared on every set: kmeans, ward, gmm, hdbscan "
+                       help="clustering algorithms compared on every set: kmeans, ward, gmm, hdbscan, spectral "
                             "(default kmeans,ward; kmeans always runs and defines the saved model)")
     study.add_argument("--outlier-score", choices=("combined", "kdist", "lof", "mean"), default="combined",
                        help="outlier score of every image (default combined: robust z-scores of the "

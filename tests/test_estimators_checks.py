@@ -10,6 +10,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from streamclust.estimators import (
     KNNOutlierDetector,
     MicroClusterAgglomerative,
+    NystromSpectralClustering,
     SampledHDBSCAN,
     SampledUMAP,
     StreamingBirch,
@@ -74,6 +75,8 @@ ESTIMATORS = [
     StreamingBirch(n_clusters=3, threshold=0.3),
     StreamingGaussianMixture(n_components=2, random_state=0),
     SampledHDBSCAN(min_cluster_size=5, random_state=0),
+    NystromSpectralClustering(n_clusters=3, n_landmarks=40, random_state=0),
+    NystromSpectralClustering(n_clusters=3, n_landmarks=40, kmeans_rows=30, block_rows=7, random_state=0),
     KNNOutlierDetector(n_neighbors=5, random_state=0),
     SampledUMAP(n_epochs=11, random_state=0),
 ]

@@ -15,7 +15,7 @@ from streamclust.io.store import CaseStore
 from streamclust.study import ALGORITHMS, run_study
 
 SETS = {"vdc_color": "color", "vdc_type": "type"}
-ALGS = ("kmeans", "ward", "gmm", "hdbscan")
+ALGS = ("kmeans", "ward", "gmm", "hdbscan", "spectral")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_metrics_have_every_set_and_algorithm_with_one_chosen_k(study):
     assert {"bic", "noise_fraction", "algorithm", "chosen"} <= set(metrics.columns)
     counts = metrics.groupby(["set", "algorithm"]).size()
     assert set(counts.index) == {(s, a) for s in SETS for a in ALGS}
-    for a in ("kmeans", "ward", "gmm"):
+    for a in ("kmeans", "ward", "gmm", "spectral"):
         assert (counts.xs(a, level="algorithm") == 4).all()
     assert (counts.xs("hdbscan", level="algorithm") == 1).all()
     assert metrics.groupby(["set", "algorithm"])["chosen"].sum().eq(1).all()
@@ -67,6 +67,7 @@ def test_ward_metrics_equal_sklearn_and_results_have_the_new_columns(study):
         print(f"{name} vs {attribute}: " + ", ".join(f"{a} ARI {v:.3f}" for a, v in aris.items()))
         if name == "vdc_color":
             assert aris["ward"] >= 0.5
+            assert aris["spectral"] >= aris["kmeans"] - 0.05
 
 
 def test_agreement_table_and_summary(study):
@@ -89,10 +90,31 @@ def test_agreement_table_and_summary(study):
 
 def test_cli_rejects_an_unknown_algorithm(tmp_path, capsys):
     status = main(["study", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "out"),
-                   "--algorithms", "kmeans,spectral", "--quiet"])
+                   "--algorithms", "kmeans,dbscan", "--quiet"])
     assert status == 2
     err = capsys.readouterr().err
-    assert "spectral" in err and all(a in err for a in ALGORITHMS)
+    assert "dbscan" in err and all(a in err for a in ALGORITHMS)
+
+
+def test_cli_spectral_writes_its_labels_metrics_and_agreement(demo_case, tmp_path):
+    import shutil
+
+    store = tmp_path / "case.zarr"  # a copy: the shared case keeps no run of this test
+    shutil.copytree(demo_case(300) / "case.zarr", store)
+    out = tmp_path / "out"
+    assert main(["study", str(store), "-o", str(out), "--descriptors", "vdc_color", "--k", "3:5",
+                 "--components", "8", "--algorithms", "kmeans,spectral", "--no-report", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    labels = CaseStore(store).run(summary["run_id"]).array("vdc_color/labels_spectral")
+    assert labels.shape == (300,) and labels.dtype == np.int32
+    metrics = pd.read_csv(out / "metrics.csv")
+    rows = metrics[metrics["algorithm"] == "spectral"]
+    assert sorted(rows["k"]) == [3, 4, 5] and rows["chosen"].sum() == 1
+    assert rows[["silhouette", "calinski_harabasz", "davies_bouldin"]].notna().all().all()
+    assert int(rows.loc[rows["chosen"], "k"].iloc[0]) == len(np.unique(labels[:]))
+    agreement = pd.read_csv(out / "algorithms.csv")
+    assert agreement[["algorithm_a", "algorithm_b"]].values.tolist() == [["kmeans", "spectral"]]
+    assert (pd.read_csv(out / "results.csv")["cluster_vdc_color_spectral"].to_numpy() == labels[:]).all()
 
 
 def test_hdbscan_noise_overlaps_the_planted_outliers(study):

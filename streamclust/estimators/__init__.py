@@ -16,6 +16,7 @@ from streamclust.estimators.outliers import KNNOutlierDetector
 from streamclust.estimators.preprocessing import StreamingPCA, StreamingScaler, l2_normalize
 from streamclust.estimators.projection import SampledUMAP, pca_projection, warm_up_umap
 from streamclust.estimators.screening import RobustZScreen
+from streamclust.estimators.spectral import NystromSpectralClustering, spectral_sweep
 
 __all__ = [
     "StreamingPCA",
@@ -39,4 +40,6 @@ __all__ = [
     "hierarchy_sweep",
     "StreamingGaussianMixture",
     "SampledHDBSCAN",
+    "NystromSpectralClustering",
+    "spectral_sweep",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from streamclust.core.progress import progress_step
 from streamclust.errors import InputError
@@ -29,6 +30,7 @@ from streamclust.estimators import (
     cluster_metrics,
     hierarchy_sweep,
     sampled_silhouette,
+    spectral_sweep,
 )
 from streamclust.io.store import RunGroup
 from streamclust.study.rules import choose_k, k_edge_note
@@ -77,11 +79,18 @@ def _fit_hdbscan(reduced: Any, ks: list[int], *, budget: int, random_state: int)
     return {int(hdb.n_clusters_): hdb}, {}
 
 
+def _fit_spectral(reduced: Any, ks: list[int], *, budget: int, random_state: int) -> FitResult:
+    """Nystrom spectral clustering (dask-ml's kernels): one landmark embedding serves every k,
+    only the final k-means is per k."""
+    return spectral_sweep(reduced, ks, memory=budget, random_state=random_state), {}
+
+
 #: The algorithms a study can run besides k-means, by the name ``--algorithms`` takes.
 REGISTRY: dict[str, Algorithm] = {
     "ward": Algorithm(_fit_ward),
     "gmm": Algorithm(_fit_gmm),
     "hdbscan": Algorithm(_fit_hdbscan, has_noise=True),
+    "spectral": Algorithm(_fit_spectral),
 }
 
 #: Clustering algorithms the study can run on the reduced rows; ``kmeans`` always runs
@@ -112,7 +121,8 @@ def store_algorithm_labels(labels: Any, reduced: Any, run: RunGroup, name: str, 
     target = run.create_array(f"{name}/labels_{algorithm}", (reduced.shape[0],), "int32",
                               chunk_rows=reduced.chunks[0],
                               attrs={"descriptor_set": name, "algorithm": algorithm})
-    da.store(labels.astype(np.int32).rechunk((target.chunks[0],)), target, lock=False)
+    with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
+        da.store(labels.astype(np.int32).rechunk((target.chunks[0],)), target, lock=False)
     return target
 
 
@@ -126,7 +136,8 @@ def score_labels(reduced: Any, labels: Any, sample: tuple[np.ndarray, np.ndarray
     every algorithm and k.
     """
     nan = float("nan")
-    labels = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
+    with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
+        labels = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
     try:
         m = cluster_metrics(reduced, labels=labels, memory=budget)
     except ValueError:
