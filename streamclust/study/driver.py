@@ -28,7 +28,8 @@ For each descriptor set, in bounded memory:
    ``"mean"`` use the kNN detector's score alone, with its own threshold rule.
 
 7. **Other algorithms** (``algorithms=``, see :data:`~streamclust.study.algorithms.ALGORITHMS`) -- Ward
-   agglomeration on micro-clusters, a diagonal Gaussian mixture, sampled HDBSCAN --
+   agglomeration on micro-clusters, a diagonal Gaussian mixture, sampled HDBSCAN, Nystrom spectral
+   clustering (dask-ml affinities) --
    on the same reduced rows, scored with the same exact all-row metrics and the
    same sampled silhouette, k chosen by the same rule; their chosen labels go to
    ``runs/<id>/<set>/labels_<algorithm>`` and ``algorithms.csv`` compares them
