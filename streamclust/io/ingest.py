@@ -31,7 +31,7 @@ from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError, StoreError, one_line
 from streamclust.io.sources import DESCRIPTOR_SUFFIXES, ArraySource, open_source
-from streamclust.io.store import CaseStore, disk_full_error, now_iso
+from streamclust.io.store import CaseStore, chunk_rows_for, disk_full_error, now_iso
 
 if TYPE_CHECKING:
     import zarr
@@ -268,10 +268,22 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
         return block.astype(np.float32, copy=False)
 
 
-def _block_rows(memory: str | int | None, n_features: int, chunk: int) -> int:
-    """Source rows per conversion block: a multiple of the store's ``chunk`` rows; one block is
-    the source rows, a float32 copy and compression buffers (1/32 of ``memory``)."""
-    return max(chunk, (parse_memory(memory) // 32) // (n_features * 8) // chunk * chunk)
+def _block_rows(memory: str | int | None, source: ArraySource, chunk: int) -> int:
+    """Source rows per conversion block: a multiple of the store's ``chunk`` rows taking about 1/8
+    of ``memory``.  A value takes twice its source size (the rows read, and the copy a sequential
+    reader concatenates or a cast makes), then 4 bytes as float32, 1 of finite mask and 4 of
+    compressor output.  A source whose one chunk would take more than ``memory`` is refused (a block
+    never splits a chunk: zarr would rewrite the whole chunk for each part)."""
+    budget = parse_memory(memory)
+    row_bytes = source.shape[1] * (2 * source.dtype.itemsize + 9)
+    if chunk * row_bytes > budget:
+        need = -(-chunk * row_bytes // 2**20)
+        raise InputError(
+            f"{source.path}: rows of {source.shape[1]:,} values: one store chunk ({chunk:,} rows, the smallest "
+            f"block conversion writes) takes about {need:,} MiB, more than the memory budget "
+            f"({budget / 2**20:,.0f} MiB); give --memory {need}MiB or more, or fewer values per row."
+        )
+    return max(chunk, budget // 8 // row_bytes // chunk * chunk)
 
 
 def _check_policy(nan_policy: str) -> None:
@@ -421,7 +433,7 @@ def convert_descriptor(
     arr, done = store.open_descriptor_for_writing(name, n_store, d, attrs)
     if arr.attrs.get("status") == "complete":
         return False
-    per_block = _block_rows(memory, d, arr.chunks[0])
+    per_block = _block_rows(memory, source, arr.chunks[0])
     means = None
     imputed = {"imputed_rows": int(cast(int, arr.attrs.get("imputed_rows", 0))),
                "imputed_values": int(cast(int, arr.attrs.get("imputed_values", 0)))}
@@ -524,7 +536,7 @@ def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
     """
     import csv as csv_module
 
-    found = {name: _scan_finite(src, _block_rows(memory, src.shape[1], 1024)) for name, src in sources.items()}
+    found = {name: _scan_finite(src, _block_rows(memory, src, 1)) for name, src in sources.items()}
     rows = np.unique(np.concatenate([f.bad_rows for f in found.values()] + [np.empty(0, np.int64)]))
     dropped = _DroppedRows(rows.astype(np.int64), n)
     if not len(rows):
@@ -643,7 +655,7 @@ def convert_case(
     files = discover_case(case_dir, descriptors, paths_csv)
     check_output_path(out, "store", inputs=[files.paths_csv, *files.descriptors.values()])  # not CASE/case.zarr
     sources = {
-        name: open_source(path, allow_restricted_pickle=allow_restricted_pickle)
+        name: open_source(path, allow_restricted_pickle=allow_restricted_pickle, memory=memory)
         for name, path in files.descriptors.items()
     }
     n, max_len, blocks = _scan_paths_csv(files.paths_csv)
@@ -653,6 +665,7 @@ def convert_case(
                 f"{src.path}: has {src.shape[0]} rows but {files.paths_csv} lists {n} images; "
                 "row i of every descriptor file must be image i of the paths CSV."
             )
+        _block_rows(memory, src, min(chunk_rows_for(src.shape[1]), n))  # refuses, before any write, a row too wide
     report = dropped_rows_report_path(out) if nan_policy == "drop" else None
     dropped = _find_dropped_rows(sources, files.paths_csv, n, memory) if nan_policy == "drop" else None
     n_kept = dropped.n_kept if dropped is not None else n
