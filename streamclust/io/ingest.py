@@ -162,13 +162,28 @@ def _record_case_files(store: CaseStore, case_dir: Path, first_path: str) -> Non
                 "paths of the paths CSV under the folder); give the study --images ZIP|DIR")
 
 
+#: Characters of one line of the paths CSV (a path takes at most 4,096 bytes on common file systems).
+_MAX_PATHS_LINE = 1 << 20
+
+
+def _bounded_lines(f: io.TextIOBase, csv: Path) -> Iterator[str]:
+    """The lines of ``f``, refusing one longer than :data:`_MAX_PATHS_LINE` before reading it whole."""
+    number = 0
+    while line := f.readline(_MAX_PATHS_LINE + 1):
+        number += 1
+        if len(line) > _MAX_PATHS_LINE and not line.endswith(("\n", "\r")):
+            raise InputError(f"{csv}: line {number:,} is longer than {_MAX_PATHS_LINE:,} characters; a line "
+                             "holds one image path: is it the right file?")
+        yield line
+
+
 def _path_blocks(csv: Path, block_rows: int = 65536) -> Iterator[np.ndarray]:
     """Paths of ``csv``'s ``paths`` column in blocks, backslashes turned into ``/``."""
     import csv as csv_module
 
     try:
         with open(csv, newline="", encoding="utf-8") as f:
-            reader = csv_module.reader(f)
+            reader = csv_module.reader(_bounded_lines(f, csv))
             header = next(reader, None)
             if header is None:
                 raise InputError(f"{csv}: empty file; it needs a header 'paths' and one row per image.")

@@ -47,7 +47,7 @@ from streamclust.io.pickle_stream import open_pickled_array
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["DESCRIPTOR_SUFFIXES", "READERS", "ArraySource", "open_source"]
+__all__ = ["DESCRIPTOR_SUFFIXES", "READERS", "ArraySource", "check_parquet_footer", "open_source"]
 
 
 class ArraySource(Protocol):
@@ -354,6 +354,19 @@ class _CsvSource(_SequentialSource):
         return InputError(f"{self.path}: unreadable between lines {line_no:,} and {last:,}.")
 
 
+def check_parquet_footer(path: Path, budget: int) -> None:
+    """Refuse a Parquet file whose footer (its metadata, which pyarrow reads and decodes whole) declares
+    more than ``budget / 128`` bytes (8 MiB at the 1 GiB default; a real footer takes kilobytes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 8))
+        tail = f.read(8)
+    declared, limit = int.from_bytes(tail[:4], "little"), budget // 128
+    if len(tail) == 8 and tail[4:] == b"PAR1" and declared > limit:
+        raise InputError(f"{path}: its Parquet metadata declares {declared:,} bytes, more than the {limit:,} a "
+                         f"memory budget of {budget / 2**20:,.0f} MiB admits; is it the right file?")
+
+
 class _ThriftCompact:
     """Just enough of Thrift's compact protocol to read the sizes in a Parquet page header."""
 
@@ -466,7 +479,7 @@ class _ParquetSource(_SequentialSource):
             ) from exc
         self.path = path
         self._budget = budget
-        self._check_footer()
+        check_parquet_footer(path, budget)
         self._file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
         schema = self._file.schema_arrow
         numeric = [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)]
@@ -486,18 +499,6 @@ class _ParquetSource(_SequentialSource):
             d = len(numeric)
         self.dtype = np.dtype("float64")
         self.shape = _check_2d_numeric(path, (n, d), self.dtype)
-
-    def _check_footer(self) -> None:
-        """Refuse a footer (the file's metadata, read whole by pyarrow) larger than the budget admits."""
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            f.seek(max(0, size - 8))
-            tail = f.read(8)
-        limit = self._budget // 128
-        if len(tail) == 8 and tail[4:] == b"PAR1" and int.from_bytes(tail[:4], "little") > limit:
-            raise InputError(f"{self.path}: its Parquet metadata declares {int.from_bytes(tail[:4], 'little'):,} "
-                             f"bytes, more than the {limit:,} a memory budget of {self._budget / 2**20:,.0f} MiB "
-                             "admits; is it the right file?")
 
     def _check_pages(self) -> None:
         """Refuse a page of the columns read whose decompressed size exceeds ``budget / 32``."""
