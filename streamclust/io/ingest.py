@@ -285,12 +285,11 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
 
 def _block_rows(memory: str | int | None, source: ArraySource, chunk: int) -> int:
     """Source rows per conversion block: a multiple of the store's ``chunk`` rows taking about 1/8
-    of ``memory``.  A value takes twice its source size (the rows read, and the copy a sequential
-    reader concatenates or a cast makes), then 4 bytes as float32, 1 of finite mask and 4 of
-    compressor output.  A source whose one chunk would take more than ``memory`` is refused (a block
-    never splits a chunk: zarr would rewrite the whole chunk for each part)."""
+    of ``memory``.  A value takes its source size (the rows read), then 4 bytes as float32, 1 of
+    finite mask and 4 of compressor output.  A source whose one chunk would take more than ``memory``
+    is refused (a block never splits a chunk: zarr would rewrite the whole chunk for each part)."""
     budget = parse_memory(memory)
-    row_bytes = source.shape[1] * (2 * source.dtype.itemsize + 9)
+    row_bytes = source.shape[1] * (source.dtype.itemsize + 9)
     if chunk * row_bytes > budget:
         need = -(-chunk * row_bytes // 2**20)
         raise InputError(
@@ -551,7 +550,7 @@ def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
     """
     import csv as csv_module
 
-    found = {name: _scan_finite(src, _block_rows(memory, src, 1)) for name, src in sources.items()}
+    found = {name: _scan_finite(src, _block_rows(memory, src, min(1024, n))) for name, src in sources.items()}
     rows = np.unique(np.concatenate([f.bad_rows for f in found.values()] + [np.empty(0, np.int64)]))
     dropped = _DroppedRows(rows.astype(np.int64), n)
     if not len(rows):

@@ -185,9 +185,12 @@ class _SequentialSource:
             raise _unreadable(self.path, exc) from exc
 
     def _read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` copied into one array as the reads come (never a list of parts and
+        their concatenation: the rows asked for are held once, plus the read in progress)."""
         if not hasattr(self, "_it") or start < self._pos:
             self._it, self._pos, self._buf = self._chunks(), 0, np.empty((0, self.shape[1]), self.dtype)
-        parts = []
+        out = np.empty((max(0, stop - max(start, self._pos)), self.shape[1]), self.dtype)
+        filled = 0
         while self._pos < stop:
             if len(self._buf) == 0:
                 try:
@@ -199,12 +202,11 @@ class _SequentialSource:
             take_from = max(0, start - self._pos)
             take = min(len(self._buf), stop - self._pos)
             if take_from < take:
-                parts.append(self._buf[take_from:take])
+                out[filled : filled + take - take_from] = self._buf[take_from:take]
+                filled += take - take_from
             self._buf = self._buf[take:]
             self._pos += take
-        if not parts:
-            return np.empty((0, self.shape[1]), self.dtype)
-        return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+        return out[:filled]
 
 
 class _NpzSource(_SequentialSource):
