@@ -124,7 +124,7 @@ def _check_size(path: Path, n_rows: int, n_columns: int, n_bytes: int, budget: i
     need = 8 * n_bytes + 16 * n_rows * n_columns
     if need > budget // 2:
         raise InputError(
-            f"{path}: {n_rows:,} rows x {n_columns:,} columns ({n_bytes / 2**20:,.1f} MiB) would take about "
+            f"{path}: {n_rows:,} lines x {n_columns:,} columns ({n_bytes / 2**20:,.1f} MiB) would take about "
             f"{need / 2**20:,.0f} MiB once read, more than half the memory budget ({budget / 2**20:,.0f} MiB); "
             f"keep only the path and attribute columns of the images studied, or give --memory "
             f"{-(-2 * need // 2**20)}MiB or more."
