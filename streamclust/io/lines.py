@@ -45,15 +45,12 @@ class LineScan:
         Size of the file.
     n_data_lines : int
         Lines holding data (not empty, not a lone ``"\\r"``).
-    longest : int
-        Bytes of the longest line, its newline excluded.
     head : list of (line number, start, stop)
-        The first data lines asked for: their 1-based line number and byte span (``"\\r\\n"`` excluded).
+        The first data lines asked for: their 1-based line number and byte span (``"\\n"`` excluded).
     """
 
     n_bytes: int = 0
     n_data_lines: int = 0
-    longest: int = 0
     head: list[tuple[int, int, int]] = field(default_factory=list)
 
 
@@ -65,10 +62,80 @@ def _too_long(path: Path, line: int, limit: int, budget: int) -> InputError:
     )
 
 
-def scan_lines(path: str | os.PathLike[str], budget: int, *, keep: int = 1) -> LineScan:
-    """Walk ``path`` once in 1 MiB reads: count its data lines and locate the first ``keep`` of them.
+@dataclass
+class _Scanner:
+    """The state of :func:`scan_lines` between two reads."""
 
-    Memory: one read and its newline positions (at most 9 MiB), whatever the lines' lengths.
+    path: Path
+    budget: int
+    keep: int
+    scan: LineScan = field(default_factory=LineScan)
+    line_no: int = 1  # number of the line in progress
+    line_start: int = 0  # its byte offset
+    partial: int = 0  # its bytes read so far
+    partial_cr: bool = False  # whether those are exactly "\r"
+    offset: int = 0  # byte offset of the next read
+    tail: bytes = b"\n\n"  # the last two bytes read (a line start before the first)
+
+    def feed(self, chunk: bytes) -> None:
+        """Account for the next read (at most :func:`line_limit` bytes, so only a line running over
+        the edges of a read can be too long)."""
+        limit = line_limit(self.budget)
+        first, last = chunk.find(b"\n"), chunk.rfind(b"\n")
+        if first < 0:
+            self.partial_cr = self.partial == 0 and chunk == b"\r"
+            self.partial += len(chunk)
+            if self.partial > limit:
+                raise _too_long(self.path, self.line_no, limit, self.budget)
+        else:
+            if self.partial + first > limit:
+                raise _too_long(self.path, self.line_no, limit, self.budget)
+            if len(self.scan.head) < self.keep:
+                self._locate(chunk)
+            newlines = chunk.count(b"\n")
+            self.scan.n_data_lines += newlines - self._blank_lines(chunk)
+            self.line_no += newlines
+            self.line_start = self.offset + last + 1
+            self.partial = len(chunk) - last - 1
+            self.partial_cr = self.partial == 1 and chunk[-1] == _CR
+        self.tail = (self.tail + chunk)[-2:]
+        self.offset += len(chunk)
+
+    def _blank_lines(self, chunk: bytes) -> int:
+        """Empty and lone-``"\\r"`` lines ending in ``chunk``: a ``"\\n"`` after a line end, or after
+        ``"\\r"`` after a line end (vectorised: no per-line work)."""
+        window = np.frombuffer(self.tail + chunk, np.uint8)
+        newline = window == _NEWLINE
+        blank = int(np.count_nonzero(newline[2:] & newline[1:-1]))
+        if b"\r" in chunk or b"\r" in self.tail:
+            blank += int(np.count_nonzero(newline[2:] & (window[1:-1] == _CR) & newline[:-2]))
+        return blank
+
+    def _locate(self, chunk: bytes) -> None:
+        """Record the spans of the first data lines ending in ``chunk`` until ``keep`` are known."""
+        pos, line_no, start = 0, self.line_no, self.line_start
+        while len(self.scan.head) < self.keep and (end := chunk.find(b"\n", pos)) >= 0:
+            text = chunk[pos:end] if start >= self.offset else None
+            length = end - pos + (self.partial if start < self.offset else 0)
+            lone_cr = (text == b"\r") if text is not None else (length == 1 and self.partial_cr)
+            if length and not lone_cr:
+                self.scan.head.append((line_no, start, self.offset + end))
+            pos, line_no, start = end + 1, line_no + 1, self.offset + end + 1
+
+    def finish(self) -> LineScan:
+        """The scan, once the whole file was fed."""
+        if self.partial and not self.partial_cr:  # a last line without a newline
+            self.scan.n_data_lines += 1
+            if len(self.scan.head) < self.keep:
+                self.scan.head.append((self.line_no, self.line_start, self.offset))
+        self.scan.n_bytes = self.offset
+        return self.scan
+
+
+def scan_lines(path: str | os.PathLike[str], budget: int, *, keep: int = 1) -> LineScan:
+    """Walk ``path`` once in reads of at most 1 MiB: count its data lines and locate the first ``keep``.
+
+    Memory: one read and a few masks of it (about 4 MiB), whatever the lines' lengths.
 
     Raises
     ------
@@ -77,54 +144,15 @@ def scan_lines(path: str | os.PathLike[str], budget: int, *, keep: int = 1) -> L
         the file cannot be read.
     """
     path = Path(path)
-    limit = line_limit(budget)
-    scan = LineScan()
-    line_no = 1  # number of the line in progress
-    line_start = 0  # its byte offset
-    partial = 0  # its bytes read so far
-    partial_cr = False  # whether those are exactly "\r"
-    offset = 0  # byte offset of the chunk
+    scanner = _Scanner(path, budget, keep)
+    read = min(_READ_BYTES, line_limit(budget))
     try:
         with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(_READ_BYTES), b""):
-                buf = np.frombuffer(chunk, np.uint8)
-                ends = np.flatnonzero(buf == _NEWLINE)
-                if not len(ends):
-                    partial_cr = partial == 0 and chunk == b"\r"
-                    partial += len(chunk)
-                    if partial > limit:
-                        raise _too_long(path, line_no, limit, budget)
-                    offset += len(chunk)
-                    continue
-                lengths = np.diff(ends, prepend=-1) - 1  # bytes of each line ending in this chunk
-                lengths[0] += partial
-                over = np.flatnonzero(lengths > limit)
-                if len(over):
-                    raise _too_long(path, line_no + int(over[0]), limit, budget)
-                empty = (lengths == 0) | ((lengths == 1) & (buf[np.maximum(ends - 1, 0)] == _CR))
-                empty[0] = partial + int(ends[0]) == 0 or (
-                    partial + int(ends[0]) == 1 and (partial_cr if partial else bool(buf[0] == _CR)))
-                data = np.flatnonzero(~empty)
-                for i in data[: max(0, keep - len(scan.head))].tolist():
-                    start = line_start if i == 0 else offset + int(ends[i - 1]) + 1
-                    stop = offset + int(ends[i])
-                    scan.head.append((line_no + i, start, stop))
-                scan.n_data_lines += len(data)
-                scan.longest = max(scan.longest, int(lengths.max()))
-                line_no += len(ends)
-                line_start = offset + int(ends[-1]) + 1
-                partial = len(chunk) - int(ends[-1]) - 1
-                partial_cr = partial == 1 and chunk[-1] == _CR
-                offset += len(chunk)
+            for chunk in iter(lambda: f.read(read), b""):
+                scanner.feed(chunk)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc}).") from exc
-    scan.longest = max(scan.longest, partial)
-    if partial and not partial_cr:  # a last line without a newline
-        scan.n_data_lines += 1
-        if len(scan.head) < keep:
-            scan.head.append((line_no, line_start, offset))
-    scan.n_bytes = offset
-    return scan
+    return scanner.finish()
 
 
 def read_span(path: str | os.PathLike[str], start: int, stop: int) -> bytes:
