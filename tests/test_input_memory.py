@@ -248,6 +248,13 @@ def test_csv_rows_are_parsed_exactly_and_a_bad_line_is_named(tmp_path):
     pd.DataFrame(a).to_csv(path, index=False)
     src = open_source(path, memory="8MiB")  # 64 KiB lines and reads: many blocks
     np.testing.assert_array_equal(src.read_rows(0, 50), pd.read_csv(path).to_numpy())
+    # a last line without a newline that runs over the edge of a 64 KiB read
+    lines = [",".join(["0.125"] * 7)] * (65_536 // 42) + [",".join(["0.5"] * 300)]
+    (tmp_path / "edge.txt").write_text("\n".join(lines).replace(",", " "))
+    rows = open_source(tmp_path / "edge.txt", memory="8MiB")
+    assert rows.shape == (len(lines), 7)
+    with pytest.raises(InputError, match=rf"edge\.txt: line {len(lines):,} has 300 values, expected 7"):
+        rows.read_rows(0, len(lines))
     text = path.read_text().splitlines()
     text[31] = text[31].replace(",", ",x", 1)
     path.write_text("\n".join(text) + "\n")

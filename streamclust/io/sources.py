@@ -321,10 +321,10 @@ class _CsvSource(_SequentialSource):
                 chunk = f.read(self._block_bytes)
                 data = rest + chunk if rest else chunk
                 cut = data.rfind(b"\n") + 1 if chunk else len(data)
-                if chunk and cut == 0:
+                if chunk and cut == 0 and len(data) >= self._block_bytes:
                     raise InputError(f"{self.path}: line {line_no:,} grew longer than {self._block_bytes - 1:,} "
                                      "bytes since the file was opened.")
-                block, rest = data[:cut], data[cut:]
+                block, rest = data[:cut], data[cut:]  # no newline yet: the last line, read on
                 if block:
                     yield self._parse(block, line_no)
                     line_no += block.count(b"\n")
