@@ -382,7 +382,7 @@ def test_metadata_with_thousands_of_columns_is_refused(tmp_path):
 
 def test_study_passes_its_budget_to_the_metadata_reader(demo_case, tmp_path, monkeypatch):
     """run_study hands its ``memory`` to read_metadata (which the CLI's --memory sets)."""
-    from streamclust.study import driver
+    from streamclust.study import case_files, driver
 
     seen = []
 
@@ -390,7 +390,7 @@ def test_study_passes_its_budget_to_the_metadata_reader(demo_case, tmp_path, mon
         seen.append(options.get("memory"))
         raise InputError(f"{path}: refused by the test.")
 
-    monkeypatch.setattr(driver, "read_metadata", refuse)
+    monkeypatch.setattr(case_files, "read_metadata", refuse)
     meta = tmp_path / "meta.csv"
     meta.write_text("path,color\nimg.jpg,red\n")
     with pytest.raises(InputError, match="refused by the test"):

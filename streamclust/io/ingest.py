@@ -596,6 +596,18 @@ def _ids_written(store: CaseStore, paths_csv: Path, row_policy: str, n: int, n_k
     return ids_ok
 
 
+def _check_sources(sources: dict[str, ArraySource], paths_csv: Path, n: int, memory: str | int | None) -> None:
+    """Refuse, before anything is written, a source whose rows are not the ``n`` images of ``paths_csv``
+    or whose one store chunk would not fit ``memory`` (:func:`_block_rows`)."""
+    for src in sources.values():
+        if src.shape[0] != n:
+            raise InputError(
+                f"{src.path}: has {src.shape[0]} rows but {paths_csv} lists {n} images; "
+                "row i of every descriptor file must be image i of the paths CSV."
+            )
+        _block_rows(memory, src, min(chunk_rows_for(src.shape[1]), n))
+
+
 @runs_on_scheduler
 def convert_case(
     case_dir: str | os.PathLike[str],
@@ -673,13 +685,7 @@ def convert_case(
         for name, path in files.descriptors.items()
     }
     n, max_len, blocks = _scan_paths_csv(files.paths_csv)
-    for src in sources.values():
-        if src.shape[0] != n:
-            raise InputError(
-                f"{src.path}: has {src.shape[0]} rows but {files.paths_csv} lists {n} images; "
-                "row i of every descriptor file must be image i of the paths CSV."
-            )
-        _block_rows(memory, src, min(chunk_rows_for(src.shape[1]), n))  # refuses, before any write, a row too wide
+    _check_sources(sources, files.paths_csv, n, memory)
     report = dropped_rows_report_path(out) if nan_policy == "drop" else None
     dropped = _find_dropped_rows(sources, files.paths_csv, n, memory) if nan_policy == "drop" else None
     n_kept = dropped.n_kept if dropped is not None else n
