@@ -142,11 +142,11 @@ def test_drop_conversion_interrupted_resumes_to_the_clean_result(tmp_path, monke
 
     monkeypatch.setattr(src_cls, "read_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        convert_case(tmp_path / "case", tmp_path / "s.zarr", memory="16MB", nan_policy="drop")
+        convert_case(tmp_path / "case", tmp_path / "s.zarr", memory="32MB", nan_policy="drop")
     partial = CaseStore(tmp_path / "s.zarr").root["descriptors"]["a"]
     assert partial.attrs["status"] == "writing" and 0 < partial.attrs["rows_written"] < 3996
     monkeypatch.setattr(src_cls, "read_rows", original)
-    store = convert_case(tmp_path / "case", tmp_path / "s.zarr", memory="16MB", nan_policy="drop")
+    store = convert_case(tmp_path / "case", tmp_path / "s.zarr", memory="32MB", nan_policy="drop")
     np.testing.assert_array_equal(store.descriptor("a")[:], np.delete(a, [10, 1500, 1501, 3999], axis=0))
 
 

@@ -77,7 +77,7 @@ import sys, time
 from streamclust.io import ingest, sources
 read = sources._NpySource.read_rows
 sources._NpySource.read_rows = lambda self, a, b: (time.sleep(0.05), read(self, a, b))[1]  # a slow disk
-ingest.convert_case(sys.argv[1], sys.argv[2], memory="16MB")
+ingest.convert_case(sys.argv[1], sys.argv[2], memory="32MB")
 """
 
 
@@ -97,11 +97,11 @@ def test_conversion_killed_at_a_random_point_resumes_to_the_clean_result(tmp_pat
     src_cls = type(open_source(tmp_path / "case" / "descriptors" / "wide.npy"))
     read, starts = src_cls.read_rows, []
     monkeypatch.setattr(src_cls, "read_rows", lambda self, a, b: starts.append((self.path.stem, a)) or read(self, a, b))
-    store = convert_case(tmp_path / "case", out, memory="16MB")
+    store = convert_case(tmp_path / "case", out, memory="32MB")
     for name in arrays:
         if 0 < done[name] < len(arrays[name]):
             assert min(a for n, a in starts if n == name) == done[name]  # resumed, not restarted
-    clean = convert_case(tmp_path / "case", tmp_path / "clean.zarr", memory="16MB")
+    clean = convert_case(tmp_path / "case", tmp_path / "clean.zarr", memory="32MB")
     assert store.descriptor_names() == clean.descriptor_names() == ["narrow", "wide"]
     np.testing.assert_array_equal(store.ids[:], clean.ids[:])
     for name in arrays:
@@ -129,7 +129,7 @@ def _full_disk_after(monkeypatch, n_writes: int, where: str = "") -> None:
 def test_full_disk_during_conversion_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
     arrays = _case(tmp_path / "case")
     _full_disk_after(monkeypatch, 2, where="descriptors/wide/c")  # the third chunk of 'wide'
-    assert main(["convert", str(tmp_path / "case"), "-o", str(tmp_path / "s.zarr"), "--memory", "16MB",
+    assert main(["convert", str(tmp_path / "case"), "-o", str(tmp_path / "s.zarr"), "--memory", "32MB",
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no space left on device while writing descriptors/wide rows 2048-3072" in err[0]
@@ -138,7 +138,7 @@ def test_full_disk_during_conversion_is_one_line_and_the_rerun_resumes(tmp_path,
     assert "wide" not in partial.descriptor_names()  # the half-written set does not look complete
     assert partial.root["descriptors"]["wide"].attrs["rows_written"] == 2048
     monkeypatch.undo()
-    store = convert_case(tmp_path / "case", tmp_path / "s.zarr", memory="16MB")
+    store = convert_case(tmp_path / "case", tmp_path / "s.zarr", memory="32MB")
     np.testing.assert_array_equal(store.descriptor("wide")[:], arrays["wide"])
 
 

@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from streamclust.analysis.rows import as_plain
-from streamclust.core.blocks import read_rows
+from streamclust.core.blocks import parse_memory, read_rows
 from streamclust.errors import InputError
+from streamclust.io.lines import LineScan, read_span, scan_lines
+from streamclust.io.sources import check_parquet_footer
 
 __all__ = ["CONDITION_ATTRIBUTES", "VEHICLE_ATTRIBUTES", "attribute_codes", "read_metadata"]
 
@@ -34,6 +36,7 @@ CONDITION_ATTRIBUTES: tuple[str, ...] = ("camera", "time", "date", "hour", "dayt
 
 _DEFAULT_ORDER = ("color", "type", "view", "model", "camera")
 _MAX_VALUES = 10_000  # distinct values of a profiled attribute (count tables are dense)
+_MAX_COLUMNS = 1_000  # columns of a metadata file: pandas costs ~10 KB and ~8 ms per column
 _PATH_COLUMNS = ("path", "paths", "image", "file", "image_path", "img_path", "filename",
                  "file_name", "image_name", "img", "image_file")
 _ALIASES = {
@@ -96,20 +99,36 @@ def _strip_zeros(s: pd.Series) -> pd.Series:
     return s.str.replace(r"(^|/)0+([0-9])", r"\1\2", regex=True)
 
 
-def _read_header(path: Path) -> tuple[str, str]:
+def _read_header(path: Path, budget: int) -> tuple[str, str, LineScan]:
+    """The first two non-blank lines (text) and the file's line scan; a line longer than the budget
+    admits is refused by number before anything is parsed (:func:`~streamclust.io.lines.scan_lines`)."""
+    scan = scan_lines(path, budget, keep=2)
+    if not scan.head:
+        raise InputError(f"{path}: empty metadata file.")
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            lines = []
-            for line in f:
-                if line.strip():
-                    lines.append(line.rstrip("\r\n"))
-                if len(lines) == 2:
-                    break
+        lines = [read_span(path, start, stop) for _, start, stop in scan.head]
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc}).") from exc
-    if not lines:
-        raise InputError(f"{path}: empty metadata file.")
-    return lines[0], (lines[1] if len(lines) > 1 else "")
+    text = [line.decode("utf-8-sig" if i == 0 else "utf-8", errors="replace") for i, line in enumerate(lines)]
+    return text[0], (text[1] if len(text) > 1 else ""), scan
+
+
+def _check_size(path: Path, n_rows: int, n_columns: int, n_bytes: int, budget: int) -> None:
+    """Refuse a metadata table that would not fit half the memory budget once read (pandas holds
+    it whole: about 8 bytes per byte of text and 16 per cell), or that has absurdly many columns."""
+    if n_columns > _MAX_COLUMNS:
+        raise InputError(
+            f"{path}: has {n_columns:,} columns; a metadata file has one column per attribute (at most "
+            f"{_MAX_COLUMNS:,}); is it the right file?"
+        )
+    need = 8 * n_bytes + 16 * n_rows * n_columns
+    if need > budget // 2:
+        raise InputError(
+            f"{path}: {n_rows:,} lines x {n_columns:,} columns ({n_bytes / 2**20:,.1f} MiB) would take about "
+            f"{need / 2**20:,.0f} MiB once read, more than half the memory budget ({budget / 2**20:,.0f} MiB); "
+            f"keep only the path and attribute columns of the images studied, or give --memory "
+            f"{-(-2 * need // 2**20)}MiB or more."
+        )
 
 
 def _read_table(path: Path, sep: str, header: int | None, names: list[str] | None,
@@ -153,8 +172,9 @@ def _clean_frame(df: pd.DataFrame, key_col: str) -> pd.DataFrame:
     return pd.DataFrame(out, index=df.index)
 
 
-def _read_raw(p: Path) -> tuple[pd.DataFrame, str]:
-    """The metadata file as read, column names normalised, and its format.
+def _read_raw(p: Path, budget: int) -> tuple[pd.DataFrame, str]:
+    """The metadata file as read, column names normalised, and its format; a file that would not
+    fit the budget ``budget`` (bytes) once read is refused first (:func:`_check_size`).
 
     Returns
     -------
@@ -166,13 +186,23 @@ def _read_raw(p: Path) -> tuple[pd.DataFrame, str]:
     """
     if p.suffix.lower() in (".parquet", ".pq"):
         try:
+            import pyarrow.parquet as pq
+
+            check_parquet_footer(p, budget)
+            meta = pq.ParquetFile(p).metadata
+            _check_size(p, meta.num_rows, meta.num_columns,
+                        sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)), budget)
             raw = pd.read_parquet(p)
+        except InputError:
+            raise
         except Exception as exc:  # pyarrow raises many types
             raise InputError(f"{p}: cannot read as Parquet ({exc}).") from exc
         raw.columns = _normalise_columns([str(c) for c in raw.columns])
         fmt = "parquet"
     else:
-        header, first = _read_header(p)
+        header, first, scan = _read_header(p, budget)
+        counts = {s: header.count(s) for s in (",", ";", "\t", "|")}
+        _check_size(p, scan.n_data_lines, 1 + max(counts.values()), scan.n_bytes, budget)
         head_fields = [f.strip() for f in header.split(";")]
         key_like = re.compile(r"^\s*\d+/\d+\s*$")
         if ";" in header and (head_fields[0].lower().replace(" ", "") in ("id/image", "id/img")
@@ -189,7 +219,6 @@ def _read_raw(p: Path) -> tuple[pd.DataFrame, str]:
             raw.columns = cols
             fmt = "veriwild"
         else:
-            counts = {s: header.count(s) for s in (",", ";", "\t", "|")}
             sep = max(counts, key=counts.get)
             if counts[sep] == 0:
                 sep = ","
@@ -274,7 +303,8 @@ def _match_rows(
     return pos, methods
 
 
-def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 0.5) -> pd.DataFrame:
+def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 0.5,
+                  memory: str | int | None = None) -> pd.DataFrame:
     """Read per-image metadata and align it to the image ids of a store.
 
     Formats (detected from the content, not the name):
@@ -302,6 +332,11 @@ def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 
         whole: a few tens of MB for 416k ids).
     min_match : float, default 0.5
         Smallest fraction of ids that must match a metadata row.
+    memory : str or int, optional
+        Memory budget (default 1 GiB).  The file is walked once in 1 MiB reads first: a line longer
+        than the budget admits (8 MiB at 1 GiB), more than 1,000 columns, or a table that would take
+        more than half the budget once read (about 8 bytes per byte of text and 16 per cell: a
+        416,314-row ``vehicle_info.txt``, 25 MB, takes about 240 MB) is refused before parsing.
 
     Returns
     -------
@@ -318,9 +353,9 @@ def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 
     Raises
     ------
     InputError
-        If the file is missing, empty or unparsable, has no path column, or
-        fewer than ``min_match`` of the ids match (the message shows three
-        example keys from each side).
+        If the file is missing, empty, unparsable or too large for the budget, has
+        no path column, or fewer than ``min_match`` of the ids match (the message
+        shows three example keys from each side).
     """
     p = Path(path)
     if not p.is_file():
@@ -331,7 +366,7 @@ def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 
     if n == 0:
         raise InputError(f"{p}: no image ids to align the metadata to.")
 
-    raw, fmt = _read_raw(p)
+    raw, fmt = _read_raw(p, parse_memory(memory))
     key_col, meta_base, id_base, strategies = _match_keys(p, raw, fmt, ids_norm)
 
     # duplicates: the first row of a key wins

@@ -31,7 +31,7 @@ from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.core.urls import is_url
 from streamclust.errors import InputError, StoreError, one_line
 from streamclust.io.sources import DESCRIPTOR_SUFFIXES, ArraySource, open_source
-from streamclust.io.store import CaseStore, disk_full_error, now_iso
+from streamclust.io.store import CaseStore, chunk_rows_for, disk_full_error, now_iso
 
 if TYPE_CHECKING:
     import zarr
@@ -162,13 +162,28 @@ def _record_case_files(store: CaseStore, case_dir: Path, first_path: str) -> Non
                 "paths of the paths CSV under the folder); give the study --images ZIP|DIR")
 
 
+#: Characters of one line of the paths CSV (a path takes at most 4,096 bytes on common file systems).
+_MAX_PATHS_LINE = 1 << 20
+
+
+def _bounded_lines(f: io.TextIOBase, csv: Path) -> Iterator[str]:
+    """The lines of ``f``, refusing one longer than :data:`_MAX_PATHS_LINE` before reading it whole."""
+    number = 0
+    while line := f.readline(_MAX_PATHS_LINE + 1):
+        number += 1
+        if len(line) > _MAX_PATHS_LINE and not line.endswith(("\n", "\r")):
+            raise InputError(f"{csv}: line {number:,} is longer than {_MAX_PATHS_LINE:,} characters; a line "
+                             "holds one image path: is it the right file?")
+        yield line
+
+
 def _path_blocks(csv: Path, block_rows: int = 65536) -> Iterator[np.ndarray]:
     """Paths of ``csv``'s ``paths`` column in blocks, backslashes turned into ``/``."""
     import csv as csv_module
 
     try:
         with open(csv, newline="", encoding="utf-8") as f:
-            reader = csv_module.reader(f)
+            reader = csv_module.reader(_bounded_lines(f, csv))
             header = next(reader, None)
             if header is None:
                 raise InputError(f"{csv}: empty file; it needs a header 'paths' and one row per image.")
@@ -268,10 +283,21 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
         return block.astype(np.float32, copy=False)
 
 
-def _block_rows(memory: str | int | None, n_features: int, chunk: int) -> int:
-    """Source rows per conversion block: a multiple of the store's ``chunk`` rows; one block is
-    the source rows, a float32 copy and compression buffers (1/32 of ``memory``)."""
-    return max(chunk, (parse_memory(memory) // 32) // (n_features * 8) // chunk * chunk)
+def _block_rows(memory: str | int | None, source: ArraySource, chunk: int) -> int:
+    """Source rows per conversion block: a multiple of the store's ``chunk`` rows taking about 1/8
+    of ``memory``.  A value takes its source size (the rows read), then 4 bytes as float32, 1 of
+    finite mask and 4 of compressor output.  A source whose one chunk would take more than ``memory``
+    is refused (a block never splits a chunk: zarr would rewrite the whole chunk for each part)."""
+    budget = parse_memory(memory)
+    row_bytes = source.shape[1] * (source.dtype.itemsize + 9)
+    if chunk * row_bytes > budget:
+        need = -(-chunk * row_bytes // 2**20)
+        raise InputError(
+            f"{source.path}: rows of {source.shape[1]:,} values: one store chunk ({chunk:,} rows, the smallest "
+            f"block conversion writes) takes about {need:,} MiB, more than the memory budget "
+            f"({budget / 2**20:,.0f} MiB); give --memory {need}MiB or more, or fewer values per row."
+        )
+    return max(chunk, budget // 8 // row_bytes // chunk * chunk)
 
 
 def _check_policy(nan_policy: str) -> None:
@@ -421,7 +447,7 @@ def convert_descriptor(
     arr, done = store.open_descriptor_for_writing(name, n_store, d, attrs)
     if arr.attrs.get("status") == "complete":
         return False
-    per_block = _block_rows(memory, d, arr.chunks[0])
+    per_block = _block_rows(memory, source, arr.chunks[0])
     means = None
     imputed = {"imputed_rows": int(cast(int, arr.attrs.get("imputed_rows", 0))),
                "imputed_values": int(cast(int, arr.attrs.get("imputed_values", 0)))}
@@ -524,7 +550,7 @@ def _find_dropped_rows(sources: dict[str, ArraySource], paths_csv: Path, n: int,
     """
     import csv as csv_module
 
-    found = {name: _scan_finite(src, _block_rows(memory, src.shape[1], 1024)) for name, src in sources.items()}
+    found = {name: _scan_finite(src, _block_rows(memory, src, min(1024, n))) for name, src in sources.items()}
     rows = np.unique(np.concatenate([f.bad_rows for f in found.values()] + [np.empty(0, np.int64)]))
     dropped = _DroppedRows(rows.astype(np.int64), n)
     if not len(rows):
@@ -568,6 +594,18 @@ def _ids_written(store: CaseStore, paths_csv: Path, row_policy: str, n: int, n_k
             + "; convert into a new store."
         )
     return ids_ok
+
+
+def _check_sources(sources: dict[str, ArraySource], paths_csv: Path, n: int, memory: str | int | None) -> None:
+    """Refuse, before anything is written, a source whose rows are not the ``n`` images of ``paths_csv``
+    or whose one store chunk would not fit ``memory`` (:func:`_block_rows`)."""
+    for src in sources.values():
+        if src.shape[0] != n:
+            raise InputError(
+                f"{src.path}: has {src.shape[0]} rows but {paths_csv} lists {n} images; "
+                "row i of every descriptor file must be image i of the paths CSV."
+            )
+        _block_rows(memory, src, min(chunk_rows_for(src.shape[1]), n))
 
 
 @runs_on_scheduler
@@ -643,16 +681,11 @@ def convert_case(
     files = discover_case(case_dir, descriptors, paths_csv)
     check_output_path(out, "store", inputs=[files.paths_csv, *files.descriptors.values()])  # not CASE/case.zarr
     sources = {
-        name: open_source(path, allow_restricted_pickle=allow_restricted_pickle)
+        name: open_source(path, allow_restricted_pickle=allow_restricted_pickle, memory=memory)
         for name, path in files.descriptors.items()
     }
     n, max_len, blocks = _scan_paths_csv(files.paths_csv)
-    for src in sources.values():
-        if src.shape[0] != n:
-            raise InputError(
-                f"{src.path}: has {src.shape[0]} rows but {files.paths_csv} lists {n} images; "
-                "row i of every descriptor file must be image i of the paths CSV."
-            )
+    _check_sources(sources, files.paths_csv, n, memory)
     report = dropped_rows_report_path(out) if nan_policy == "drop" else None
     dropped = _find_dropped_rows(sources, files.paths_csv, n, memory) if nan_policy == "drop" else None
     n_kept = dropped.n_kept if dropped is not None else n

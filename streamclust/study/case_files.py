@@ -105,7 +105,8 @@ def _say(case_file: CaseFile, *, complete: bool) -> None:
     logger.log(logging.INFO if quiet else logging.WARNING, case_file.text)
 
 
-def choose_metadata(store: CaseStore, given: CaseFileArg) -> tuple[CaseFile, pd.DataFrame | None]:
+def choose_metadata(store: CaseStore, given: CaseFileArg, *,
+                    memory: str | int | None = None) -> tuple[CaseFile, pd.DataFrame | None]:
     """The study's metadata (see the module docstring) and its attributes aligned to the store's ids.
 
     Parameters
@@ -113,6 +114,8 @@ def choose_metadata(store: CaseStore, given: CaseFileArg) -> tuple[CaseFile, pd.
     store : CaseStore
     given : path, None or False
         A file; None: the one convert recorded; False: none.
+    memory : str or int, optional
+        The study's memory budget, which bounds the reading (:func:`~streamclust.analysis.read_metadata`).
 
     Returns
     -------
@@ -129,7 +132,7 @@ def choose_metadata(store: CaseStore, given: CaseFileArg) -> tuple[CaseFile, pd.
     attributes = None
     if case_file.path is not None:
         try:
-            attributes = read_metadata(case_file.path, store.ids[:])
+            attributes = read_metadata(case_file.path, store.ids[:], memory=memory)
         except InputError as exc:
             if case_file.origin == "given":
                 raise

@@ -192,10 +192,10 @@ class _Inputs:
 
 
 def _study_inputs(store: CaseStore, metadata: CaseFileArg, images: CaseFileArg, outlier_truth: Any, *,
-                  report: bool) -> _Inputs:
+                  report: bool, memory: str | int | None) -> _Inputs:
     """The metadata and images given, else recorded by convert (:mod:`~streamclust.study.case_files`), and the
-    known outliers."""
-    metadata_file, attributes = choose_metadata(store, metadata)
+    known outliers; the metadata is read within ``memory``."""
+    metadata_file, attributes = choose_metadata(store, metadata, memory=memory)
     images_file = choose_images(store, images, report=report)
     known = read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
     return _Inputs(metadata_file, attributes, images_file, known)
@@ -417,7 +417,7 @@ def run_study(
                               metadata=metadata, images=images, outlier_truth=outlier_truth)
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
                      outlier_score=outlier_score, n_top_outliers=n_top_outliers)
-        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report)
+        inputs = _study_inputs(plan.store, metadata, images, outlier_truth, report=report, memory=memory)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         params = plan.params(n_components=n_components, n_init=n_init, memory=memory,
