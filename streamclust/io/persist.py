@@ -159,7 +159,7 @@ def _parse_manifest(path: Path) -> dict[str, Any]:
         if size > MAX_MANIFEST_BYTES:
             raise ModelError(f"{path}: {size} bytes, more than a model manifest holds "
                              f"({MAX_MANIFEST_BYTES} at most); not a streamclust model file.")
-        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        raw = fh.read(size + 1)  # (a larger count would be allocated up front)
     try:
         doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

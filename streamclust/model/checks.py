@@ -52,6 +52,8 @@ DETECTOR_SCALARS = ("n_neighbors_", "index_neighbors_", "search_epsilon_", "thre
 MAX_DIMENSION = 1 << 20
 #: Upper bound of reference rows and of the row counts a model records.
 _MAX_ROWS = 1 << 40
+#: Thresholds apply to float32 scores: one beyond their range is no threshold.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Upper bound of the quantiles of the drift reference (a study keeps 101).
 _MAX_QUANTILES = 10_001
 
@@ -308,7 +310,7 @@ def _check_detector(f: _Fields, declared: Mapping[str, Any], layout: ModelLayout
     f.equal(section + ("n_features_in_",), c, "the columns of det_reference")
     f.number(section + ("search_epsilon_",), 0.0, 1.0)
     f.number(section + ("recall_",), 0.0, 1.0)
-    threshold = f.number(section + ("threshold_",))
+    threshold = f.number(section + ("threshold_",), -_FLOAT32_MAX, _FLOAT32_MAX)
     if f.number(section + ("offset_",)) != -threshold:
         f.refuse(section + ("offset_",), f"={_short(f.get(section + ('offset_',)))} should be -threshold_")
     f.text(section + ("threshold_rule_",))
@@ -331,7 +333,7 @@ def _check_screen(f: _Fields, params: Mapping[str, Any], layout: ModelLayout) ->
     n_evidence = 1 + 2 * len(layout.members)
     f.sequence(section + ("sides",), n_evidence)
     f.texts(section + ("names",), n_evidence)
-    f.number(section + ("threshold",))
+    f.number(section + ("threshold",), -_FLOAT32_MAX, _FLOAT32_MAX)
     f.integer(section + ("n_samples_fit",), 1, _MAX_ROWS)
     screen = dict(f.get(section))
     n_fit = screen.pop("n_samples_fit")
