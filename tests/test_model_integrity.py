@@ -154,11 +154,15 @@ def test_an_edit_of_any_value_of_model_json_is_refused(models, tmp_path, edit):
     _refused(model, r"model\.json: its content does not match its content_sha256 .* re-run the study")
 
 
-def test_reformatting_model_json_keeps_it_valid(models, tmp_path):
-    """The hash is of the values, not of the file's layout."""
+def test_the_hash_is_of_the_values_not_of_the_file_layout(models, tmp_path):
+    """Re-indented with its keys in another order, model.json still loads; a value edited in that
+    layout is still refused."""
     model, doc = _copy(models, tmp_path)
     (model / "model.json").write_text(json.dumps(dict(reversed(list(doc.items()))), indent=7))
     assert DescriptorSetModel.load(model).k == 3
+    doc["info"]["sentences"]["0"] = "edited"
+    (model / "model.json").write_text(json.dumps(dict(reversed(list(doc.items()))), indent=7))
+    _refused(model, r"model\.json: its content does not match its content_sha256")
 
 
 def test_models_of_format_1_and_unsigned_ones_are_refused(models, tmp_path):
