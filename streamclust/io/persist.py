@@ -222,8 +222,8 @@ def read_model_manifest(directory: str | os.PathLike[str], kind: str | None = No
     doc = _parse_manifest(path)
     fmt, version = doc.get("format"), doc.get("format_version")
     if fmt == "streamclust-model" and version == 1:
-        raise ModelError(f"{path}: format version 1 was written before streamclust signed model.json (an edit "
-                         f"of it went unnoticed); re-run the study to write a version {MODEL_FORMAT_VERSION} model.")
+        raise ModelError(f"{path}: format version 1 was written before streamclust signed model.json (an edit of "
+                         f"it cannot be detected); re-run the study to write a version {MODEL_FORMAT_VERSION} model.")
     if fmt != "streamclust-model" or version != MODEL_FORMAT_VERSION:
         raise ModelError(f"{path}: format {str(fmt)[:40]!r} version {str(version)[:20]!r}; this streamclust "
                          f"reads streamclust-model version {MODEL_FORMAT_VERSION}.")
