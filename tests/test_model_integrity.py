@@ -450,6 +450,7 @@ OUTPUT_FIELDS = {
     ("params", "pca", "whiten"), ("params", "pca", "l2_normalize"),
     ("params", "detector", "score"), ("params", "detector", "search_epsilon_"),
     ("params", "detector", "n_neighbors_"), ("params", "detector", "index_neighbors_"), ("params", "index_seed"),
+    ("params", "detector", "search"),
     ("info", "sentences"), ("info", "training", "outlier_rate"),
 }
 
