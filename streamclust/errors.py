@@ -13,6 +13,7 @@ __all__ = [
     "InputError",
     "UnsafePickleError",
     "StoreError",
+    "ModelError",
     "MemoryBudgetError",
     "SchedulerError",
     "StreamclustWarning",
@@ -36,6 +37,12 @@ class UnsafePickleError(InputError):
 
 class StoreError(StreamclustError):
     """A Zarr store is missing, incomplete, of another schema version, or in use."""
+
+
+class ModelError(StoreError, InputError):
+    """A saved model folder is refused: edited or damaged files, another format, or values no
+    fitted model holds.  A :class:`StoreError` (what loading a model always raised) and an
+    :class:`InputError` (the model is an input of ``assign``)."""
 
 
 class MemoryBudgetError(StreamclustError, ValueError):

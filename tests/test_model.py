@@ -13,6 +13,7 @@ import pytest
 from streamclust.datasets.synthetic import load_truth, make_demo_case
 from streamclust.errors import StoreError
 from streamclust.io.ingest import convert_case
+from streamclust.io.persist import model_content_sha256
 from streamclust.io.sources import open_source
 from streamclust.model import DescriptorSetModel, drift_report
 from streamclust.model.assign import assign_new
@@ -91,7 +92,7 @@ def test_held_out_images_are_not_flagged_as_drift(tmp_path):
     assert not result.drift.drifted, result.drift.to_text()
 
 
-@pytest.mark.parametrize("tamper", ["array", "threshold"])
+@pytest.mark.parametrize("tamper", ["array", "threshold", "deleted-field-re-signed"])
 def test_tampered_model_is_refused(trained, tmp_path, tamper):
     import shutil
 
@@ -103,11 +104,18 @@ def test_tampered_model_is_refused(trained, tmp_path, tamper):
         (copy / "kmeans_cluster_centers.npy").write_bytes(bytes(raw))
         with pytest.raises(StoreError, match="SHA-256"):
             DescriptorSetModel.load(copy)
+    elif tamper == "threshold":
+        doc = json.loads((copy / "model.json").read_text())
+        doc["params"]["screen"]["threshold"] = 99.0
+        (copy / "model.json").write_text(json.dumps(doc))
+        with pytest.raises(StoreError, match="model.json: its content does not match its content_sha256"):
+            DescriptorSetModel.load(copy)
     else:
         doc = json.loads((copy / "model.json").read_text())
         del doc["params"]["detector"]["threshold_"]
+        doc["content_sha256"] = model_content_sha256(doc)
         (copy / "model.json").write_text(json.dumps(doc))
-        with pytest.raises(StoreError, match="incomplete"):
+        with pytest.raises(StoreError, match=r"params\.detector lacks the fields \['threshold_'\]"):
             DescriptorSetModel.load(copy)
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from streamclust.errors import StoreError
-from streamclust.io.persist import load_model_dir, save_model_dir
+from streamclust.errors import ModelError, StoreError
+from streamclust.io.persist import load_model_dir, model_content_sha256, save_model_dir
 
 
 @pytest.fixture
@@ -43,8 +43,9 @@ def test_pickled_array_substituted_is_refused(model, tmp_path):
     import hashlib
 
     doc["arrays"]["centers"]["sha256"] = hashlib.sha256((path / "centers.npy").read_bytes()).hexdigest()
+    doc["content_sha256"] = model_content_sha256(doc)  # re-signed: the .npy header itself is refused
     (path / "model.json").write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="allow_pickle"):  # numpy refuses to unpickle
+    with pytest.raises(ModelError, match="centers.npy: holds dtype object .* refused without reading it"):
         load_model_dir(path)
 
 

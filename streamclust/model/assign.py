@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from streamclust.core.blocks import block_rows_for, iter_blocks
+from streamclust.core.blocks import block_rows_for, iter_blocks, parse_memory
 from streamclust.core.files import write_csv_frames
 from streamclust.core.paths import check_output_path
 from streamclust.core.scheduler import map_ordered, runs_on_scheduler
@@ -141,7 +141,7 @@ def assign_new(
     import time
 
     check_output_path(out_csv, "file", inputs=[model_dir, new_input, paths_csv])
-    model = DescriptorSetModel.load(model_dir)
+    model = DescriptorSetModel.load(model_dir, memory=parse_memory(memory))
     source = new_input if is_url(new_input) else Path(new_input)
     rows, paths = _open_input(source, model, Path(paths_csv) if paths_csv else None, allow_restricted_pickle)
     d = model.pca.n_features_in_

@@ -6,7 +6,8 @@ k-means centres, the kNN outlier detector's reference sample, densities and
 threshold, the cluster sentences, and a drift reference (training cluster
 shares, outlier rate and quantiles of the distance to the assigned centre).  It
 is saved as arrays + JSON (:mod:`streamclust.io.persist`; never pickle) and loaded
-with every array's SHA-256 checked.
+with ``model.json``'s own hash and every array's SHA-256 checked, and every value checked
+(:mod:`streamclust.model.checks`) before it is used.
 
 :meth:`DescriptorSetModel.assign` labels numpy blocks, or Zarr/Dask arrays
 lazily (so it runs on any Dask scheduler), and :func:`~streamclust.model.drift.drift_report`
@@ -35,21 +36,23 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from streamclust.errors import StoreError
+from streamclust.errors import ModelError, StoreError
 from streamclust.estimators import KNNOutlierDetector, RobustZScreen, StreamingKMeans, StreamingPCA, VarianceBalancer
 from streamclust.estimators.neighbors import build_index
-from streamclust.io.persist import load_model_dir, save_model_dir
+from streamclust.io.persist import read_model_arrays, read_model_manifest, save_model_dir
+from streamclust.model.checks import (
+    DETECTOR_ARRAYS,
+    DETECTOR_SCALARS,
+    PCA_ARRAYS,
+    PCA_SCALARS,
+    check_budget,
+    check_layout,
+    check_values,
+)
 
 __all__ = ["DescriptorSetModel", "MixPreprocessing", "MODEL_KIND"]
 
 MODEL_KIND = "descriptor-set-model"
-
-
-_PCA_ATTRS = ("components_", "mean_", "explained_variance_", "explained_variance_ratio_")
-_PCA_SCALARS = ("n_components_", "n_features_in_", "n_samples_seen_")
-_DET_ARRAYS = ("reference_", "reference_indices_", "reference_kdist_", "reference_lrd_")
-_DET_SCALARS = ("n_neighbors_", "index_neighbors_", "search_epsilon_", "threshold_", "offset_",
-                "threshold_rule_", "n_features_in_", "recall_")
 
 
 @dataclass
@@ -117,19 +120,22 @@ class MixPreprocessing:
 
 
 def _pca_state(pca: StreamingPCA, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays (named ``<prefix><attr>``) and JSON parameters of a fitted PCA."""
-    arrays = {f"{prefix}{a.rstrip('_')}": getattr(pca, a) for a in _PCA_ATTRS}
-    return arrays, {**pca.get_params(), **{a: _plain(getattr(pca, a)) for a in _PCA_SCALARS}}
+    """Arrays (named ``<prefix><attr>``; ``<prefix>scale`` too when standardising) and JSON
+    parameters of a fitted PCA."""
+    arrays = {f"{prefix}{a.rstrip('_')}": getattr(pca, a) for a in PCA_ARRAYS}
+    if pca.scale_ is not None:
+        arrays[f"{prefix}scale"] = pca.scale_
+    return arrays, {**pca.get_params(), **{a: _plain(getattr(pca, a)) for a in PCA_SCALARS}}
 
 
 def _pca_from_state(arrays: dict[str, np.ndarray], params: dict[str, Any], prefix: str) -> StreamingPCA:
     """Inverse of :func:`_pca_state`."""
     pca = StreamingPCA(**{k: v for k, v in params.items() if k in StreamingPCA().get_params()})
-    for a in _PCA_ATTRS:
+    for a in PCA_ARRAYS:
         setattr(pca, a, arrays[f"{prefix}{a.rstrip('_')}"])
-    for a in _PCA_SCALARS:
+    for a in PCA_SCALARS:
         setattr(pca, a, params[a])
-    pca.scale_ = None
+    pca.scale_ = arrays.get(f"{prefix}scale")
     return pca
 
 
@@ -257,7 +263,7 @@ class DescriptorSetModel:
             arrays, params["pca"] = _pca_state(self.pca, "pca_")
         arrays["kmeans_cluster_centers"] = self.kmeans.cluster_centers_
         arrays["kmeans_shift"] = self.kmeans.shift_
-        arrays.update({f"det_{a.rstrip('_')}": getattr(self.detector, a) for a in _DET_ARRAYS})
+        arrays.update({f"det_{a.rstrip('_')}": getattr(self.detector, a) for a in DETECTOR_ARRAYS})
         if self.screen is not None:
             arrays["screen_location"] = self.screen.location_
             arrays["screen_scale"] = self.screen.scale_
@@ -268,7 +274,7 @@ class DescriptorSetModel:
         params.update({
             "kmeans": self.kmeans.get_params(),
             "detector": {**self.detector.get_params(),
-                         **{a: _plain(getattr(self.detector, a)) for a in _DET_SCALARS}},
+                         **{a: _plain(getattr(self.detector, a)) for a in DETECTOR_SCALARS}},
             "index_seed": int(self.index_seed),
         })
         info = {**self.info, "descriptor_set": self.name, "k": self.k,
@@ -278,45 +284,77 @@ class DescriptorSetModel:
         return save_model_dir(directory, MODEL_KIND, params, arrays, info)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> DescriptorSetModel:
-        """Load and verify a model folder; refuses tampered or incompatible files."""
-        doc, arrays = load_model_dir(directory, kind=MODEL_KIND)
+    def load(cls, directory: str | os.PathLike[str], *, memory: str | int | None = None) -> DescriptorSetModel:
+        """Load and verify a model folder; refuses edited, damaged or impossible models.
+
+        Order: ``model.json``'s hash and format (:func:`~streamclust.io.persist.read_model_manifest`),
+        every field and declared array shape (:func:`~streamclust.model.checks.check_layout`), the
+        memory the model needs (with ``memory``), the array files' headers and sizes, then their
+        data, hashed as read (:func:`~streamclust.io.persist.read_model_arrays`), then their values
+        (:func:`~streamclust.model.checks.check_values`).  Nothing is allocated before its size is
+        known to be sound.
+
+        Parameters
+        ----------
+        directory : path
+        memory : str or int, optional
+            A budget (e.g. ``"1GB"``; ``assign --memory``): the arrays and the rebuilt outlier index
+            must fit in half of it.  None: no such check.
+
+        Raises
+        ------
+        ModelError
+            One line naming the model's file, the field or array, and what is wrong.
+        """
+        directory = Path(directory)
+        doc = read_model_manifest(directory, kind=MODEL_KIND)
+        layout = check_layout(directory, doc)
+        if memory is not None:
+            check_budget(directory, doc, layout, memory)
+        arrays = read_model_arrays(directory, doc)
+        check_values(directory, arrays)
         try:
-            params, info = doc["params"], doc["info"]
-            pca: StreamingPCA | MixPreprocessing
-            if "mixture" in params:
-                mix = params["mixture"]
-                pcas = [_pca_from_state(arrays, p, f"mix{i}_pca_") for i, p in enumerate(mix["pca"])]
-                balancer = VarianceBalancer.from_fitted(
-                    arrays["mix_total_variance"], arrays["mix_scale"],
-                    n_features=sum(int(p.n_components_) for p in pcas), **mix["balancer"])
-                pca = MixPreprocessing(list(mix["members"]), pcas, balancer)
-            else:
-                pca = _pca_from_state(arrays, params["pca"], "pca_")
-            kmeans = StreamingKMeans(**params["kmeans"])
-            kmeans.cluster_centers_ = arrays["kmeans_cluster_centers"]
-            kmeans.shift_ = arrays["kmeans_shift"]
-            kmeans.n_features_in_ = int(kmeans.cluster_centers_.shape[1])
-            det_params = dict(params["detector"])
-            det = KNNOutlierDetector(**{k: v for k, v in det_params.items()
-                                        if k in KNNOutlierDetector().get_params()})
-            for a in _DET_ARRAYS:
-                setattr(det, a, arrays[f"det_{a.rstrip('_')}"])
-            for a in _DET_SCALARS:
-                setattr(det, a, det_params[a])
-            seed = int(params["index_seed"])
-            det.index_ = build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed,
-                                     search=det.search)
-            screen = None
-            if "screen" in params:
-                screen = RobustZScreen.from_fitted(arrays["screen_location"], arrays["screen_scale"],
-                                                   **params["screen"])
-            sentences = {int(c): s for c, s in info.get("sentences", {}).items()}
-            training = {"cluster_shares": arrays["train_cluster_shares"],
-                        "distance_quantiles": arrays["train_distance_quantiles"],
-                        **info["training"]}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{directory}: model.json is incomplete or of another layout ({exc!r}).") from exc
+            return cls._from_checked(doc, arrays)
+        except (KeyError, TypeError, ValueError) as exc:  # a rule the checks do not know yet
+            raise ModelError(f"{directory}: model.json is incomplete or of another layout "
+                             f"({' '.join(repr(exc).split())}).") from exc
+
+    @classmethod
+    def _from_checked(cls, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> DescriptorSetModel:
+        """The model of a manifest and arrays :meth:`load` checked."""
+        params, info = doc["params"], doc["info"]
+        pca: StreamingPCA | MixPreprocessing
+        if "mixture" in params:
+            mix = params["mixture"]
+            pcas = [_pca_from_state(arrays, p, f"mix{i}_pca_") for i, p in enumerate(mix["pca"])]
+            balancer = VarianceBalancer.from_fitted(
+                arrays["mix_total_variance"], arrays["mix_scale"],
+                n_features=sum(int(p.n_components_) for p in pcas), **mix["balancer"])
+            pca = MixPreprocessing(list(mix["members"]), pcas, balancer)
+        else:
+            pca = _pca_from_state(arrays, params["pca"], "pca_")
+        kmeans = StreamingKMeans(**params["kmeans"])
+        kmeans.cluster_centers_ = arrays["kmeans_cluster_centers"]
+        kmeans.shift_ = arrays["kmeans_shift"]
+        kmeans.n_features_in_ = int(kmeans.cluster_centers_.shape[1])
+        det_params = dict(params["detector"])
+        det = KNNOutlierDetector(**{k: v for k, v in det_params.items()
+                                    if k in KNNOutlierDetector().get_params()})
+        for a in DETECTOR_ARRAYS:
+            setattr(det, a, arrays[f"det_{a.rstrip('_')}"])
+        for a in DETECTOR_SCALARS:
+            setattr(det, a, det_params[a])
+        seed = int(params["index_seed"])
+        det.index_ = build_index(det.reference_, n_neighbors=int(det.index_neighbors_), seed=seed,
+                                 search=det.search)
+        screen = None
+        if "screen" in params:
+            screen_params = dict(params["screen"])
+            screen = RobustZScreen.from_fitted(arrays["screen_location"], arrays["screen_scale"],
+                                               n_samples_fit=screen_params.pop("n_samples_fit"), **screen_params)
+        sentences = {int(c): s for c, s in info["sentences"].items()}
+        training = {"cluster_shares": arrays["train_cluster_shares"],
+                    "distance_quantiles": arrays["train_distance_quantiles"], **info["training"]}
         return cls(info["descriptor_set"], pca, kmeans, det, seed, sentences, training, info, screen)
 
 
