@@ -63,7 +63,7 @@ class _SourceRows:
 
 
 def _open_input(new_input: Path | str, model: DescriptorSetModel, paths_csv: Path | None,
-                allow_restricted_pickle: bool) -> tuple[Any, Any]:
+                allow_restricted_pickle: bool, memory: str | int | None) -> tuple[Any, Any]:
     """``(rows, paths)``: a row-sliceable (n, d) array and an (n,)-sliceable path source
     (a URL ``new_input`` is a store)."""
     members = model.members
@@ -76,14 +76,15 @@ def _open_input(new_input: Path | str, model: DescriptorSetModel, paths_csv: Pat
         if absent:
             raise InputError(f"{new_input}: has no descriptor file for set(s) {', '.join(map(repr, absent))} "
                              f"of model {model.name!r} (found {sorted(files.descriptors)}).")
-        sources = [open_source(files.descriptors[m], allow_restricted_pickle=allow_restricted_pickle)
+        sources = [open_source(files.descriptors[m], allow_restricted_pickle=allow_restricted_pickle,
+                               memory=memory)
                    for m in members]
         csv = files.paths_csv
     elif len(members) > 1:
         raise InputError(f"{new_input}: model {model.name!r} mixes the sets {', '.join(members)}; give a store "
                          "or a case folder holding all of them, not one descriptor file.")
     else:
-        sources = [open_source(new_input, allow_restricted_pickle=allow_restricted_pickle)]
+        sources = [open_source(new_input, allow_restricted_pickle=allow_restricted_pickle, memory=memory)]
         csv = paths_csv
     short = [s for s in sources if s.shape[0] != sources[0].shape[0]]
     if short:
@@ -143,7 +144,8 @@ def assign_new(
     check_output_path(out_csv, "file", inputs=[model_dir, new_input, paths_csv])
     model = DescriptorSetModel.load(model_dir, memory=parse_memory(memory))
     source = new_input if is_url(new_input) else Path(new_input)
-    rows, paths = _open_input(source, model, Path(paths_csv) if paths_csv else None, allow_restricted_pickle)
+    rows, paths = _open_input(source, model, Path(paths_csv) if paths_csv else None, allow_restricted_pickle,
+                              memory)
     d = model.pca.n_features_in_
     if rows.shape[1] != d:
         raise InputError(f"{new_input}: rows have {rows.shape[1]} values; model {model.name!r} "
