@@ -48,9 +48,12 @@ Without --scheduler, Dask's threads in this process do the work (nothing to star
 def _descriptor_arg(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"{text!r} should look like NAME=FILE, e.g. osnet=osnet.pickle")
+    from streamclust.io.store import set_name_problem  # zarr's import only when a set is named
+
     name, path = text.split("=", 1)
-    if not name:
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty NAME")
+    problem = set_name_problem(name)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: the set name {name!r} {problem}")
     return name, path
 
 

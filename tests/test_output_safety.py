@@ -346,3 +346,12 @@ def test_a_store_may_live_inside_its_case_folder(hostile, tmp_path):
     shutil.copytree(hostile / "case", case)
     convert_case(case, case / "case.zarr")
     assert CaseStore(case / "case.zarr").descriptor_names() == [SET]
+
+
+@pytest.mark.parametrize("name", ["sub/dir", "..", "zarr.json", ".hidden", ""])
+def test_convert_refuses_a_bad_set_name_before_any_work(tmp_path, capsys, name):
+    """``--descriptor sub/dir=FILE`` used to be stored nested and invisible; argparse now refuses it in one line."""
+    status, err = _cli(["convert", str(tmp_path / "case"), "-o", str(tmp_path / "s.zarr"),
+                        "--descriptor", f"{name}=x.npy"], capsys)
+    assert status == 2 and "--descriptor" in err and "internal error" not in err
+    assert not (tmp_path / "s.zarr").exists()
