@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_array, validate_data
 from threadpoolctl import threadpool_limits
@@ -381,3 +382,21 @@ def top_outlier_rows(
 
     s, ids = fold_blocks(_TopScores(int(n)), col, int(block_rows), combine)
     return pd.DataFrame({"row": ids.astype(np.int64), "score": s.astype(np.float64)})
+
+
+def sweep_plan(k_values: Any, random_state: Any) -> tuple[list[int], int]:
+    """``(ks, seed)`` of a sweep: the distinct numbers of clusters in increasing order, and the one
+    integer seed every model of the sweep shares (``random_state`` itself when it is an int, else a draw
+    from it), so that a sweep's model for ``k`` equals a single fit with that ``k``.
+
+    Raises
+    ------
+    ValueError
+        ``k_values`` is empty.
+    """
+    ks = sorted({int(k) for k in k_values})
+    if not ks:
+        raise ValueError("k_values is empty; give at least one number of clusters.")
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return ks, int(random_state)
+    return ks, int(check_random_state(random_state).randint(np.iinfo(np.int32).max))

@@ -68,7 +68,6 @@ from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from streamclust.core.blocks import iter_blocks, parse_memory
@@ -80,6 +79,7 @@ from streamclust.estimators.blockwise import (
     fold_blocks,
     map_rows,
     resolve_block_rows,
+    sweep_plan,
 )
 from streamclust.estimators.kernels import assign, prep_centers, shifted, sub_rows
 from streamclust.estimators.kmeans import StreamingKMeans
@@ -704,13 +704,7 @@ def hierarchy_sweep(
         In increasing ``k``.  The models share their micro-cluster arrays, the
         micro k-means and the tree (do not modify them in place).
     """
-    ks = sorted({int(k) for k in k_values})
-    if not ks:
-        raise ValueError("k_values is empty; give at least one number of clusters.")
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        seed = int(random_state)
-    else:
-        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    ks, seed = sweep_plan(k_values, random_state)
     base = MicroClusterAgglomerative(
         ks[0],
         n_micro=n_micro,

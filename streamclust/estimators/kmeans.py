@@ -40,6 +40,7 @@ from streamclust.estimators.blockwise import (
     map_rows,
     merge_moments,
     resolve_block_rows,
+    sweep_plan,
 )
 from streamclust.estimators.kernels import assign, assign_many, prep_centers, shifted
 
@@ -676,13 +677,7 @@ def kmeans_sweep(
     dict of int to StreamingKMeans
         Fitted models keyed by ``k``, in increasing ``k``.
     """
-    ks = sorted({int(k) for k in k_values})
-    if not ks:
-        raise ValueError("k_values is empty; give at least one number of clusters.")
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        seed = int(random_state)
-    else:
-        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    ks, seed = sweep_plan(k_values, random_state)
     models = {
         k: StreamingKMeans(
             k,

@@ -78,6 +78,7 @@ from streamclust.estimators.blockwise import (
     fold_blocks,
     map_rows,
     resolve_block_rows,
+    sweep_plan,
     take_rows,
     to_blockable,
 )
@@ -516,13 +517,7 @@ def spectral_sweep(
     dict of int to NystromSpectralClustering
         Fitted models keyed by ``k``, in increasing ``k``.
     """
-    ks = sorted({int(k) for k in k_values})
-    if not ks:
-        raise ValueError("k_values is empty; give at least one number of clusters.")
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        seed = int(random_state)
-    else:
-        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    ks, seed = sweep_plan(k_values, random_state)
     template = NystromSpectralClustering(ks[-1], n_landmarks=n_landmarks, gamma=gamma, kmeans_rows=kmeans_rows,
                                          n_init=n_init, memory=memory, block_rows=block_rows, random_state=seed)
     models = {k: copy.copy(template).set_params(n_clusters=k) for k in ks}
