@@ -189,7 +189,10 @@ def _fit_scores(X, threads, dask_workers, n_jobs):
     numba.set_num_threads(threads)
     try:
         with dask.config.set(scheduler="threads", num_workers=dask_workers):
-            det = KNNOutlierDetector(n_neighbors=10, random_state=7, block_rows=999, n_jobs=n_jobs).fit(X)
+            # the NN-descent index (whose numba-parallel build and queries are what threads could change);
+            # 6000 rows would be searched exactly by default
+            det = KNNOutlierDetector(n_neighbors=10, random_state=7, block_rows=999, n_jobs=n_jobs,
+                                     search="nndescent").fit(X)
             return det.outlier_scores_, det.reference_indices_
     finally:
         numba.set_num_threads(before)
@@ -205,7 +208,7 @@ def test_same_seed_same_scores_whatever_the_threads():
     np.testing.assert_array_equal(s1, s2)
     s3, _ = _fit_scores(X, threads=2, dask_workers=2, n_jobs=2)
     np.testing.assert_array_equal(s1, s3)
-    other = KNNOutlierDetector(n_neighbors=10, random_state=8).fit(X)
+    other = KNNOutlierDetector(n_neighbors=10, random_state=8, search="nndescent").fit(X)
     assert not np.array_equal(other.reference_indices_, r1) or not np.array_equal(other.outlier_scores_, s1)
 
 
@@ -219,7 +222,7 @@ def test_same_scores_in_processes_with_1_and_2_numba_threads(tmp_path):
         from test_outliers import make_mixture
         from streamclust.estimators.outliers import KNNOutlierDetector
         X, _ = make_mixture(n=6000, d=16, seed=5)
-        det = KNNOutlierDetector(n_neighbors=10, random_state=7).fit(X)
+        det = KNNOutlierDetector(n_neighbors=10, random_state=7, search="nndescent").fit(X)
         np.save(sys.argv[1], det.outlier_scores_)
         """
     ).format(tests=os.path.dirname(__file__))
