@@ -15,6 +15,7 @@ not safe to call from several Dask threads at once.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import warnings
@@ -110,18 +111,15 @@ def _smallest(values: np.ndarray, width: int) -> np.ndarray:
     """Columns of the ``width`` smallest values of every row, in no order: ``(b, m)`` -> ``(b, width)``.
 
     A bounded max-heap per row, compiled by numba and kept in its disk cache: most values are
-    rejected by one comparison with the heap's top, ~5x faster than ``np.argpartition`` here.
+    rejected by one comparison with the heap's top (2.3x faster than ``np.argpartition`` on a
+    419 x 20,000 block).
     """
     return _smallest_kernel()(np.ascontiguousarray(values, dtype=np.float32), int(width))
 
 
-_KERNEL: list[Any] = []
-
-
+@functools.cache
 def _smallest_kernel() -> Any:
     """The compiled kernel of :func:`_smallest` (compiled or loaded from the disk cache on first use)."""
-    if _KERNEL:
-        return _KERNEL[0]
     import numba
 
     @numba.njit(cache=True, nogil=True, parallel=True)
@@ -156,7 +154,6 @@ def _smallest_kernel() -> Any:
             out[i] = hi
         return out
 
-    _KERNEL.append(smallest)
     return smallest
 
 
