@@ -127,16 +127,22 @@ def _sklearn_sweep(Z: np.ndarray, ks: list[int]) -> dict:
     return {"k": best[0], "centers": centers}
 
 
-def _sklearn_pipeline(load, ks: list[int], lof_rows: int | None = None) -> dict:
+def _sklearn_pipeline(load, ks: list[int], lof_rows: int | None = None, outliers: str = "lof") -> dict:
     """The issue's in-memory baseline for one descriptor array: ``load()`` it whole, L2-normalise,
-    PCA(64), the k sweep of :func:`_sklearn_sweep`, exact LOF on all rows (or the first ``lof_rows``)."""
+    PCA(64), the k sweep of :func:`_sklearn_sweep`, then the outlier scores of every row: exact LOF
+    on all rows (or the first ``lof_rows``), or ``outliers="iforest"``: scikit-learn's
+    ``IsolationForest`` (its defaults, seeded)."""
     from sklearn.decomposition import PCA
+    from sklearn.ensemble import IsolationForest
     from sklearn.preprocessing import normalize
 
     Z = PCA(n_components=N_COMPONENTS, random_state=SEED).fit_transform(normalize(load())).astype(np.float32)
     sweep = _sklearn_sweep(Z, ks)
-    scores = _lof_sklearn(Z[:lof_rows])
-    return {"k": sweep["k"], "lof_rows": int(len(scores))}
+    if outliers == "iforest":
+        scores = -IsolationForest(random_state=SEED).fit(Z).score_samples(Z)
+    else:
+        scores = _lof_sklearn(Z[:lof_rows])
+    return {"k": sweep["k"], "outlier_rows": int(len(scores))}
 
 
 def imports_only() -> dict:
@@ -249,11 +255,11 @@ def study_streamclust(store: str, out: str, k: str = "2:15", memory: str = "1GB"
             for name, r in res.sets.items()}
 
 
-def study_sklearn_baseline(case: str, k: str = "2:15", lof_rows: int | None = None) -> dict:
+def study_sklearn_baseline(case: str, k: str = "2:15", lof_rows: int | None = None, outliers: str = "lof") -> dict:
     """The issue's in-memory baseline of the study: every pickle loaded with numpy, then
     :func:`_sklearn_pipeline` (normalise, PCA(64), MiniBatchKMeans over the same k with CH/DB on all
-    rows and a sampled silhouette, exact LOF on all rows)."""
-    return {path.stem: _sklearn_pipeline(lambda p=path: _load_pickle(p), _ks(k), lof_rows)
+    rows and a sampled silhouette, exact LOF on all rows or ``outliers="iforest"``)."""
+    return {path.stem: _sklearn_pipeline(lambda p=path: _load_pickle(p), _ks(k), lof_rows, outliers)
             for path in sorted(Path(case, "descriptors").glob("*.pickle"))}
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 from sklearn.metrics import adjusted_rand_score
 
+import streamclust.estimators.kmeans as kmeans_module
 from streamclust.estimators import StreamingKMeans, kmeans_sweep
+from streamclust.estimators.kmeans import kmeans_plusplus_prefix
 
 
 def _mixture(n=30_000, k=20, d=64, noise=1.3, seed=42):
@@ -164,3 +166,36 @@ def test_errors_echo_values():
     m = StreamingKMeans(2, random_state=0).fit(X)
     with pytest.raises(ValueError, match="X has 3 features, but StreamingKMeans is expecting 2"):
         m.predict(da.zeros((4, 3), chunks=2))
+
+
+def test_seeding_prefixes_are_the_seedings_of_fewer_clusters(mixture):
+    X, _ = mixture
+    x = X[:3000].astype(np.float64)
+    full = kmeans_plusplus_prefix(x, 12, np.random.default_rng((5, 1)))
+    for k in (1, 2, 7, 12):
+        np.testing.assert_array_equal(kmeans_plusplus_prefix(x, k, np.random.default_rng((5, 1))), full[:k])
+    # every centre is a distinct data row
+    assert len({tuple(c) for c in full}) == 12 and all((x == c).all(axis=1).any() for c in full)
+
+
+def test_seeding_is_as_good_as_sklearns_kmeans_plusplus(mixture):
+    X, _ = mixture
+    x = X[:5000].astype(np.float64)
+
+    def potential(c):
+        return ((x[:, None, :] - c[None]) ** 2).sum(-1).min(1).sum()
+
+    ours = np.mean([potential(kmeans_plusplus_prefix(x, 20, np.random.default_rng(s))) for s in range(8)])
+    theirs = np.mean([potential(kmeans_plusplus(x, 20, random_state=s)[0]) for s in range(8)])
+    assert ours <= 1.03 * theirs, (ours, theirs)
+
+
+def test_starts_do_not_depend_on_the_refining_threads(small, monkeypatch):
+    X, _ = small
+    fits = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(kmeans_module, "_REFINE_THREADS", threads)
+        fits[threads] = kmeans_sweep(X, [2, 3, 5, 6], n_init=3, random_state=3, block_rows=700)
+    for k, model in fits[1].items():
+        np.testing.assert_array_equal(model.cluster_centers_, fits[2][k].cluster_centers_)
+        assert model.inertia_ == fits[2][k].inertia_

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import threading
 import time
 
@@ -16,7 +17,7 @@ from dask.callbacks import Callback
 
 from streamclust.cli import main
 from streamclust.core.blocks import iter_blocks, map_blocks_reduce
-from streamclust.core.progress import progress_desc, progress_enabled, progress_step, show_progress
+from streamclust.core.progress import progress_desc, progress_enabled, progress_step, show_progress, step_times
 from streamclust.core.scheduler import active_client
 from streamclust.study import run_study
 
@@ -175,3 +176,28 @@ def test_study_on_a_client_with_bars_gives_the_threaded_results(demo_case, studi
         assert dask.config.get("scheduler", None) is None  # nothing left installed
     assert (tmp_path / "o" / "results.csv").read_bytes() == (studies[False][0] / "results.csv").read_bytes()
     assert "vdc_color: profiles" in err.getvalue()  # a sequential pass: its bar does not depend on timing
+
+
+def test_step_times_sum_each_steps_seconds_by_name():
+    with step_times() as times:
+        for _ in range(2):
+            with progress_step("a: sleep"):
+                time.sleep(0.05)
+        with progress_step("b: spin"):
+            t0 = time.process_time()
+            while time.process_time() - t0 < 0.05:
+                pass
+    with progress_step("after"):  # outside the record: not counted
+        pass
+    assert set(times) == {"a: sleep", "b: spin"}
+    assert times["a: sleep"]["calls"] == 2 and times["b: spin"]["calls"] == 1
+    assert times["a: sleep"]["wall_s"] >= 0.1 and times["a: sleep"]["cpu_s"] < 0.05
+    assert times["b: spin"]["cpu_s"] >= 0.05
+
+
+def test_study_reports_the_seconds_of_every_step(studies):
+    out, _, _ = studies[False]
+    timings = json.loads((out / "summary.json").read_text())["timings"]
+    assert set(f"vdc_color: {step}" for step in STEPS + ["model"]) <= set(timings)
+    assert all(t["calls"] >= 1 and t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in timings.values())
+    assert timings["vdc_color: k-means 3..4"]["wall_s"] > 0

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
+from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
 from streamclust.cli import main
 from streamclust.datasets.synthetic import load_truth
 from streamclust.io.store import CaseStore
 from streamclust.study import ALGORITHMS, run_study
+from streamclust.study.algorithms import score_labels
 
 SETS = {"vdc_color": "color", "vdc_type": "type"}
 ALGS = ("kmeans", "ward", "gmm", "hdbscan", "spectral")
@@ -129,3 +130,19 @@ def test_hdbscan_noise_overlaps_the_planted_outliers(study):
               f"{precision:.3f} (chance {outlier.mean():.3f}), recall {recall:.3f}")
         assert noise.any()
         assert precision > 2 * outlier.mean()
+
+
+def test_scores_of_several_labellings_equal_sklearns_each():
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(c, 1.0, size=(300, 5)) for c in (0, 4, 8)]).astype(np.float32)
+    idx = np.sort(rng.choice(len(X), 400, replace=False))
+    labelings = [np.repeat([0, 1, 2], 300), rng.integers(0, 4, len(X)), np.where(np.arange(900) < 450, -1, 1),
+                 np.zeros(900, dtype=int)]
+    scores = score_labels(X, labelings, (idx, X[idx]), budget=2**28)
+    for labels, got in zip(labelings[:3], scores):
+        np.testing.assert_allclose(got["silhouette"], silhouette_score(X[idx].astype(np.float64), labels[idx]),
+                                   rtol=1e-9)
+        np.testing.assert_allclose(got["calinski_harabasz"], calinski_harabasz_score(X, labels), rtol=1e-6)
+        np.testing.assert_allclose(got["davies_bouldin"], davies_bouldin_score(X, labels), rtol=1e-6)
+    assert scores[2]["noise_fraction"] == 0.5
+    assert np.isnan(scores[3]["silhouette"]) and np.isnan(scores[3]["calinski_harabasz"])

@@ -15,6 +15,9 @@ the bars of the passes inside it, e.g. ``"osnet: k-means 2..15"``.  While the sw
 
 Bars are tqdm's, on stderr, and vanish when their pass ends.  They change nothing else: the
 same graphs run, on the same scheduler, and a run with the switch off installs nothing.
+
+:func:`step_times` collects, whatever the switch, the wall and CPU seconds of every
+:func:`progress_step` run inside it, by step name: ``run_study`` reports them per stage.
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["show_progress", "progress_step", "progress_enabled", "progress_desc", "progress_bar"]
+__all__ = ["show_progress", "progress_step", "progress_enabled", "progress_desc", "progress_bar", "step_times"]
 
 logger = logging.getLogger(__name__)
 
 _ENABLED: ContextVar[bool] = ContextVar("streamclust_progress", default=False)
 _STEP: ContextVar[str | None] = ContextVar("streamclust_progress_step", default=None)
+_TIMES: ContextVar[dict[str, dict[str, float]] | None] = ContextVar("streamclust_step_times", default=None)
 
 
 def progress_enabled() -> bool:
@@ -75,9 +80,11 @@ def show_progress(enabled: bool = True) -> Iterator[None]:
 def progress_step(desc: str) -> Iterator[None]:
     """Label ``desc`` (e.g. ``"osnet: PCA"``) the bars of the passes run in the block.
 
-    Free when the switch is off: it only sets the label.
+    Free when the switch is off: it only sets the label (and adds its seconds to
+    :func:`step_times`' record when one is open).
     """
     token = _STEP.set(desc)
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
         if _ENABLED.get():
             with _dask_bars():  # a client made active since show_progress gets its bars too
@@ -86,6 +93,28 @@ def progress_step(desc: str) -> Iterator[None]:
             yield
     finally:
         _STEP.reset(token)
+        times = _TIMES.get()
+        if times is not None:
+            entry = times.setdefault(desc, {"wall_s": 0.0, "cpu_s": 0.0, "calls": 0})
+            entry["wall_s"] += time.perf_counter() - wall
+            entry["cpu_s"] += time.process_time() - cpu
+            entry["calls"] += 1
+
+
+@contextlib.contextmanager
+def step_times() -> Iterator[dict[str, dict[str, float]]]:
+    """Record the seconds of every :func:`progress_step` run in the block (in this context).
+
+    Yields a dict, filled as steps end: step name -> ``{"wall_s", "cpu_s", "calls"}`` summed over
+    the calls of that name (``cpu_s`` is the whole process's CPU time during the step: all its
+    threads).  A step nested in another counts in both.
+    """
+    times: dict[str, dict[str, float]] = {}
+    token = _TIMES.set(times)
+    try:
+        yield times
+    finally:
+        _TIMES.reset(token)
 
 
 # --------------------------------------------------------------------------- #

@@ -14,7 +14,9 @@ inertia are accumulated in float64.
 
 from __future__ import annotations
 
+import hashlib
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,6 @@ from sklearn.base import (
     ClusterMixin,
     TransformerMixin,
 )
-from sklearn.cluster import kmeans_plusplus
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
@@ -44,13 +45,20 @@ from streamclust.estimators.blockwise import (
 )
 from streamclust.estimators.kernels import assign, assign_many, prep_centers, shifted
 
-__all__ = ["StreamingKMeans", "kmeans_sweep"]
+__all__ = ["StreamingKMeans", "kmeans_sweep", "kmeans_plusplus_prefix"]
 
 _DONE, _ACTIVE, _EVAL = 0, 1, 2
 
 #: k-means++ seedings tried per start; each is refined by Lloyd on the in-memory
 #: init sample and the one with the lowest sample inertia starts the full passes.
 _SAMPLE_CANDIDATES = 3
+
+#: Local trials per centre of the greedy k-means++ seeding (scikit-learn uses ``2 + log k``: 4 at
+#: k = 15); fixed so that seedings of smaller k are prefixes of larger ones.
+_SEEDING_TRIALS = 4
+
+#: Threads refining the starts on the init sample (each single-threaded: results do not depend on it).
+_REFINE_THREADS = 2
 
 #: Inertias within this relative margin of the lowest count as equal and the earlier start
 #: (or seeding) wins: two starts that reach the same optimum with their centres in another
@@ -243,6 +251,92 @@ def _lloyd_in_memory(
     return C, float(assign(xs, xx, c2, cc)[1].sum(dtype=np.float64))
 
 
+def kmeans_plusplus_prefix(xs: np.ndarray, n_clusters: int, rng: np.random.Generator, *,
+                           n_trials: int = _SEEDING_TRIALS) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's greedy variant) of ``xs``.
+
+    The number of local trials per centre is fixed (``n_trials``, not ``2 + log k``), so the first
+    ``j`` centres of a seeding of ``n_clusters`` are exactly the seeding of ``j`` clusters from a
+    generator in the same state: a k sweep seeds once with the largest k and every smaller k takes
+    a prefix.
+
+    Parameters
+    ----------
+    xs : ndarray of float64, shape (n, d)
+    n_clusters : int
+    rng : numpy Generator
+    n_trials : int
+
+    Returns
+    -------
+    ndarray of float64, shape (n_clusters, d)
+    """
+    n = xs.shape[0]
+    xx = np.einsum("ij,ij->i", xs, xs)
+    chosen = np.empty(n_clusters, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    closest = np.maximum(xx - 2.0 * (xs @ xs[chosen[0]]) + xx[chosen[0]], 0.0)
+    potential = float(closest.sum())
+    for c in range(1, n_clusters):
+        if potential > 0:
+            cand = np.searchsorted(np.cumsum(closest), rng.random(n_trials) * potential)
+            cand = np.minimum(cand, n - 1)
+        else:  # every row is already a centre
+            cand = rng.integers(n, size=n_trials)
+        dist = np.maximum(xx[cand, None] - 2.0 * (xs[cand] @ xs.T) + xx[None, :], 0.0)
+        np.minimum(dist, closest, out=dist)
+        pots = dist.sum(axis=1)
+        best = int(np.argmin(pots))
+        chosen[c], closest, potential = cand[best], dist[best], float(pots[best])
+    return xs[chosen].copy()
+
+
+def _refine_starts(models: list[StreamingKMeans], plans: list, sample: np.ndarray, union: np.ndarray,
+                   shift_c: np.ndarray, cd: np.dtype, tol_abs: list[float]) -> list[_Run]:
+    """The starting centres of every start of every model: ``_SAMPLE_CANDIDATES`` seedings
+    (:func:`kmeans_plusplus_prefix`, one per ``(seed, candidate)`` generator) each refined by Lloyd on
+    the model's in-memory init sample, the lowest sample inertia kept per start.
+
+    Seedings are shared: models with the same init sample and seed (a sweep with an int seed) seed
+    once with their largest ``k`` and each takes its prefix, so results equal single fits.  The
+    refinements are independent single-threaded tasks run on two threads (numpy's BLAS and
+    reductions release the GIL); results do not depend on the order they finish in.
+
+    Returns one :class:`_Run` per (model, start), in model then start order.
+    """
+    d = sample.shape[1]
+    samples: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    largest: dict[tuple[bytes, int], int] = {}
+    keys = []
+    for m, (idx, seeds) in zip(models, plans):
+        key = hashlib.sha1(idx.tobytes()).digest()
+        if key not in samples:
+            xs64 = sample[np.searchsorted(union, idx)] - shift_c
+            samples[key] = (xs64, *shifted(xs64.astype(cd), np.zeros(d)))
+        keys.append(key)
+        for seed in seeds:
+            largest[key, int(seed)] = max(largest.get((key, int(seed)), 0), m.n_clusters)
+    seedings = {(key, seed, c): kmeans_plusplus_prefix(samples[key][0], k, np.random.default_rng((seed, c)))
+                for (key, seed), k in largest.items() for c in range(_SAMPLE_CANDIDATES)}
+
+    def refine(task: tuple[int, int]) -> np.ndarray:
+        mi, seed = task
+        m = models[mi]
+        _, xs, xx = samples[keys[mi]]
+        best, best_inertia = None, np.inf
+        for c in range(_SAMPLE_CANDIDATES):
+            c0 = seedings[keys[mi], seed, c][: m.n_clusters]
+            centers, inertia = _lloyd_in_memory(xs, xx, c0, m.max_iter, tol_abs[mi])
+            if inertia < best_inertia * (1 - _INERTIA_TIE):
+                best, best_inertia = centers, inertia
+        return best + shift_c
+
+    tasks = [(mi, int(seed)) for mi, (_, seeds) in enumerate(plans) for seed in seeds]
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(_REFINE_THREADS) as pool:
+        starts = list(pool.map(refine, tasks))
+    return [_Run(mi, centers) for (mi, _), centers in zip(tasks, starts)]
+
+
 def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
     """Fit every model of ``models`` (same data, same block parameters) with shared passes."""
     head = models[0]
@@ -283,20 +377,7 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
     mean_var = float(np.mean(m2 / n_tot))
 
     tol_abs = [m.tol * mean_var for m in models]
-    runs: list[_Run] = []
-    with threadpool_limits(limits=1, user_api="blas"):
-        for mi, (m, (idx, seeds)) in enumerate(zip(models, plans)):
-            xs64 = sample[np.searchsorted(union, idx)] - shift_c
-            xs, xx = shifted(xs64.astype(cd), np.zeros(d))
-            for seed in seeds:
-                srng = np.random.RandomState(int(seed))
-                best, best_inertia = None, np.inf
-                for _ in range(_SAMPLE_CANDIDATES):
-                    c0, _ = kmeans_plusplus(xs64, m.n_clusters, random_state=srng)
-                    c, inertia = _lloyd_in_memory(xs, xx, c0, m.max_iter, tol_abs[mi])
-                    if inertia < best_inertia * (1 - _INERTIA_TIE):
-                        best, best_inertia = c, inertia
-                runs.append(_Run(mi, best + shift_c))
+    runs = _refine_starts(models, plans, sample, union, shift_c, cd, tol_abs)
 
     # Lloyd passes: each serves every run still active or awaiting its final evaluation
     while True:
@@ -349,8 +430,8 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
     ``fit`` draws a seeded sample of ``init_size`` rows (block-wise, in the
     first pass, which also measures the data mean and variance).  Each of the
-    ``n_init`` starts takes 3 k-means++ seedings
-    (:func:`sklearn.cluster.kmeans_plusplus`) of that sample, refines each by
+    ``n_init`` starts takes 3 greedy k-means++ seedings
+    (:func:`kmeans_plusplus_prefix`) of that sample, refines each by
     Lloyd iterations on the in-memory sample and keeps the one of lowest sample
     inertia (cheap, and it makes bad local optima rarer and the full-data
     passes fewer); then come exact Lloyd iterations over all rows.  Every
@@ -540,7 +621,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 cd = float_dtype(block.dtype)
                 shift_c = self.shift_.astype(cd).astype(np.float64)
                 seed = self._random_state.randint(np.iinfo(np.int32).max)
-                centers, _ = kmeans_plusplus(x64 - shift_c, k, random_state=int(seed))
+                centers = kmeans_plusplus_prefix(x64 - shift_c, k, np.random.default_rng(int(seed)))
                 self.cluster_centers_ = centers + shift_c
                 self._counts = np.zeros(k, dtype=np.float64)
             xs, xx = shifted(block, self.shift_)

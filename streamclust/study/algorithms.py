@@ -29,9 +29,9 @@ from streamclust.estimators import (
     StreamingGaussianMixture,
     cluster_metrics,
     hierarchy_sweep,
-    sampled_silhouette,
     spectral_sweep,
 )
+from streamclust.estimators.metrics import silhouette_scores
 from streamclust.io.store import RunGroup
 from streamclust.study.rules import choose_k, k_edge_note
 
@@ -126,34 +126,42 @@ def store_algorithm_labels(labels: Any, reduced: Any, run: RunGroup, name: str, 
     return target
 
 
-def score_labels(reduced: Any, labels: Any, sample: tuple[np.ndarray, np.ndarray], *,
-                 budget: int) -> dict[str, Any]:
-    """Exact all-row CH / DB / inertia and the sampled silhouette of one labelling (noise -1 counts
+def score_labels(reduced: Any, labelings: Sequence[Any], sample: tuple[np.ndarray, np.ndarray], *,
+                 budget: int) -> list[dict[str, Any]]:
+    """Exact all-row CH / DB / inertia and the sampled silhouette of each labelling (noise -1 counts
     as a cluster, as in scikit-learn); NaN when there are fewer than 2 clusters.
 
-    ``labels`` (lazy Dask or ``(n,)`` ints) are computed once and serve both; ``sample`` is the set's
-    ``(idx (m,), rows (m, d))`` from :func:`~streamclust.estimators.silhouette_sample`, read once for
-    every algorithm and k.
+    Each labelling (lazy Dask or ``(n,)`` ints) is computed once, scored on all rows and then let go
+    but for its sample rows; ``sample`` is the set's ``(idx (m,), rows (m, d))`` from
+    :func:`~streamclust.estimators.silhouette_sample`, read once for every algorithm and k, and the
+    silhouettes of all the labellings share one ``(m, m)`` distance pass
+    (:func:`~streamclust.estimators.metrics.silhouette_scores`).
     """
     nan = float("nan")
-    with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
-        labels = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
-    try:
-        m = cluster_metrics(reduced, labels=labels, memory=budget)
-    except ValueError:
-        return {"inertia": nan, "calinski_harabasz": nan, "davies_bouldin": nan, "silhouette": nan,
-                "smallest_cluster": 0, "noise_fraction": nan}
-    values, sizes = np.asarray(m["labels"]), np.asarray(m["sizes"])
-    kept = sizes[values >= 0]
     idx, rows = sample
-    try:
-        sil = sampled_silhouette(rows, labels=labels[idx], n_samples=len(rows), memory=budget)
-    except ValueError:  # a sample with a single label
-        sil = nan
-    return {"inertia": float(m["inertia"]), "calinski_harabasz": float(m["calinski_harabasz"]),
-            "davies_bouldin": float(m["davies_bouldin"]), "silhouette": sil,
-            "smallest_cluster": int(kept.min()) if kept.size else 0,
-            "noise_fraction": float(sizes[values < 0].sum()) / int(reduced.shape[0])}
+    scores, on_sample = [], []
+    for labels in labelings:
+        with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
+            labels = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
+        try:
+            m = cluster_metrics(reduced, labels=labels, memory=budget)
+        except ValueError:
+            scores.append({"inertia": nan, "calinski_harabasz": nan, "davies_bouldin": nan, "silhouette": nan,
+                           "smallest_cluster": 0, "noise_fraction": nan})
+            continue
+        values, sizes = np.asarray(m["labels"]), np.asarray(m["sizes"])
+        kept = sizes[values >= 0]
+        scores.append({"inertia": float(m["inertia"]), "calinski_harabasz": float(m["calinski_harabasz"]),
+                       "davies_bouldin": float(m["davies_bouldin"]), "silhouette": nan,
+                       "smallest_cluster": int(kept.min()) if kept.size else 0,
+                       "noise_fraction": float(sizes[values < 0].sum()) / int(reduced.shape[0])})
+        if 1 < len(np.unique(labels[idx])) < len(idx):  # else the silhouette stays NaN, as a sample of one label
+            on_sample.append((len(scores) - 1, labels[idx]))
+    if on_sample:
+        silhouettes = silhouette_scores(rows, [lab for _, lab in on_sample], memory=budget)
+        for (i, _), sil in zip(on_sample, silhouettes):
+            scores[i]["silhouette"] = sil
+    return scores
 
 
 def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algorithms: Sequence[str], *,
@@ -174,13 +182,14 @@ def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algo
         entry = REGISTRY[alg]
         with progress_step(f"{name}: {alg}"):
             models, extra = entry.fit(reduced, ks, budget=budget, random_state=random_state)
+        with progress_step(f"{name}: {alg} metrics"):
+            scores = score_labels(reduced, [model.predict(lazy_reduced) for model in models.values()], sample,
+                                  budget=budget)
         rows = []
-        for kk, model in models.items():
-            with progress_step(f"{name}: {alg} metrics"):
-                scores = score_labels(reduced, model.predict(lazy_reduced), sample, budget=budget)
+        for kk, score in zip(models, scores):
             if not entry.has_noise:
-                scores["noise_fraction"] = float("nan")
-            rows.append({**base, "algorithm": alg, "k": kk, **scores, "bic": float("nan"), **extra.get(kk, {})})
+                score["noise_fraction"] = float("nan")
+            rows.append({**base, "algorithm": alg, "k": kk, **score, "bic": float("nan"), **extra.get(kk, {})})
         metrics = pd.DataFrame(rows)
         chosen = choose_k(metrics)
         metrics["chosen"] = metrics["k"] == chosen

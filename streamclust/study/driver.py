@@ -73,7 +73,8 @@ attribute values, sentence, ``set``, ``algorithm``; k-means rows first in each s
 ``models/<set>/`` (arrays + JSON, see :mod:`streamclust.io.persist`),
 ``report.html`` (:mod:`~streamclust.study.reporting`) and ``summary.json`` (its
 ``algorithm_comparison`` holds, per set, each algorithm's k, metrics and best attribute, their
-agreement, the recommended algorithm and the reason).  They are written into ``out_dir/.partial-<run id>/`` and moved
+agreement, the recommended algorithm and the reason; its ``timings`` the wall and CPU seconds of every
+step, e.g. ``"osnet: k-means 2..15"``).  They are written into ``out_dir/.partial-<run id>/`` and moved
 into ``out_dir`` (``summary.json`` last) only when everything is written, and the
 run in the store is marked complete after that: a study that fails or is killed
 leaves the previous study's outputs in ``out_dir`` untouched and never a run that
@@ -98,7 +99,7 @@ from streamclust.analysis import compare_sets
 from streamclust.core.blocks import parse_memory
 from streamclust.core.files import write_atomic, write_csv
 from streamclust.core.logs import forward_log
-from streamclust.core.progress import progress_step, show_progress
+from streamclust.core.progress import progress_step, show_progress, step_times
 from streamclust.core.scheduler import runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
@@ -315,7 +316,8 @@ def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path,
                "k_at_range_edge": {n: r.k_note for n, r in result.sets.items() if r.k_note},
                "agreement": result.agreement.to_dict(orient="records"),
                "algorithm_rule": ALGORITHM_RULE,
-               "algorithm_comparison": {n: c.summary() for n, c in result.algorithm_comparison.items()}}
+               "algorithm_comparison": {n: c.summary() for n, c in result.algorithm_comparison.items()},
+               "timings": result.timings}
     if "umap" in params:
         summary["umap"] = {"params": params["umap"],
                            "sets": {n: {k: v for k, v in r.umap.items() if k != "params"}
@@ -412,7 +414,8 @@ def run_study(
     -------
     StudyResult
     """
-    with forward_log(log), show_progress(progress):  # the steps log to logging; `log` receives their lines too
+    # the steps log to logging (`log` receives their lines too) and record their seconds in result.timings
+    with forward_log(log), show_progress(progress), step_times() as timings:
         check_study_arguments(store_path, out_dir, n_components, n_init, random_state, outlier_neighbors,
                               metadata=metadata, images=images, outlier_truth=outlier_truth)
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
@@ -429,7 +432,7 @@ def run_study(
         if projector is not None:
             params["umap"] = umap_params(projector)
         run = plan.store.new_run(params)
-        result = StudyResult(out_dir=out, run_id=run.run_id)
+        result = StudyResult(out_dir=out, run_id=run.run_id, timings=timings)
         stage = out / f".partial-{run.run_id}"  # outputs go here, then into `out` once all are written
         stage.mkdir()
         try:

@@ -66,6 +66,9 @@ class StudyResult:
     #: Per set: how its algorithms compare and the one recommended
     #: (:func:`~streamclust.study.algorithm_comparison.compare_algorithms`).
     algorithm_comparison: dict[str, AlgorithmComparison] = field(default_factory=dict)
+    #: Seconds per step of the study (``"osnet: PCA"``, ``"report"``, ...): ``{"wall_s", "cpu_s", "calls"}``
+    #: (:func:`~streamclust.core.progress.step_times`); summary.json's ``timings``.
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def results_csv(self) -> Path:

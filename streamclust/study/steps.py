@@ -253,20 +253,20 @@ def study_set(store: CaseStore, run: RunGroup, name: str, ks: list[int], prepare
     with progress_step(f"{name}: profiles"):
         profile = profile_clusters(labels, attributes, outlier_flags=flag_arr, set_name=name, memory=budget)
 
-    sample = _sample_rows(store.n_rows, 20_000, random_state)
-    sample_rows = reduced.get_orthogonal_selection((sample, slice(None)))
     with progress_step(f"{name}: model"):
+        sample = _sample_rows(store.n_rows, 20_000, random_state)
+        sample_rows = reduced.get_orthogonal_selection((sample, slice(None)))
         sample_dist = kmeans.transform(sample_rows)[np.arange(len(sample)), kmeans.predict(sample_rows)]
-    model = DescriptorSetModel(
-        name, pca, kmeans, detector,
-        index_seed=int(detector.index_seed_), screen=screen,
-        sentences={int(c): str(t) for c, t in profile.sentences.items()},
-        training={"cluster_shares": np.asarray(scores[chosen]["sizes"]) / store.n_rows,
-                  "outlier_rate": n_flagged / store.n_rows,
-                  "distance_quantiles": distance_quantiles(sample_dist), "n_rows": store.n_rows},
-        info={"store": store.path, "run_id": run.run_id, **prepared.info},
-    )
-    model_dir = model.save(out / "models" / name)
+        model = DescriptorSetModel(
+            name, pca, kmeans, detector,
+            index_seed=int(detector.index_seed_), screen=screen,
+            sentences={int(c): str(t) for c, t in profile.sentences.items()},
+            training={"cluster_shares": np.asarray(scores[chosen]["sizes"]) / store.n_rows,
+                      "outlier_rate": n_flagged / store.n_rows,
+                      "distance_quantiles": distance_quantiles(sample_dist), "n_rows": store.n_rows},
+            info={"store": store.path, "run_id": run.run_id, **prepared.info},
+        )
+        model_dir = model.save(out / "models" / name)
     seconds = prepared.seconds + time.perf_counter() - t0
     logger.info(f"{name}: k={chosen} chosen from {ks[0]}..{ks[-1]} "
                 f"(silhouette {metrics.loc[metrics['chosen'], 'silhouette'].iloc[0]:.3f}) in {seconds:.1f} s")
