@@ -63,7 +63,6 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask_ml.metrics.pairwise import euclidean_distances, rbf_kernel
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
@@ -134,6 +133,8 @@ def _landmark_sq_distances(X: Any, landmarks: np.ndarray, shift: np.ndarray, blo
     """Lazy ``(n, l)`` float32 squared distances of every row to every landmark, by dask-ml's
     ``euclidean_distances`` in row chunks of ``block_rows`` (rows and landmarks shifted by
     ``shift``, the landmarks' mean, so the float32 expansion loses no digits that matter)."""
+    from dask_ml.metrics.pairwise import euclidean_distances  # imported when used: dask-ml takes ~1.5 s to import
+
     rows = to_blockable(X, block_rows).astype(np.float32) - shift.astype(np.float32)
     return euclidean_distances(rows, (landmarks - shift).astype(np.float32), squared=True)
 
@@ -421,6 +422,8 @@ def _fit_embedding(head: NystromSpectralClustering, X: Any, sample: np.ndarray, 
     gamma = float(head.gamma) if head.gamma is not None else rule_gamma(lm)
     br = _distance_block_rows(n_land, head.memory, head.block_rows, X)
     rows = to_blockable(X, br).astype(np.float32) - shift.astype(np.float32)
+    from dask_ml.metrics.pairwise import rbf_kernel  # imported when used: dask-ml takes ~1.5 s to import
+
     degrees = fold_blocks(_DegreeSum(), rbf_kernel(rows, lm.astype(np.float32), gamma=gamma), br, np.add)
     check_finite(degrees)  # each >= ~1: a landmark is one of the rows
     inv_sqrt = 1.0 / np.sqrt(degrees)
