@@ -414,8 +414,7 @@ def run_study(
     -------
     StudyResult
     """
-    # the steps log to logging (`log` receives their lines too) and record their seconds in result.timings
-    with forward_log(log), show_progress(progress), step_times() as timings:
+    with forward_log(log), show_progress(progress), step_times() as timings:  # steps log, and time themselves
         check_study_arguments(store_path, out_dir, n_components, n_init, random_state, outlier_neighbors,
                               metadata=metadata, images=images, outlier_truth=outlier_truth)
         plan = _plan(store_path, descriptors=descriptors, k=k, algorithms=algorithms, mix=mix, memory=memory,
