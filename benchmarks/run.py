@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Run the streamclust benchmark suite and print tables next to the baselines.
 
-    python benchmarks/run.py all      [--quick]          # convert, study, stages, scale, assign
+    python benchmarks/run.py all      [--quick]          # all of the below
     python benchmarks/run.py convert  [--rows 416314]    # pickle -> Zarr, 2560-d float32 and float64
     python benchmarks/run.py study    [--rows 416314]    # demo case, 4 sets: run_study (UMAP views) vs sklearn
     python benchmarks/run.py stages   [--rows 416314]    # convert, preprocess, k sweep, outliers, projection per set
     python benchmarks/run.py scale    [--scale-base 416314]   # peak RSS of the pipeline at 1x, 4x, 10x rows
     python benchmarks/run.py assign   [--rows 416314]    # saved model on new rows vs the study's labelling pass
     python benchmarks/run.py algorithms [--rows 416314]  # 4 sets x kmeans,ward,gmm,hdbscan + report: peak RSS
+    python benchmarks/run.py speed [--speed-rows 20000,416314]  # the study per stage vs its limits, and vs sklearn
     python benchmarks/run.py readme                      # "Latest results" of benchmarks/README.md from the tables
 
 Every measured method runs in a fresh process; peak RSS is that process's own maximum
@@ -27,7 +28,7 @@ import shutil
 from pathlib import Path
 
 from _measure import format_table, machine_facts, measure
-from stages import SETS
+from stages import SETS, _ks
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "latest.md"
@@ -393,12 +394,94 @@ def update_readme(results: Path, readme: Path = README) -> None:
     print(f"{readme}: 'Latest results' rewritten from {results} ({len(newest)} tables)")
 
 
+# ------------------------------------------------------------------ speed
+#: Constants of the per-stage limits: run_study's defaults (PCA 64, 3 starts x 3 seedings per k,
+#: k-means init sample 20,000 rows, silhouette sample 10,000 rows, kNN reference 100,000 rows).
+_PCS, _STARTS, _CANDIDATES, _INIT_ROWS, _SIL_ROWS, _REFERENCE = 64, 3, 3, 20_000, 10_000, 100_000
+
+
+def _stage_limits(n: int, dims: dict, ks: list[int], machine: dict) -> dict:
+    """Per stage: ``(seconds, basis)`` of the work that stage cannot avoid, at the measured read and
+    GEMM speeds (see the notes of :func:`bench_speed`); stages without a limit are left out."""
+    g32, g64 = machine["gemm_flops_per_s"]["float32"], machine["gemm_flops_per_s"]["float64"]
+    read = machine["read_bytes_per_s"]
+    c, sk = _PCS, sum(ks)
+    m_init, m_sil, ref = min(n, _INIT_ROWS), min(n, _SIL_ROWS), min(n, _REFERENCE)
+    pca = sum(max(2 * n * d * 4 / read[s], (2 * n * d * d + 2 * n * d * c) / g32) for s, d in dims.items())
+    kmeans = len(dims) * 4 * c * _STARTS * sk * (n + _CANDIDATES * m_init) / g32
+    metrics = len(dims) * ((2 * m_sil**2 * (c + sk)) / g64 + 4 * n * c * sk / g32)
+    outliers = len(dims) * 2 * n * ref * c / g32
+    return {"PCA": (pca, "2 reads of the raw rows, or the covariance + transform GEMMs"),
+            "k-means": (kmeans, "1 Lloyd iteration of every start on all rows + of every seeding on the sample"),
+            "metrics": (metrics, "silhouette distances + one-hot sums (float64), 1 pass of CH/DB"),
+            "outlier scores": (outliers, f"brute-force kNN of every row vs the {ref:,}-row reference")}
+
+
+def _stage_of(step: str, sets: set) -> str:
+    """``"osnet: k-means 2..15"`` -> ``"k-means"``; steps not of a set keep their name."""
+    head, _, rest = step.partition(": ")
+    if head not in sets or not rest:
+        return step
+    return "k-means" if rest.startswith("k-means") else rest
+
+
+def bench_speed(data: Path, sizes: list[int], k: str, memory: str) -> None:
+    """The study at each size (k-means, report; UMAP views from 100,000 rows up) against the issue's
+    in-memory scikit-learn pipeline with IsolationForest, then its seconds per stage next to each
+    stage's limit on this machine."""
+    summary, stages = [], []
+    for rows in sizes:
+        case, store = _demo(data, rows)
+        umap = rows >= 100_000
+        ours = measure("stages:study_stage_times", store=store, out=str(data / f"demo-{rows}" / "study-speed"),
+                       k=k, memory=memory, umap=umap)
+        base = measure("stages:study_sklearn_baseline", case=case, k=k, outliers="iforest")
+        machine = measure("stages:machine_limits", store=store)["result"]
+        t, m = ours["wall_s"] / base["wall_s"], ours["peak_rss_mb"] / base["peak_rss_mb"]
+        summary.append({"rows": rows, "method": "streamclust run_study (PCA, k-means sweep, outliers, profiles, "
+                        + ("UMAP of every row, " if umap else "") + f"CSVs, report.html; --memory {memory})",
+                        "wall_s": ours["wall_s"], "peak_rss_mb": ours["peak_rss_mb"], "time_ratio": t,
+                        "rss_ratio": m, "chosen_k": json.dumps(ours["result"]["k"])})
+        summary.append({"rows": rows, "method": "in-memory scikit-learn (pickle.load, normalize, PCA(64), "
+                        "MiniBatchKMeans(n_init=3) + CH/DB/silhouette per k, IsolationForest of every row)",
+                        "wall_s": base["wall_s"], "peak_rss_mb": base["peak_rss_mb"],
+                        "chosen_k": json.dumps({n: v["k"] for n, v in base["result"].items()})})
+        res = ours["result"]
+        by_stage: dict[str, list[float]] = {}
+        for step, v in res["timings"].items():
+            acc = by_stage.setdefault(_stage_of(step, set(res["dims"])), [0.0, 0.0])
+            acc[0] += v["wall_s"]
+            acc[1] += v["cpu_s"]
+        limits = _stage_limits(res["n_rows"], res["dims"], _ks(k), machine)
+        other = ours["wall_s"] - sum(w for w, _ in by_stage.values())
+        for stage, (wall, cpu) in sorted(by_stage.items(), key=lambda kv: -kv[1][0]) + [("(imports, rest)",
+                                                                                        (other, float("nan")))]:
+            limit, basis = limits.get(stage, (None, ""))
+            stages.append({"rows": rows, "stage": stage, "wall_s": wall, "cpu_s": cpu,
+                           "share": wall / ours["wall_s"], "limit_s": limit if limit is not None else "",
+                           "wall/limit": wall / limit if limit else "", "limit basis": basis})
+        stages.append({"rows": rows, "stage": "machine", "limit basis":
+                       f"read {min(machine['read_bytes_per_s'].values()) / 1e6:,.0f}-"
+                       f"{max(machine['read_bytes_per_s'].values()) / 1e6:,.0f} MB/s, GEMM "
+                       f"{machine['gemm_flops_per_s']['float32'] / 1e9:,.0f} GFLOP/s float32, "
+                       f"{machine['gemm_flops_per_s']['float64'] / 1e9:,.0f} float64"})
+    _report("speed: the study at every size vs the in-memory scikit-learn pipeline", summary,
+            ["rows", "method", "wall_s", "peak_rss_mb", "time_ratio", "rss_ratio", "chosen_k"],
+            "Ratios are streamclust / in-memory scikit-learn from the same run (time_ratio < 1: faster).")
+    _report("speed per stage: seconds of each study step (summed over the 4 sets) and the stage's limit", stages,
+            ["rows", "stage", "wall_s", "cpu_s", "share", "limit_s", "wall/limit", "limit basis"],
+            "wall_s / cpu_s: from the study's own step timings (summary.json `timings`; cpu_s counts every "
+            "thread); limit_s: the work the stage cannot avoid at this machine's speeds measured in the same "
+            "run (row 'machine'); the k-means limit is a lower bound (one iteration), the outlier limit is "
+            "the exact search the approximate index should beat.")
+
+
 # ------------------------------------------------------------------ main
 def main() -> None:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["convert", "study", "stages", "scale", "assign", "algorithms", "all",
-                                          "readme"])
+    parser.add_argument("which", choices=["convert", "study", "stages", "scale", "assign", "algorithms", "speed",
+                                          "all", "readme"])
     parser.add_argument("--rows", type=int, default=None, help="rows of the demo case (default 416,314)")
     parser.add_argument("--data", type=Path, default=Path(".bench-data"), help="generated data (default .bench-data/)")
     parser.add_argument("--quick", action="store_true",
@@ -422,6 +505,7 @@ def main() -> None:
     parser.add_argument("--scale-factors", default=None, help="row multiples of 'scale' (default 1,4,10)")
     parser.add_argument("--algorithms", default="kmeans,ward,gmm,hdbscan",
                         help="algorithms of 'algorithms' (default kmeans,ward,gmm,hdbscan)")
+    parser.add_argument("--speed-rows", default="20000,416314", help="case sizes of 'speed' (default 20000,416314)")
     parser.add_argument("--results", type=Path, default=None, help="results file (default results/latest.md)")
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.quick else 416_314)
@@ -433,7 +517,8 @@ def main() -> None:
     if args.which == "readme":
         update_readme(RESULTS)
         return
-    todo = ["convert", "study", "stages", "scale", "assign", "algorithms"] if args.which == "all" else [args.which]
+    everything = ["convert", "study", "stages", "scale", "assign", "algorithms", "speed"]
+    todo = everything if args.which == "all" else [args.which]
     if "convert" in todo:
         bench_convert(args.data, rows)
     if "study" in todo:
@@ -447,6 +532,8 @@ def main() -> None:
         bench_assign(args.data, rows)
     if "algorithms" in todo:
         bench_algorithms(args.data, rows, k, args.memory, args.algorithms)
+    if "speed" in todo:
+        bench_speed(args.data, [int(r) for r in args.speed_rows.split(",")], k, args.memory)
 
 
 if __name__ == "__main__":

@@ -679,3 +679,46 @@ def scale_sklearn(store: str, name: str, k: str = "2:15", lof_rows: int | None =
 
     return _sklearn_pipeline(lambda: zarr.open_array(str(Path(store) / "descriptors" / name), mode="r")[:],
                              _ks(k), lof_rows)
+
+
+# ------------------------------------------------------------------ speed: the study per stage
+def study_stage_times(store: str, out: str, k: str = "2:15", memory: str = "1GB", umap: bool = False,
+                      algorithms: str = "kmeans") -> dict:
+    """The whole study (run_study, report=True) with its per-step seconds (``StudyResult.timings``), the
+    rows and the width of every set: what :func:`run.bench_speed` turns into its per-stage table."""
+    from streamclust.io.store import CaseStore
+    from streamclust.study import run_study
+
+    res = run_study(store, out, k=k, memory=memory, random_state=SEED, report=True, umap=umap,
+                    algorithms=algorithms.split(","))
+    case = CaseStore(store)
+    return {"k": {name: r.k for name, r in res.sets.items()}, "timings": res.timings, "n_rows": case.n_rows,
+            "dims": {name: int(case.descriptor(name).shape[1]) for name in res.sets}}
+
+
+def machine_limits(store: str) -> dict:
+    """What this machine can do, measured now: the read speed of every descriptor set of ``store``
+    (zarr decode included, from the page cache as the study reads them after a conversion) and the
+    GEMM speed (float32 and float64, all cores), the yardsticks of the per-stage limits."""
+    import time
+
+    import zarr
+
+    group = zarr.open_group(store, mode="r")
+    read = {}
+    for name in group["descriptors"].array_keys():
+        arr = group["descriptors"][name]
+        arr[: arr.chunks[0]]  # open and warm
+        t0 = time.perf_counter()
+        for start in range(0, arr.shape[0], BLOCK):
+            arr[start:start + BLOCK]
+        read[name] = arr.nbytes / (time.perf_counter() - t0)
+    gemm = {}
+    for dtype in ("float32", "float64"):
+        a = np.random.default_rng(0).standard_normal((4096, 4096)).astype(dtype)
+        a @ a
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ a
+        gemm[dtype] = 3 * 2 * 4096**3 / (time.perf_counter() - t0)
+    return {"read_bytes_per_s": read, "gemm_flops_per_s": gemm}
