@@ -365,10 +365,10 @@ def silhouette_scores(rows: np.ndarray, labelings: list[np.ndarray], *, memory: 
     """Silhouette coefficients of several labellings of the same rows, sharing one distance pass.
 
     Equals :func:`sklearn.metrics.silhouette_score` (Euclidean) of each labelling up to round-off,
-    but computes the ``(m, m)`` distances once for all of them: each block of rows' distances is
-    multiplied by the stacked one-hot matrix of every labelling (``(m, sum of cluster counts)``),
-    which gives every row's summed distance to every cluster of every labelling in one GEMM.
-    A k-means sweep's 14 silhouettes cost about one scikit-learn call instead of 14.
+    but computes the ``(m, m)`` distances once for all of them (half of them: they are symmetric, see
+    :func:`_distance_sums`): each tile of distances is multiplied by the stacked one-hot matrix of
+    every labelling (``(m, sum of cluster counts)``), which gives every row's summed distance to every
+    cluster of every labelling.  A k-means sweep's 14 silhouettes cost less than one scikit-learn call.
 
     Parameters
     ----------
@@ -378,7 +378,7 @@ def silhouette_scores(rows: np.ndarray, labelings: list[np.ndarray], *, memory: 
         One label per row; the labels present define the clusters (as scikit-learn's
         ``LabelEncoder`` does), noise labels (-1) included.
     memory : str or int, optional
-        Bounds the ``(block, m)`` distance block to a 16th of the budget (8-64 MiB).
+        Bounds the distance tile to a 16th of the budget (8-64 MiB).
 
     Returns
     -------
@@ -407,32 +407,50 @@ def silhouette_scores(rows: np.ndarray, labelings: list[np.ndarray], *, memory: 
     onehot = np.zeros((m, offsets[-1]))
     for code, off in zip(codes, offsets):
         onehot[np.arange(m), off + code] = 1.0
+    sums = _distance_sums(X, onehot, memory)  # every row's summed distance to every cluster of every labelling
+    totals = np.zeros(len(codes))
+    at = np.arange(m)
+    for j, (code, size, off) in enumerate(zip(codes, sizes, offsets)):
+        per = sums[:, off:off + len(size)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = per[at, code] / (size[code] - 1.0)
+            mean = per / size
+        mean[at, code] = np.inf
+        b = mean.min(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sil = (b - a) / np.maximum(a, b)
+        totals[j] = np.nan_to_num(sil).sum()
+    return [float(t / m) for t in totals]
+
+
+def _distance_sums(X: np.ndarray, onehot: np.ndarray, memory: str | int | None) -> np.ndarray:
+    """``dist(X, X) @ onehot`` (Euclidean, float64, (m, c)) without holding the ``(m, m)`` distances.
+
+    The distances are symmetric: the matrix is built tile by tile above the diagonal only (square
+    tiles of at most a 16th of ``memory``, 8-64 MiB) and each off-diagonal tile serves both its rows
+    and, transposed, its columns -- half the distance GEMMs and square roots of a row-block sweep.
+    """
+    m = X.shape[0]
     sq = np.einsum("ij,ij->i", X, X)
     chunk_mib = max(8, min(64, (parse_memory(memory) >> 20) // 16))
-    step = max(1, (chunk_mib << 20) // (8 * max(1, m)))
-    totals = np.zeros(len(codes))
-    for s in range(0, m, step):
-        block = X[s:s + step]
-        d2 = block @ X.T  # squared distances, built in place: one (block, m) array
-        d2 *= -2.0
-        d2 += sq[s:s + step, None]
-        d2 += sq[None, :]
-        np.maximum(d2, 0.0, out=d2)
-        d2[np.arange(len(block)), np.arange(s, s + len(block))] = 0.0
-        sums = np.sqrt(d2, out=d2) @ onehot  # (block, sum of cluster counts)
-        for j, (code, size, off) in enumerate(zip(codes, sizes, offsets)):
-            own = code[s:s + step]
-            per = sums[:, off:off + len(size)]
-            at = np.arange(len(block))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                a = per[at, own] / (size[own] - 1.0)
-                mean = per / size
-            mean[at, own] = np.inf
-            b = mean.min(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sil = (b - a) / np.maximum(a, b)
-            totals[j] += np.nan_to_num(sil).sum()
-    return [float(t / m) for t in totals]
+    tile = max(1, int(np.sqrt((chunk_mib << 20) / 8)))
+    sums = np.zeros((m, onehot.shape[1]))
+    for i in range(0, m, tile):
+        rows = slice(i, min(m, i + tile))
+        for j in range(i, m, tile):
+            cols = slice(j, min(m, j + tile))
+            d2 = X[rows] @ X[cols].T  # squared distances, built in place
+            d2 *= -2.0
+            d2 += sq[rows, None]
+            d2 += sq[None, cols]
+            np.maximum(d2, 0.0, out=d2)
+            if i == j:
+                np.fill_diagonal(d2, 0.0)
+            dist = np.sqrt(d2, out=d2)
+            sums[rows] += dist @ onehot[cols]
+            if i != j:
+                sums[cols] += dist.T @ onehot[rows]
+    return sums
 
 
 def sweep_silhouettes(rows: np.ndarray, centers: dict[int, np.ndarray], *,
