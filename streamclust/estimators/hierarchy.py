@@ -444,7 +444,7 @@ class MicroClusterAgglomerative(_TreeMixin, ClusterMixin, BaseEstimator):
     """Agglomerative clustering of every row via count-weighted k-means micro-clusters.
 
     ``fit`` runs :class:`~streamclust.estimators.kmeans.StreamingKMeans` with
-    ``n_micro`` clusters (one start, ``max_iter`` exact Lloyd passes), then one
+    ``n_micro`` clusters (one start of one seeding, ``max_iter`` exact Lloyd passes), then one
     parallel pass over the blocks gathering, for the rows nearest to each
     micro-centre, their count, sum and within sum of squares (and each row's
     micro-cluster, 4 bytes a row), then agglomerates the micro-cluster means with
@@ -581,6 +581,7 @@ class MicroClusterAgglomerative(_TreeMixin, ClusterMixin, BaseEstimator):
         km = StreamingKMeans(
             m,
             n_init=1,
+            n_seedings=1,
             max_iter=self.max_iter,
             init_size=init_size,
             memory=self.memory,

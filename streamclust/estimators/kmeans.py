@@ -49,10 +49,6 @@ __all__ = ["StreamingKMeans", "kmeans_sweep", "kmeans_plusplus_prefix"]
 
 _DONE, _ACTIVE, _EVAL = 0, 1, 2
 
-#: k-means++ seedings tried per start; each is refined by Lloyd on the in-memory
-#: init sample and the one with the lowest sample inertia starts the full passes.
-_SAMPLE_CANDIDATES = 3
-
 #: Local trials per centre of the greedy k-means++ seeding (scikit-learn uses ``2 + log k``: 4 at
 #: k = 15); fixed so that seedings of smaller k are prefixes of larger ones.
 _SEEDING_TRIALS = 4
@@ -293,12 +289,13 @@ def kmeans_plusplus_prefix(xs: np.ndarray, n_clusters: int, rng: np.random.Gener
 
 def _refine_starts(models: list[StreamingKMeans], plans: list, sample: np.ndarray, union: np.ndarray,
                    shift_c: np.ndarray, cd: np.dtype, tol_abs: list[float]) -> list[_Run]:
-    """The starting centres of every start of every model: ``_SAMPLE_CANDIDATES`` seedings
+    """The starting centres of every start of every model: its ``n_seedings`` seedings
     (:func:`kmeans_plusplus_prefix`, one per ``(seed, candidate)`` generator) each refined by Lloyd on
     the model's in-memory init sample, the lowest sample inertia kept per start.
 
     Seedings are shared: models with the same init sample and seed (a sweep with an int seed) seed
-    once with their largest ``k`` and each takes its prefix, so results equal single fits.  The
+    once with their largest ``k`` and each takes its prefix (and its first ``n_seedings``), so results
+    equal single fits.  The
     refinements are independent single-threaded tasks run on two threads (numpy's BLAS and
     reductions release the GIL); results do not depend on the order they finish in.
 
@@ -306,7 +303,7 @@ def _refine_starts(models: list[StreamingKMeans], plans: list, sample: np.ndarra
     """
     d = sample.shape[1]
     samples: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    largest: dict[tuple[bytes, int], int] = {}
+    largest: dict[tuple[bytes, int], tuple[int, int]] = {}  # (sample, seed) -> (largest k, most seedings)
     keys = []
     for m, (idx, seeds) in zip(models, plans):
         key = hashlib.sha1(idx.tobytes()).digest()
@@ -315,24 +312,30 @@ def _refine_starts(models: list[StreamingKMeans], plans: list, sample: np.ndarra
             samples[key] = (xs64, *shifted(xs64.astype(cd), np.zeros(d)))
         keys.append(key)
         for seed in seeds:
-            largest[key, int(seed)] = max(largest.get((key, int(seed)), 0), m.n_clusters)
-    seedings = {(key, seed, c): kmeans_plusplus_prefix(samples[key][0], k, np.random.default_rng((seed, c)))
-                for (key, seed), k in largest.items() for c in range(_SAMPLE_CANDIDATES)}
+            k, count = largest.get((key, int(seed)), (0, 0))
+            largest[key, int(seed)] = (max(k, m.n_clusters), max(count, m.n_seedings))
+
+    def seeding(task: tuple[bytes, int, int]) -> np.ndarray:
+        key, seed, c = task
+        return kmeans_plusplus_prefix(samples[key][0], largest[key, seed][0], np.random.default_rng((seed, c)))
 
     def refine(task: tuple[int, int]) -> np.ndarray:
         mi, seed = task
         m = models[mi]
         _, xs, xx = samples[keys[mi]]
         best, best_inertia = None, np.inf
-        for c in range(_SAMPLE_CANDIDATES):
+        for c in range(m.n_seedings):
             c0 = seedings[keys[mi], seed, c][: m.n_clusters]
             centers, inertia = _lloyd_in_memory(xs, xx, c0, m.max_iter, tol_abs[mi])
             if inertia < best_inertia * (1 - _INERTIA_TIE):
                 best, best_inertia = centers, inertia
         return best + shift_c
 
+    seed_tasks = [(key, seed, c) for (key, seed), (_, count) in largest.items() for c in range(count)]
     tasks = [(mi, int(seed)) for mi, (_, seeds) in enumerate(plans) for seed in seeds]
+    # small GEMMs: one BLAS thread each (OpenBLAS threads spin and contend on 2 busy cores)
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(_REFINE_THREADS) as pool:
+        seedings = dict(zip(seed_tasks, pool.map(seeding, seed_tasks)))
         starts = list(pool.map(refine, tasks))
     return [_Run(mi, centers) for (mi, _), centers in zip(tasks, starts)]
 
@@ -430,7 +433,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
     ``fit`` draws a seeded sample of ``init_size`` rows (block-wise, in the
     first pass, which also measures the data mean and variance).  Each of the
-    ``n_init`` starts takes 3 greedy k-means++ seedings
+    ``n_init`` starts takes ``n_seedings`` (3) greedy k-means++ seedings
     (:func:`kmeans_plusplus_prefix`) of that sample, refines each by
     Lloyd iterations on the in-memory sample and keeps the one of lowest sample
     inertia (cheap, and it makes bad local optima rarer and the full-data
@@ -455,6 +458,10 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     n_clusters : int, default=8
     n_init : int, default=3
         Number of starts of ``fit``.
+    n_seedings : int, default=3
+        k-means++ seedings per start, each refined by Lloyd on the init sample; the one of lowest
+        sample inertia starts the full passes (1: one seeding, e.g. for micro-clusters that only
+        need to be compact).
     max_iter : int, default=20
         Maximum Lloyd iterations (passes) per start.
     tol : float, default=1e-4
@@ -498,6 +505,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         n_clusters: int = 8,
         *,
         n_init: int = 3,
+        n_seedings: int = 3,
         max_iter: int = 20,
         tol: float = 1e-4,
         init_size: int | None = None,
@@ -508,6 +516,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     ) -> None:
         self.n_clusters = n_clusters
         self.n_init = n_init
+        self.n_seedings = n_seedings
         self.max_iter = max_iter
         self.tol = tol
         self.init_size = init_size
@@ -530,6 +539,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
         _int("n_clusters", 1)
         _int("n_init", 1)
+        _int("n_seedings", 1)
         _int("max_iter", 1)
         if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or self.tol < 0:
             raise ValueError(f"tol={self.tol!r} should be a real number >= 0.")
