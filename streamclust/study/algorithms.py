@@ -54,6 +54,13 @@ class Algorithm:
     fit: Callable[..., FitResult]
     #: Its labels may hold noise (-1): ``noise_fraction`` is kept in ``metrics.csv`` and logged.
     has_noise: bool = False
+    #: Its models keep ``labels_`` of every fitted row, equal to ``predict`` of those rows (Ward: each
+    #: row's micro-cluster's label): the study reads them instead of labelling the rows again.
+    keeps_labels: bool = False
+
+    def labels(self, model: Any, lazy_reduced: da.Array) -> Any:
+        """``model``'s labels of the rows it was fitted on: ``labels_`` or lazy ``predict``."""
+        return model.labels_ if self.keeps_labels else model.predict(lazy_reduced)
 
 
 def _fit_ward(reduced: Any, ks: list[int], *, budget: int, random_state: int) -> FitResult:
@@ -87,7 +94,7 @@ def _fit_spectral(reduced: Any, ks: list[int], *, budget: int, random_state: int
 
 #: The algorithms a study can run besides k-means, by the name ``--algorithms`` takes.
 REGISTRY: dict[str, Algorithm] = {
-    "ward": Algorithm(_fit_ward),
+    "ward": Algorithm(_fit_ward, keeps_labels=True),
     "gmm": Algorithm(_fit_gmm),
     "hdbscan": Algorithm(_fit_hdbscan, has_noise=True),
     "spectral": Algorithm(_fit_spectral),
@@ -117,10 +124,14 @@ def parse_algorithms(spec: str | Sequence[str]) -> list[str]:
 
 
 def store_algorithm_labels(labels: Any, reduced: Any, run: RunGroup, name: str, algorithm: str) -> Any:
-    """Write the lazy labels of one algorithm to ``runs/<id>/<name>/labels_<algorithm>`` (int32)."""
+    """Write the labels of one algorithm (lazy Dask, or held: ``(n,)`` ints) to
+    ``runs/<id>/<name>/labels_<algorithm>`` (int32)."""
     target = run.create_array(f"{name}/labels_{algorithm}", (reduced.shape[0],), "int32",
                               chunk_rows=reduced.chunks[0],
                               attrs={"descriptor_set": name, "algorithm": algorithm})
+    if isinstance(labels, np.ndarray):
+        target[:] = labels.astype(np.int32, copy=False)
+        return target
     with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
         da.store(labels.astype(np.int32).rechunk((target.chunks[0],)), target, lock=False)
     return target
@@ -183,8 +194,8 @@ def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algo
         with progress_step(f"{name}: {alg}"):
             models, extra = entry.fit(reduced, ks, budget=budget, random_state=random_state)
         with progress_step(f"{name}: {alg} metrics"):
-            scores = score_labels(reduced, [model.predict(lazy_reduced) for model in models.values()], sample,
-                                  budget=budget)
+            scores = score_labels(reduced, [entry.labels(model, lazy_reduced) for model in models.values()],
+                                  sample, budget=budget)
         rows = []
         for kk, score in zip(models, scores):
             if not entry.has_noise:
@@ -196,7 +207,7 @@ def study_algorithms(run: RunGroup, name: str, reduced: Any, ks: list[int], algo
         if len(models) > 1 and (note := k_edge_note(chosen, ks)):  # hdbscan finds its own k
             logger.warning(f"{name}: {alg}: {note}")
         with progress_step(f"{name}: {alg} labels"):
-            labels[alg] = store_algorithm_labels(models[chosen].predict(lazy_reduced), reduced, run, name, alg)
+            labels[alg] = store_algorithm_labels(entry.labels(models[chosen], lazy_reduced), reduced, run, name, alg)
         frames.append(metrics)
         row = metrics[metrics["chosen"]].iloc[0]
         logger.info(f"{name}: {alg} k={chosen} chosen (silhouette {row['silhouette']:.3f}"
