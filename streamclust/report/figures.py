@@ -479,8 +479,9 @@ def _imshow(ax: Any, rgb: np.ndarray, extent: tuple[float, float, float, float])
 
 
 def _outlier_layer(ax: Any, hist: DensityHistograms, cluster: int | None = None,
-                   size: float = 7.0) -> Any:
-    """Flagged rows as black crosses at their cells (area grows with log count)."""
+                   size: float = 7.0, frame: tuple[float, float, float, float] | None = None) -> Any:
+    """Flagged rows as black crosses at their cells (area grows with log count); the grid is drawn
+    over ``frame`` ``(xmin, xmax, ymin, ymax)`` of the axes' data (default the grid's extent)."""
     if hist.outliers is None:
         return None
     grid = hist.outlier_total if cluster is None else hist.outliers[cluster]
@@ -488,7 +489,7 @@ def _outlier_layer(ax: Any, hist: DensityHistograms, cluster: int | None = None,
     if n == 0:
         return None
     ix, iy = np.nonzero(grid)
-    x0, x1, y0, y1 = hist.extent
+    x0, x1, y0, y1 = hist.extent if frame is None else frame
     cx = x0 + (ix + 0.5) * (x1 - x0) / hist.bins
     cy = y0 + (iy + 0.5) * (y1 - y0) / hist.bins
     c = grid[ix, iy]
@@ -558,37 +559,46 @@ def render_small_multiples(
 ) -> Path:
     """One panel per cluster: its log density in its colour over all rows in grey.
 
+    The panels share ONE matplotlib axes whose data unit is the inch of the figure (each panel
+    an image in its own box, a frame and a title): 16 axes cost more than their drawing.
+
     Returns
     -------
     Path
         ``path``.
     """
+    from matplotlib.patches import Rectangle
+
     k = max(1, len(hist.clusters))
     ncols = max(1, min(int(ncols), k))
     nrows = math.ceil(k / ncols)
     colors = cluster_colors(len(hist.clusters))
-    fig = _figure(panel_size * ncols, panel_size * nrows + 0.6)
-    axes = _grid(fig, nrows, ncols, left=0.1, right=0.1, bottom=0.1, top=0.75 if title else 0.35,
-                 wgap=0.12, hgap=0.3)
+    width, height = panel_size * ncols, panel_size * nrows + 0.6
+    fig = _figure(width, height)
+    left, right, bottom, top, wgap, hgap = 0.1, 0.1, 0.1, 0.75 if title else 0.35, 0.12, 0.3
+    area_w, area_h = width - left - right, height - bottom - top
+    ax = fig.add_axes((left / width, bottom / height, area_w / width, area_h / height))
+    ax.set_axis_off()
+    ax.set_xlim(0, area_w)
+    ax.set_ylim(0, area_h)
+    pw, ph = (area_w - (ncols - 1) * wgap) / ncols, (area_h - (nrows - 1) * hgap) / nrows
     total_alpha = _log_alpha(hist.total, floor=0.3)[..., None] * 0.45
     grey = 1.0 - total_alpha * (1.0 - np.array([0.35, 0.35, 0.35]))
     names = _names(hist, cluster_names)
     sizes = hist.counts.sum(axis=(1, 2))
-    for i, ax in enumerate(axes.ravel()):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(hist.clusters):
-            ax.axis("off")
-            continue
+    for i in range(len(hist.clusters)):
+        r, c = divmod(i, ncols)
+        x0, y0 = c * (pw + wgap), (nrows - 1 - r) * (ph + hgap)
+        box = (x0, x0 + pw, y0, y0 + ph)
         a = _log_alpha(hist.counts[i])[..., None]
-        rgb = grey * (1.0 - a) + colors[i] * a
-        _imshow(ax, rgb, hist.extent)
-        if show_outliers:
-            _outlier_layer(ax, hist, cluster=i, size=4.0)
-        ax.set_xlim(hist.extent[0], hist.extent[1])
-        ax.set_ylim(hist.extent[2], hist.extent[3])
-        ax.set_title(f"{names[i]}: {sizes[i]:,} ({sizes[i] / max(1, hist.n_rows):.1%})",
-                     fontsize=8, color=hex_color(colors[i] * 0.8))
+        _imshow(ax, grey * (1.0 - a) + colors[i] * a, box)
+        edge = ax.add_patch(Rectangle((x0, y0), pw, ph, fill=False, edgecolor="black", linewidth=0.8, zorder=4,
+                                      clip_on=False))
+        crosses = _outlier_layer(ax, hist, cluster=i, size=4.0, frame=box) if show_outliers else None
+        if crosses is not None:
+            crosses.set_clip_path(edge)  # crosses at the panel's edge cells stop at its frame
+        ax.text(x0 + pw / 2, y0 + ph + 0.08, f"{names[i]}: {sizes[i]:,} ({sizes[i] / max(1, hist.n_rows):.1%})",
+                ha="center", va="bottom", fontsize=8, color=hex_color(colors[i] * 0.8))
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi)
