@@ -178,7 +178,7 @@ def test_the_demo_relies_on_the_recorded_files(case, tmp_path, monkeypatch, caps
     demo_case_dir = (tmp_path / "demo" / "case").resolve()
     assert f"paths found in {demo_case_dir / 'vehicle_info.txt'} (100.0%); recorded by convert" in printed
     assert f"paths found in {demo_case_dir / 'images.zip'} (100.0%; {N_ROWS} by a common path suffix)" in printed
-    assert (tmp_path / "demo" / "study" / "report_files" / "vdc_color-cluster0.png").is_file()
+    assert (tmp_path / "demo" / "study" / "report_files" / "vdc_color-cluster0.jpg").is_file()
 
 
 def test_no_metadata_and_no_images_disable_them(store, tmp_path, capsys):
