@@ -108,12 +108,14 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
         (pca_projection(reduced, 2), hist, ("component 1", "component 2"), "first two principal components")
     algorithms = _algorithm_report(result, name, run, files / f"{name}-algorithms.png", *shown, memory=memory)
     picks = pick_montage_rows(reduced, labels, res.centers, n_nearest=8, n_random=8, n_border=8, memory=memory)
+    if source is not None and len(picks):  # the paths of every cluster's rows in one read of the ids
+        rows, where = np.unique(picks["row"].to_numpy(), return_inverse=True)
+        picks["path"] = np.asarray(store.ids.get_orthogonal_selection(rows)).astype(str)[where]
     profile = result.profiles.get(name)
     cards = []
     for cluster in range(res.k):
         mine = picks[picks["cluster"] == cluster]  # nearest, random, border (pick_montage_rows order)
-        rows = mine["row"].to_numpy()
-        paths = [str(p) for p in np.asarray(store.ids.get_orthogonal_selection(rows))] if len(rows) else []
+        paths = mine["path"].tolist() if "path" in mine.columns else []
         jpeg = _montage_jpeg(source, paths, [f"{k} {r}" for k, r in zip(mine["kind"], mine["rank"])],
                              files / f"{name}-cluster{cluster}.jpg",
                              f"{name} cluster {cluster}: nearest the centre, random, border cases")
