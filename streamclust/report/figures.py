@@ -437,9 +437,10 @@ def _grid(fig: Any, nrows: int, ncols: int, *, left: float, right: float, bottom
     w, h = (float(v) for v in fig.get_size_inches())
     aw = (w - left - right - (ncols - 1) * wgap) / ncols
     ah = (h - bottom - top - (nrows - 1) * hgap) / nrows
-    return fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={
+    axes: np.ndarray = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={
         "left": left / w, "right": 1 - right / w, "bottom": bottom / h, "top": 1 - top / h,
         "wspace": wgap / aw, "hspace": hgap / ah})
+    return axes
 
 
 #: zlib level of the figures' PNGs: 3 encodes in half the time of Pillow's default 6 for 10 % more bytes.

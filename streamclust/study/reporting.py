@@ -66,9 +66,9 @@ SCORE_NAMES = {"combined": "combined z-score (neighbours, norm, residual)", "kdi
                "lof": "kNN LOF", "mean": "mean kNN distance"}
 
 
-#: How the montages (photographs) are saved: JPEG, 4:4:4 chroma so that captions and coloured tiles stay
-#: sharp; on demo-20000 41 montages took 2.5 s to encode as PNG (8.3 MB), 0.06 s as this JPEG (2.9 MB).
-MONTAGE_JPEG = {"format": "JPEG", "quality": 90, "subsampling": 0}
+#: JPEG quality of the montages (photographs; saved with 4:4:4 chroma so that captions and coloured tiles
+#: stay sharp): on demo-20000 41 montages took 2.5 s to encode as PNG (8.3 MB), 0.06 s as JPEG (2.9 MB).
+MONTAGE_JPEG_QUALITY = 90
 
 
 def _montage_jpeg(source: ImageSource | None, paths: list[str], captions: list[str], path: Path,
@@ -78,7 +78,7 @@ def _montage_jpeg(source: ImageSource | None, paths: list[str], captions: list[s
         return None
     img = montage(source, paths, ncols=8, labels=captions, title=title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, **MONTAGE_JPEG)
+    img.save(path, format="JPEG", quality=MONTAGE_JPEG_QUALITY, subsampling=0)
     return path
 
 
