@@ -146,7 +146,7 @@ def test_study_uses_the_recorded_files_by_default(case, store, tmp_path, caplog)
                                  "share": 1.0, "text": next(line for line in lines if line.startswith("images:"))}
     html = (out / "report.html").read_text()
     k = summary["sets"][0]["k"]
-    assert all(f"report_files/vdc_color-cluster{c}.png" in html for c in range(k))  # a montage per cluster
+    assert all(f"report_files/vdc_color-cluster{c}.jpg" in html for c in range(k))  # a montage per cluster
     assert "could not be shown" not in html  # every tile read
     sentences = pd.read_csv(out / "clusters.csv")["sentence"]
     assert all("no metadata" not in s for s in sentences) and all(escape(s) in html for s in sentences)
@@ -178,7 +178,7 @@ def test_the_demo_relies_on_the_recorded_files(case, tmp_path, monkeypatch, caps
     demo_case_dir = (tmp_path / "demo" / "case").resolve()
     assert f"paths found in {demo_case_dir / 'vehicle_info.txt'} (100.0%); recorded by convert" in printed
     assert f"paths found in {demo_case_dir / 'images.zip'} (100.0%; {N_ROWS} by a common path suffix)" in printed
-    assert (tmp_path / "demo" / "study" / "report_files" / "vdc_color-cluster0.png").is_file()
+    assert (tmp_path / "demo" / "study" / "report_files" / "vdc_color-cluster0.jpg").is_file()
 
 
 def test_no_metadata_and_no_images_disable_them(store, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_no_metadata_and_no_images_disable_them(store, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["metadata"]["origin"], summary["images"]["origin"]) == ("disabled", "disabled")
     assert summary["metadata"]["path"] is None and summary["images"]["path"] is None
-    assert not list((out / "report_files").glob("*-cluster[0-9]*.png"))  # no montage
+    assert not list((out / "report_files").glob("*-cluster[0-9]*"))  # no montage, of any format
     assert pd.read_csv(out / "clusters.csv")["sentence"].str.contains("no metadata").all()
     with pytest.raises(SystemExit) as exc:  # a file and "none" at once is refused by the parser
         main([*args, "--metadata", "x.txt", "--no-metadata"])

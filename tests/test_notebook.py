@@ -47,10 +47,12 @@ def test_study_notebook_runs(executed):
     print(f"\nexamples/study.ipynb ran in {seconds:.0f} s")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    plots = [o for o in outputs if "image/png" in o.get("data", {})]
+    montages = [o for o in outputs if "image/jpeg" in o.get("data", {})]
     text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
-    # metrics plot per set (4 sets + the mixture), density overview, 3 cluster cards, outlier montage
-    assert len(images) == 5 + 1 + 3 + 1
+    # metrics plot per set (4 sets + the mixture) and the density overview (PNG); 3 cluster cards and the
+    # outlier montage (JPEG)
+    assert (len(plots), len(montages)) == (5 + 1, 3 + 1)
     assert "recommended set:" in text and "same labels as the study: True" in text
     assert "vdc_color+vdc_type" in text and "Cluster 0" in text
     study = root / "study-demo" / "study"

@@ -96,7 +96,7 @@ def test_report_compares_every_algorithm_of_every_set(study):
     # the k-means cards say whose clusters they are, with montages from the recorded images.zip
     assert f"<h3>The {result.sets['vdc_color'].k} k-means clusters</h3>" in text
     for name in SETS:
-        assert all(f'src="report_files/{name}-cluster{c}.png"' in text for c in range(result.sets[name].k))
+        assert all(f'src="report_files/{name}-cluster{c}.jpg"' in text for c in range(result.sets[name].k))
 
 
 def test_summary_carries_the_algorithm_comparison(study):

@@ -1,4 +1,4 @@
-"""The study's report: figures (PNG, interactive 3-D), image montages and the HTML page.
+"""The study's report: figures (PNG, interactive 3-D), image montages (JPEG) and the HTML page.
 
 - :mod:`~streamclust.report.figures`: density overviews, small multiples, one panel per algorithm, metric curves,
   the 3-D view.

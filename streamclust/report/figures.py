@@ -426,10 +426,32 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
+def _grid(fig: Any, nrows: int, ncols: int, *, left: float, right: float, bottom: float, top: float,
+          wgap: float, hgap: float) -> np.ndarray:
+    """``(nrows, ncols)`` axes of ``fig`` with margins and gaps given in inches.
+
+    A fixed layout instead of ``tight_layout``, which measures every text of the figure (a
+    draw) and leaves a layout engine that makes ``savefig`` draw the figure a second time:
+    together 2/3 of the time of a metrics figure (0.6 s -> 0.2 s).
+    """
+    w, h = (float(v) for v in fig.get_size_inches())
+    aw = (w - left - right - (ncols - 1) * wgap) / ncols
+    ah = (h - bottom - top - (nrows - 1) * hgap) / nrows
+    axes: np.ndarray = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={
+        "left": left / w, "right": 1 - right / w, "bottom": bottom / h, "top": 1 - top / h,
+        "wspace": wgap / aw, "hspace": hgap / ah})
+    return axes
+
+
+#: zlib level of the figures' PNGs: 3 encodes in half the time of Pillow's default 6 for 10 % more bytes.
+PNG_COMPRESS_LEVEL = 3
+
+
 def _save(fig: Any, path: str | os.PathLike[str], dpi: int) -> Path:
     path = Path(path)
     with atomic_output(path, "wb") as f:
-        fig.savefig(f, dpi=dpi, format="png", facecolor="white")
+        fig.savefig(f, dpi=dpi, format="png", facecolor="white",
+                    pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return path
 
 
@@ -458,8 +480,9 @@ def _imshow(ax: Any, rgb: np.ndarray, extent: tuple[float, float, float, float])
 
 
 def _outlier_layer(ax: Any, hist: DensityHistograms, cluster: int | None = None,
-                   size: float = 7.0) -> Any:
-    """Flagged rows as black crosses at their cells (area grows with log count)."""
+                   size: float = 7.0, frame: tuple[float, float, float, float] | None = None) -> Any:
+    """Flagged rows as black crosses at their cells (area grows with log count); the grid is drawn
+    over ``frame`` ``(xmin, xmax, ymin, ymax)`` of the axes' data (default the grid's extent)."""
     if hist.outliers is None:
         return None
     grid = hist.outlier_total if cluster is None else hist.outliers[cluster]
@@ -467,7 +490,7 @@ def _outlier_layer(ax: Any, hist: DensityHistograms, cluster: int | None = None,
     if n == 0:
         return None
     ix, iy = np.nonzero(grid)
-    x0, x1, y0, y1 = hist.extent
+    x0, x1, y0, y1 = hist.extent if frame is None else frame
     cx = x0 + (ix + 0.5) * (x1 - x0) / hist.bins
     cy = y0 + (iy + 0.5) * (y1 - y0) / hist.bins
     c = grid[ix, iy]
@@ -537,39 +560,48 @@ def render_small_multiples(
 ) -> Path:
     """One panel per cluster: its log density in its colour over all rows in grey.
 
+    The panels share ONE matplotlib axes whose data unit is the inch of the figure (each panel
+    an image in its own box, a frame and a title): 16 axes cost more than their drawing.
+
     Returns
     -------
     Path
         ``path``.
     """
+    from matplotlib.patches import Rectangle
+
     k = max(1, len(hist.clusters))
     ncols = max(1, min(int(ncols), k))
     nrows = math.ceil(k / ncols)
     colors = cluster_colors(len(hist.clusters))
-    fig = _figure(panel_size * ncols, panel_size * nrows + 0.6)
+    width, height = panel_size * ncols, panel_size * nrows + 0.6
+    fig = _figure(width, height)
+    left, right, bottom, top, wgap, hgap = 0.1, 0.1, 0.1, 0.75 if title else 0.35, 0.12, 0.3
+    area_w, area_h = width - left - right, height - bottom - top
+    ax = fig.add_axes((left / width, bottom / height, area_w / width, area_h / height))
+    ax.set_axis_off()
+    ax.set_xlim(0, area_w)
+    ax.set_ylim(0, area_h)
+    pw, ph = (area_w - (ncols - 1) * wgap) / ncols, (area_h - (nrows - 1) * hgap) / nrows
     total_alpha = _log_alpha(hist.total, floor=0.3)[..., None] * 0.45
     grey = 1.0 - total_alpha * (1.0 - np.array([0.35, 0.35, 0.35]))
     names = _names(hist, cluster_names)
     sizes = hist.counts.sum(axis=(1, 2))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(hist.clusters):
-            ax.axis("off")
-            continue
+    for i in range(len(hist.clusters)):
+        r, c = divmod(i, ncols)
+        x0, y0 = c * (pw + wgap), (nrows - 1 - r) * (ph + hgap)
+        box = (x0, x0 + pw, y0, y0 + ph)
         a = _log_alpha(hist.counts[i])[..., None]
-        rgb = grey * (1.0 - a) + colors[i] * a
-        _imshow(ax, rgb, hist.extent)
-        if show_outliers:
-            _outlier_layer(ax, hist, cluster=i, size=4.0)
-        ax.set_xlim(hist.extent[0], hist.extent[1])
-        ax.set_ylim(hist.extent[2], hist.extent[3])
-        ax.set_title(f"{names[i]}: {sizes[i]:,} ({sizes[i] / max(1, hist.n_rows):.1%})",
-                     fontsize=8, color=hex_color(colors[i] * 0.8))
+        _imshow(ax, grey * (1.0 - a) + colors[i] * a, box)
+        edge = ax.add_patch(Rectangle((x0, y0), pw, ph, fill=False, edgecolor="black", linewidth=0.8, zorder=4,
+                                      clip_on=False))
+        crosses = _outlier_layer(ax, hist, cluster=i, size=4.0, frame=box) if show_outliers else None
+        if crosses is not None:
+            crosses.set_clip_path(edge)  # crosses at the panel's edge cells stop at its frame
+        ax.text(x0 + pw / 2, y0 + ph + 0.08, f"{names[i]}: {sizes[i]:,} ({sizes[i] / max(1, hist.n_rows):.1%})",
+                ha="center", va="bottom", fontsize=8, color=hex_color(colors[i] * 0.8))
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
     return _save(fig, path, dpi)
 
 
@@ -664,7 +696,8 @@ def render_algorithm_panels(
     ncols = max(1, min(int(ncols), n))
     nrows = math.ceil(n / ncols)
     fig = _figure(panel_size * ncols, panel_size * nrows + (0.7 if title else 0.3))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = _grid(fig, nrows, ncols, left=0.3, right=0.1, bottom=0.3, top=0.95 if title else 0.55,
+                 wgap=0.15, hgap=0.75)
     names = list(hists)
     for i, ax in enumerate(axes.ravel()):
         ax.set_xticks([])
@@ -691,7 +724,6 @@ def render_algorithm_panels(
             ax.set_xlabel(axis_labels[0], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
     return _save(fig, path, dpi)
 
 
@@ -735,8 +767,11 @@ def render_metrics_vs_k(
         df["chosen"] = False
     groups = list(df.groupby(["set", "algorithm"], sort=True, dropna=False))
     colors = cluster_colors(max(1, len(groups)))
+    line_names = [" / ".join(str(p) for p in key if str(p)) for key, _ in groups]
+    legend_rows = math.ceil(len(groups) / 4) if any(line_names) else 0
     fig = _figure(10.0, 6.4)
-    axes = fig.subplots(2, 2).ravel()
+    axes = _grid(fig, 2, 2, left=0.6, right=0.2, bottom=0.45 + (0.1 + 0.2 * legend_rows if legend_rows else 0),
+                 top=0.95, wgap=0.75, hgap=0.75).ravel()
     for ax, (col, label) in zip(axes, _METRIC_PANELS):
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("k", fontsize=8)
@@ -746,10 +781,9 @@ def render_metrics_vs_k(
             ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes,
                     color="grey")
             continue
-        for gi, ((set_name, algo), g) in enumerate(groups):
+        for gi, (_, g) in enumerate(groups):
             g = g.sort_values("k")
-            name = " / ".join(str(p) for p in (set_name, algo) if str(p))
-            ax.plot(g["k"], g[col], marker="o", ms=3, lw=1.4, color=colors[gi], label=name or None)
+            ax.plot(g["k"], g[col], marker="o", ms=3, lw=1.4, color=colors[gi], label=line_names[gi] or None)
             chosen = g[g["chosen"].astype(bool)]
             for _, row in chosen.iterrows():
                 ax.axvline(row["k"], color=colors[gi], ls="--", lw=0.8, alpha=0.7)
@@ -765,7 +799,6 @@ def render_metrics_vs_k(
         fig.legend(handles, names, loc="lower center", ncols=min(4, len(handles)), fontsize=8,
                    frameon=False)
     fig.suptitle((title + "\n" if title else "") + "star / dashed line: chosen k", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 if handles and any(names) else 0, 1, 0.95))
     return _save(fig, path, dpi)
 
 

@@ -81,7 +81,7 @@ class ClusterCard:
         One plain sentence describing it (the study passes the sentences of
         :func:`streamclust.analysis.profile_clusters`).
     montage : path, optional
-        PNG montage of its images (nearest the centre, random, border cases).
+        Montage of its images, PNG or JPEG (nearest the centre, random, border cases).
     profile : DataFrame, optional
         Any small table, e.g. columns ``attribute``, ``value``, ``share`` (the
         most common metadata values in the cluster).
@@ -108,7 +108,7 @@ class OutlierInfo:
     rule : str
         How rows are flagged, in words (score, threshold).
     montage : path, optional
-        PNG montage of the top outliers.
+        Montage of the top outliers (PNG or JPEG).
     top : DataFrame, optional
         The top outliers, e.g. columns ``row``, ``path``, ``score``.
     score_name : str

@@ -66,13 +66,19 @@ SCORE_NAMES = {"combined": "combined z-score (neighbours, norm, residual)", "kdi
                "lof": "kNN LOF", "mean": "mean kNN distance"}
 
 
-def _montage_png(source: ImageSource | None, paths: list[str], captions: list[str], path: Path,
-                 title: str) -> Path | None:
+#: JPEG quality of the montages (photographs; saved with 4:4:4 chroma so that captions and coloured tiles
+#: stay sharp): on demo-20000 41 montages took 2.5 s to encode as PNG (8.3 MB), 0.06 s as JPEG (2.9 MB).
+MONTAGE_JPEG_QUALITY = 90
+
+
+def _montage_jpeg(source: ImageSource | None, paths: list[str], captions: list[str], path: Path,
+                  title: str) -> Path | None:
+    """The montage of ``paths`` written to ``path`` (a ``.jpg``); None without images."""
     if source is None or not paths:
         return None
     img = montage(source, paths, ncols=8, labels=captions, title=title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    img.save(path, format="JPEG", quality=MONTAGE_JPEG_QUALITY, subsampling=0)
     return path
 
 
@@ -102,15 +108,17 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
         (pca_projection(reduced, 2), hist, ("component 1", "component 2"), "first two principal components")
     algorithms = _algorithm_report(result, name, run, files / f"{name}-algorithms.png", *shown, memory=memory)
     picks = pick_montage_rows(reduced, labels, res.centers, n_nearest=8, n_random=8, n_border=8, memory=memory)
+    if source is not None and len(picks):  # the paths of every cluster's rows in one read of the ids
+        rows, where = np.unique(picks["row"].to_numpy(), return_inverse=True)
+        picks["path"] = np.asarray(store.ids.get_orthogonal_selection(rows)).astype(str)[where]
     profile = result.profiles.get(name)
     cards = []
     for cluster in range(res.k):
-        mine = picks[picks["cluster"] == cluster].sort_values(["kind", "rank"])
-        rows = mine["row"].to_numpy()
-        paths = [str(p) for p in np.asarray(store.ids.get_orthogonal_selection(rows))] if len(rows) else []
-        png = _montage_png(source, paths, [f"{k} {r}" for k, r in zip(mine["kind"], mine["rank"])],
-                           files / f"{name}-cluster{cluster}.png",
-                           f"{name} cluster {cluster}: nearest the centre, random, border cases")
+        mine = picks[picks["cluster"] == cluster]  # nearest, random, border (pick_montage_rows order)
+        paths = mine["path"].tolist() if "path" in mine.columns else []
+        jpeg = _montage_jpeg(source, paths, [f"{k} {r}" for k, r in zip(mine["kind"], mine["rank"])],
+                             files / f"{name}-cluster{cluster}.jpg",
+                             f"{name} cluster {cluster}: nearest the centre, random, border cases")
         table = None
         if profile is not None and len(profile.table):
             t = profile.table
@@ -118,14 +126,14 @@ def _set_report(result: StudyResult, name: str, store: CaseStore, run: RunGroup,
                 ["attribute", "value", "share_in_cluster", "lift"]].reset_index(drop=True)
         size = int(profile.sizes.get(cluster, 0)) if profile is not None else 0
         sentence = profile.sentences.get(cluster, "") if profile is not None else ""
-        cards.append(ClusterCard(cluster=cluster, n_rows=size, sentence=sentence, montage=png, profile=table))
+        cards.append(ClusterCard(cluster=cluster, n_rows=size, sentence=sentence, montage=jpeg, profile=table))
     top = pd.read_csv(files.parent / "outliers.csv")
     top = top[top["set"] == name].head(24)
-    out_png = _montage_png(source, top["path"].astype(str).tolist(),
-                           [f"#{r} {s:.2f}" for r, s in zip(top["rank"], top["outlier_score"])],
-                           files / f"{name}-outliers.png", f"{name}: top outliers")
+    out_jpeg = _montage_jpeg(source, top["path"].astype(str).tolist(),
+                             [f"#{r} {s:.2f}" for r, s in zip(top["rank"], top["outlier_score"])],
+                             files / f"{name}-outliers.jpg", f"{name}: top outliers")
     columns = ["rank", "path", "outlier_score", "reason", "cluster"] + (["known_outlier"] if res.outlier_truth else [])
-    outliers = OutlierInfo(n_flagged=res.n_outliers, rule=res.outlier_rule, montage=out_png,
+    outliers = OutlierInfo(n_flagged=res.n_outliers, rule=res.outlier_rule, montage=out_jpeg,
                            top=top[[c for c in columns if c in top]].reset_index(drop=True),
                            score_name=SCORE_NAMES[res.outlier_score], known=_known_text(res.outlier_truth))
     notes = [f"{res.k_note[0].upper()}{res.k_note[1:]}."] if res.k_note else []
