@@ -143,10 +143,10 @@ def _knn_indices(R: np.ndarray, q_pos: np.ndarray, k: int) -> np.ndarray:
     """
     R = np.ascontiguousarray(R, dtype=np.float32)
     ind, _ = ExactIndex(R).query(R[q_pos], k=k + 1)
-    ind = ind.astype(np.int64)
-    drop = ind == np.asarray(q_pos, dtype=np.int64)[:, None]
+    drop = ind == np.asarray(q_pos)[:, None]
     drop[~drop.any(axis=1), -1] = True
-    return ind[~drop].reshape(len(ind), k)
+    out: np.ndarray = ind[~drop].reshape(len(ind), k).astype(np.int64)
+    return out
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
