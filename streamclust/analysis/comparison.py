@@ -79,6 +79,7 @@ from streamclust.analysis.rows import (
 )
 from streamclust.core.blocks import block_rows_for
 from streamclust.errors import InputError
+from streamclust.estimators.neighbors import ExactIndex
 
 __all__ = ["SetComparison", "compare_sets"]
 
@@ -131,22 +132,20 @@ class SetComparison:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def _knn_indices(R: np.ndarray, q_pos: np.ndarray, k: int, chunk: int = 512) -> np.ndarray:
+def _knn_indices(R: np.ndarray, q_pos: np.ndarray, k: int) -> np.ndarray:
     """Exact k nearest rows of ``R`` (Euclidean) for the queries ``R[q_pos]``, each itself excluded.
 
-    Ranks ``|r|^2 - 2 q.r`` (the query's own norm does not change its ranking) in
-    float32 chunks of ``chunk`` queries: memory ``chunk x len(R)`` floats.
+    ``R``: ``(r, c)``, ``q_pos``: ``(q,)`` with ``k < r``; returns ``(q, k)`` int64 rows of
+    ``R``, nearest first, equal distances by row (:class:`~streamclust.estimators.neighbors.ExactIndex`,
+    whose memory is a copy of ``R`` and 32 MiB of blocks).  Each query's ``k + 1`` nearest are
+    searched; its own row is dropped, or the farthest when more than ``k`` duplicates of it
+    come first.
     """
     R = np.ascontiguousarray(R, dtype=np.float32)
-    r2 = np.einsum("ij,ij->i", R, R, dtype=np.float64).astype(np.float32)
-    out = np.empty((len(q_pos), k), dtype=np.int64)
-    for s in range(0, len(q_pos), chunk):
-        rows = q_pos[s:s + chunk]
-        d = R[rows] @ R.T
-        d *= -2.0
-        d += r2[None, :]
-        d[np.arange(len(rows)), rows] = np.inf
-        out[s:s + chunk] = np.argpartition(d, k - 1, axis=1)[:, :k]
+    ind, _ = ExactIndex(R).query(R[q_pos], k=k + 1)
+    drop = ind == np.asarray(q_pos)[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    out: np.ndarray = ind[~drop].reshape(len(ind), k).astype(np.int64)
     return out
 
 
