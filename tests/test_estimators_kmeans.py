@@ -10,6 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import streamclust.estimators.kmeans as kmeans_module
 from streamclust.estimators import StreamingKMeans, kmeans_sweep
+from streamclust.estimators.kernels import assign, prep_centers, shifted
 from streamclust.estimators.kmeans import kmeans_plusplus_prefix
 
 
@@ -199,3 +200,18 @@ def test_starts_do_not_depend_on_the_refining_threads(small, monkeypatch):
     for k, model in fits[1].items():
         np.testing.assert_array_equal(model.cluster_centers_, fits[2][k].cluster_centers_)
         assert model.inertia_ == fits[2][k].inertia_
+
+
+@pytest.mark.parametrize("k", [5, 300])  # one-hot GEMM sums, and sorted sums past _ONEHOT_MAX_CLUSTERS
+def test_assignment_sums_equal_the_exact_per_cluster_sums(k):
+    rng = np.random.default_rng(k)
+    xs = rng.normal(size=(9000, 16)).astype(np.float32)  # two sub-chunks of 8,192 rows
+    centers = xs[rng.choice(len(xs), k, replace=False)].astype(np.float64)
+    xs_shifted, xx = shifted(xs, np.zeros(16))
+    labels, mind, counts, sums = assign(xs_shifted, xx, *prep_centers(centers, np.zeros(16), np.float32), sums=True)
+    exact = np.zeros((k, 16))
+    np.add.at(exact, labels, xs.astype(np.float64))
+    np.testing.assert_allclose(sums, exact, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=k))
+    d2 = ((xs[:, None, :].astype(np.float64) - centers[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, d2.argmin(axis=1))
