@@ -13,6 +13,7 @@ from streamclust.estimators import (
     sampled_silhouette,
     sweep_metrics,
 )
+from streamclust.estimators.metrics import labels_metrics
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +163,17 @@ def test_sweep_silhouettes_equal_one_call_per_k():
     swept = sweep_silhouettes(X, centers)
     for k, C in centers.items():
         assert swept[k] == pytest.approx(sampled_silhouette(X, centers=C, n_samples=len(X)), abs=1e-12)
+
+
+def test_labels_metrics_equal_one_cluster_metrics_call_per_labelling():
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(3000, 6)).astype(np.float32)
+    labelings = [rng.integers(0, 4, 3000), rng.integers(-1, 7, 3000), np.zeros(3000, dtype=int)]
+    shared = labels_metrics(X, labelings, block_rows=700)
+    for labels, got in zip(labelings[:2], shared):
+        alone = cluster_metrics(X, labels=labels, block_rows=700)
+        for key in ("inertia", "calinski_harabasz", "davies_bouldin"):
+            assert got[key] == pytest.approx(alone[key], rel=1e-12)
+        np.testing.assert_array_equal(got["sizes"], alone["sizes"])
+        np.testing.assert_array_equal(got["labels"], alone["labels"])
+    assert shared[2] is None  # one cluster: cluster_metrics raises

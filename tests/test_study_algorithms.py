@@ -146,3 +146,6 @@ def test_scores_of_several_labellings_equal_sklearns_each():
         np.testing.assert_allclose(got["davies_bouldin"], davies_bouldin_score(X, labels), rtol=1e-6)
     assert scores[2]["noise_fraction"] == 0.5
     assert np.isnan(scores[3]["silhouette"]) and np.isnan(scores[3]["calinski_harabasz"])
+    # scored one at a time (as a budget that holds one labelling does): the same
+    one_by_one = [score_labels(X, [labels], (idx, X[idx]), budget=2**28)[0] for labels in labelings]
+    pd.testing.assert_frame_equal(pd.DataFrame(one_by_one), pd.DataFrame(scores), rtol=1e-12)

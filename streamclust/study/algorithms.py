@@ -27,11 +27,10 @@ from streamclust.errors import InputError
 from streamclust.estimators import (
     SampledHDBSCAN,
     StreamingGaussianMixture,
-    cluster_metrics,
     hierarchy_sweep,
     spectral_sweep,
 )
-from streamclust.estimators.metrics import silhouette_scores
+from streamclust.estimators.metrics import labels_metrics, silhouette_scores
 from streamclust.io.store import RunGroup
 from streamclust.study.rules import choose_k, k_edge_note
 
@@ -142,32 +141,38 @@ def score_labels(reduced: Any, labelings: Sequence[Any], sample: tuple[np.ndarra
     """Exact all-row CH / DB / inertia and the sampled silhouette of each labelling (noise -1 counts
     as a cluster, as in scikit-learn); NaN when there are fewer than 2 clusters.
 
-    Each labelling (lazy Dask or ``(n,)`` ints) is computed once, scored on all rows and then let go
-    but for its sample rows; ``sample`` is the set's ``(idx (m,), rows (m, d))`` from
+    The labellings (lazy Dask or ``(n,)`` ints) are computed a group at a time, as many as an eighth of
+    ``budget`` holds (``12 n`` bytes each with their codes), each group scored on all rows in two shared
+    passes (:func:`~streamclust.estimators.metrics.labels_metrics`) and then let go but for their sample
+    rows; ``sample`` is the set's ``(idx (m,), rows (m, d))`` from
     :func:`~streamclust.estimators.silhouette_sample`, read once for every algorithm and k, and the
     silhouettes of all the labellings share one ``(m, m)`` distance pass
     (:func:`~streamclust.estimators.metrics.silhouette_scores`).
     """
     nan = float("nan")
     idx, rows = sample
-    scores, on_sample = [], []
-    for labels in labelings:
+    n = int(reduced.shape[0])
+    group = max(1, (budget // 8) // (12 * max(1, n)))
+    scores: list[dict[str, Any]] = []
+    on_sample = []
+    for g0 in range(0, len(labelings), group):
         with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
-            labels = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
-        try:
-            m = cluster_metrics(reduced, labels=labels, memory=budget)
-        except ValueError:
-            scores.append({"inertia": nan, "calinski_harabasz": nan, "davies_bouldin": nan, "silhouette": nan,
-                           "smallest_cluster": 0, "noise_fraction": nan})
-            continue
-        values, sizes = np.asarray(m["labels"]), np.asarray(m["sizes"])
-        kept = sizes[values >= 0]
-        scores.append({"inertia": float(m["inertia"]), "calinski_harabasz": float(m["calinski_harabasz"]),
-                       "davies_bouldin": float(m["davies_bouldin"]), "silhouette": nan,
-                       "smallest_cluster": int(kept.min()) if kept.size else 0,
-                       "noise_fraction": float(sizes[values < 0].sum()) / int(reduced.shape[0])})
-        if 1 < len(np.unique(labels[idx])) < len(idx):  # else the silhouette stays NaN, as a sample of one label
-            on_sample.append((len(scores) - 1, labels[idx]))
+            computed = [np.asarray(lab.compute() if isinstance(lab, da.Array) else lab)
+                        for lab in labelings[g0:g0 + group]]
+        for labels, m in zip(computed, labels_metrics(reduced, computed, memory=budget)):
+            if m is None:
+                scores.append({"inertia": nan, "calinski_harabasz": nan, "davies_bouldin": nan,
+                               "silhouette": nan, "smallest_cluster": 0, "noise_fraction": nan})
+                continue
+            values, sizes = np.asarray(m["labels"]), np.asarray(m["sizes"])
+            kept = sizes[values >= 0]
+            scores.append({"inertia": float(m["inertia"]), "calinski_harabasz": float(m["calinski_harabasz"]),
+                           "davies_bouldin": float(m["davies_bouldin"]), "silhouette": nan,
+                           "smallest_cluster": int(kept.min()) if kept.size else 0,
+                           "noise_fraction": float(sizes[values < 0].sum()) / n})
+            if 1 < len(np.unique(labels[idx])) < len(idx):  # else NaN, as a sample of one label
+                on_sample.append((len(scores) - 1, labels[idx]))
+        del computed
     if on_sample:
         silhouettes = silhouette_scores(rows, [lab for _, lab in on_sample], memory=budget)
         for (i, _), sil in zip(on_sample, silhouettes):
