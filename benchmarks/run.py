@@ -433,7 +433,7 @@ def bench_speed(data: Path, sizes: list[int], k: str, memory: str) -> None:
     for rows in sizes:
         case, store = _demo(data, rows)
         umap = rows >= 100_000
-        ours = measure("stages:study_stage_times", store=store, out=str(data / f"demo-{rows}" / "study-speed"),
+        ours = measure("stages:study_streamclust_timed", store=store, out=str(data / f"demo-{rows}" / "study-speed"),
                        k=k, memory=memory, umap=umap)
         base = measure("stages:study_sklearn_baseline", case=case, k=k, outliers="iforest")
         machine = measure("stages:machine_limits", store=store)["result"]

@@ -682,10 +682,11 @@ def scale_sklearn(store: str, name: str, k: str = "2:15", lof_rows: int | None =
 
 
 # ------------------------------------------------------------------ speed: the study per stage
-def study_stage_times(store: str, out: str, k: str = "2:15", memory: str = "1GB", umap: bool = False,
+def study_streamclust_timed(store: str, out: str, k: str = "2:15", memory: str = "1GB", umap: bool = False,
                       algorithms: str = "kmeans") -> dict:
     """The whole study (run_study, report=True) with its per-step seconds (``StudyResult.timings``), the
-    rows and the width of every set: what :func:`run.bench_speed` turns into its per-stage table."""
+    rows and the width of every set: what :func:`run.bench_speed` turns into its per-stage table.
+    (Named ``*streamclust*`` so that ``_measure`` bounds the heaps as the command line does.)"""
     from streamclust.io.store import CaseStore
     from streamclust.study import run_study
 
