@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from streamclust.core.blocks import block_rows_for, iter_blocks, map_blocks_reduce, parse_memory
+from streamclust.core.blocks import block_rows_for, fold_in_order, iter_blocks, map_blocks_reduce, parse_memory
 from streamclust.errors import MemoryBudgetError
 
 
@@ -55,3 +55,52 @@ def test_map_blocks_reduce_sums_and_keeps_order():
     np.testing.assert_allclose(total, X.sum(axis=0))
     starts = map_blocks_reduce(lambda b, rows: rows.start, X, 700)
     assert starts == list(range(0, 5000, 700))
+
+
+@pytest.mark.parametrize("window,threads", [(1, 1), (2, 2), (3, 2), (50, 2)])
+def test_fold_in_order_folds_every_block_in_order(window, threads):
+    """Whatever the window and threads, the fold is combine(...combine(r0, r1)..., r_last), over
+    every block once: a non-commutative combine (list concatenation) shows the order."""
+    X = np.arange(5000 * 3, dtype=np.float64).reshape(5000, 3)
+    blocks = fold_in_order(lambda b, rows: [(rows.start, rows.stop, float(b[:, 0].sum()))], X, 700,
+                           lambda a, b: a + b, window=window, threads=threads)
+    assert [r[:2] for r in blocks] == [(s, min(s + 700, 5000)) for s in range(0, 5000, 700)]
+    assert sum(r[2] for r in blocks) == X[:, 0].sum()
+
+
+def test_fold_in_order_holds_at_most_window_results():
+    """At most ``window`` blocks are computing or waiting to be folded at any time, even when
+    folding is slower than computing (without the window, all 20 blocks would pile up)."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    live = [0, 0]  # now, most
+
+    def func(block, rows):
+        with lock:
+            live[0] += 1
+            live[1] = max(live[1], live[0])
+        time.sleep(0.01)
+        return [rows.start]
+
+    def combine(a, b):
+        time.sleep(0.02)
+        with lock:
+            live[0] -= 1
+        return a + b
+
+    X = da.from_array(np.zeros((2000, 2)), chunks=(100, 2))
+    out = fold_in_order(func, X, 100, combine, window=3, threads=2)
+    # block 0 becomes the fold without a combine call, so the count can read one more than held
+    assert out == list(range(0, 2000, 100)) and live[1] <= 3 + 1
+
+
+def test_fold_in_order_raises_the_first_failure():
+    def func(block, rows):
+        if rows.start == 1400:
+            raise ValueError("block at row 1400 is bad")
+        return rows.start
+
+    with pytest.raises(ValueError, match="row 1400"):
+        fold_in_order(func, np.zeros((5000, 2)), 700, lambda a, b: a + b, window=2, threads=2)

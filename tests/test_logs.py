@@ -53,3 +53,29 @@ def test_no_callback_changes_nothing():
     before = (package.level, package.propagate, list(package.handlers))
     with forward_log(None):
         assert (package.level, package.propagate, list(package.handlers)) == before
+
+
+def test_threads_in_a_copy_of_the_context_are_forwarded():
+    """The sets a study works on at once log from threads running in copies of its context
+    (core.scheduler.run_concurrently): their lines reach the callback, other threads' do not."""
+    import contextvars
+
+    got: list[str] = []
+    with forward_log(got.append):
+        child = threading.Thread(target=contextvars.copy_context().run, args=(log.info, "from a set"))
+        child.start()
+        child.join()
+        stranger = threading.Thread(target=log.info, args=("from elsewhere",))
+        stranger.start()
+        stranger.join()
+    assert got == ["from a set"]
+
+
+def test_nested_forwarding_reaches_both_callbacks():
+    outer: list[str] = []
+    inner: list[str] = []
+    with forward_log(outer.append):
+        with forward_log(inner.append):
+            log.info("both")
+        log.info("outer only")
+    assert outer == ["both", "outer only"] and inner == ["both"]

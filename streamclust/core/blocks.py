@@ -19,7 +19,7 @@ import ctypes.util
 import math
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -37,6 +37,7 @@ __all__ = [
     "as_dask",
     "iter_blocks",
     "map_blocks_reduce",
+    "fold_in_order",
     "n_rows_of",
     "read_rows",
     "rows_not_in",
@@ -379,3 +380,76 @@ def map_blocks_reduce(
     for r in results[1:]:
         out = combine(out, r)
     return out
+
+
+def _compute_block(func: Callable[[np.ndarray, slice], T], block: Any, rows: slice) -> T:
+    """``func`` on one block of a Dask array, computed in the calling thread."""
+    return func(np.asarray(block.compute(scheduler="sync")), rows)
+
+
+def fold_in_order(
+    func: Callable[[np.ndarray, slice], T],
+    X: Any,
+    block_rows: int,
+    combine: Callable[[T, T], T],
+    *,
+    window: int,
+    threads: int,
+) -> T:
+    """``func(block, rows)`` on every row block on ``threads`` local threads, folded with
+    ``combine`` in block order as the results arrive, at most ``window`` of them held at a time.
+
+    For passes whose per-block results are large (``d x d`` statistics): only ``window``
+    blocks are in flight or waiting to be folded, and the fold runs while the next blocks are
+    computed, so no core waits for a group of blocks to end (one ``dask.compute`` per group
+    did: 2 cores half idle while the main thread merged).  The result is that of the fold
+    ``combine(...combine(combine(r0, r1), r2)..., r_last)`` whatever ``window`` and ``threads``
+    are.  Local threads only: with a ``distributed.Client`` active, use
+    :func:`map_blocks_reduce` on groups of blocks.  Shows a bar of its blocks when the calling
+    context shows progress (:mod:`streamclust.core.progress`).
+
+    Parameters
+    ----------
+    func : callable ``(block: ndarray (r, d), rows: slice) -> T``
+    X : array-like, shape (n_rows, n_features)
+    block_rows : int
+    combine : callable ``(T, T) -> T``
+        May update its first argument in place.
+    window : int
+        Results held at most (computing or waiting), >= 1.
+    threads : int
+        Worker threads, >= 1 (at most ``window`` are used).
+
+    Returns
+    -------
+    T
+    """
+    import collections
+
+    arr = as_dask(X, block_rows)
+    starts = np.concatenate([[0], np.cumsum(arr.chunks[0])]).astype(int)
+    blocks = arr.to_delayed().ravel()
+    n = len(blocks)
+    bar = progress_bar(n, unit="block") if progress_enabled() else None
+    acc: Any = None
+    folded = 0
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, window, n))) as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for i in range(n):
+                pending.append(pool.submit(_compute_block, func, blocks[i], slice(starts[i], starts[i + 1])))
+                while len(pending) >= window or (i == n - 1 and pending):
+                    result = pending.popleft().result()
+                    acc = result if folded == 0 else combine(acc, result)
+                    folded += 1
+                    if bar is not None:
+                        bar.update()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+    release_memory()
+    return cast(T, acc)

@@ -32,7 +32,7 @@ import contextlib
 import functools
 import os
 from asyncio import CancelledError
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from streamclust.errors import InputError, SchedulerError
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # distributed is an optional extra, imported on first use
     from distributed import Client
 
 __all__ = ["SCHEDULER_HELP", "parse_scheduler", "use_scheduler", "runs_on_scheduler", "active_client",
-           "shared", "map_ordered"]
+           "shared", "map_ordered", "local_cores", "run_concurrently"]
 
 #: Seconds to wait for a scheduler given by address before giving up.
 CONNECT_TIMEOUT = 20
@@ -294,3 +294,55 @@ def map_ordered(func: Callable[[Any], T], items: Iterable[tuple[Any, Any]], *,
     while pending:
         done, future = pending.popleft()
         yield done, future.result()
+
+
+def local_cores() -> int:
+    """Cores this process may run on (its CPU affinity), or 1 when a ``distributed.Client`` is
+    active: then the passes run on the cluster's workers and studying pieces at once here gains
+    nothing."""
+    if active_client() is not None:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_concurrently(func: Callable[[Any], T], items: Sequence[Any], n_threads: int) -> list[T]:
+    """``[func(item) for item in items]``, up to ``n_threads`` items at a time on threads.
+
+    Each call runs in a copy of the caller's :mod:`contextvars` context, so the progress-bar switch,
+    step timings and log forwarding of :mod:`streamclust.core.progress` / :mod:`~streamclust.core.logs`
+    follow the work.  While more than one thread runs, BLAS keeps one thread per call (two
+    BLAS pools on top of Dask's threads made GEMMs crawl on a 2-core machine; threadpoolctl's
+    setting is process-wide, so it is set once here for all of them).  The results come back in
+    the order of ``items``; the first failure (in that order) is raised once every running call has
+    ended, and the calls not yet started are cancelled.
+
+    Parameters
+    ----------
+    func : callable ``(item) -> T``
+    items : sequence
+    n_threads : int
+        1 runs the calls one after another in the calling thread.
+
+    Returns
+    -------
+    list of T, len(items)
+    """
+    if n_threads <= 1 or len(items) <= 1:
+        return [func(item) for item in items]
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), \
+            ThreadPoolExecutor(min(n_threads, len(items)), thread_name_prefix="streamclust") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, func, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise

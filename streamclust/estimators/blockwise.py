@@ -27,11 +27,13 @@ from threadpoolctl import threadpool_limits
 from streamclust.core.blocks import (
     as_dask,
     block_rows_for,
+    fold_in_order,
     iter_blocks,
     map_blocks_reduce,
     parse_memory,
     rows_not_in,
 )
+from streamclust.core.scheduler import local_cores
 from streamclust.errors import InputError
 
 __all__: list[str] = []
@@ -196,36 +198,39 @@ def fold_blocks(
     """One parallel pass: ``func(block, rows)`` on every block, folded left in block order.
 
     :func:`map_blocks_reduce` holds all per-block results at once before
-    reducing; when those results are large (e.g. ``d x d`` matrices) the pass is
-    run in groups of consecutive blocks so that at most a quarter of the memory
-    budget is taken by pending results.  The fold order (block 0, 1, 2, ...) is
-    the same whatever the grouping, so results do not depend on it.
+    reducing; when those results are large (e.g. ``d x d`` matrices) at most a quarter of
+    the memory budget is taken by pending results: on local threads they are folded as
+    they arrive (:func:`~streamclust.core.blocks.fold_in_order`), with a client the pass runs in
+    groups of consecutive blocks.  The fold order (block 0, 1, 2, ...) is the same either way,
+    so results do not depend on it.
     """
     arr = to_blockable(X, block_rows)
     n = int(arr.shape[0])
     n_blocks = max(1, math.ceil(n / block_rows))
     budget = parse_memory(memory) // 4
     group = n_blocks if result_nbytes <= 0 else max(1, min(n_blocks, budget // max(1, result_nbytes)))
-    acc = None
-    first = True
-    for g0 in range(0, n_blocks, group):
-        start = g0 * block_rows
-        stop = min(n, (g0 + group) * block_rows)
-        if start == 0 and stop == n:
-            part, f = arr, func
-        else:
-            part, f = arr[start:stop], _Offset(func, start)
-        # One BLAS thread per task: the parallelism is across blocks (Dask
-        # threads); OpenBLAS threads contending with them made GEMMs up to 7x
-        # slower on a 2-core machine.  (Distributed workers already run with
-        # OPENBLAS_NUM_THREADS=1.)
-        with threadpool_limits(limits=1, user_api="blas"):
-            results = map_blocks_reduce(f, part, block_rows)
-        for r in results:
-            if first:
-                acc, first = r, False
+    # One BLAS thread per task: the parallelism is across blocks (Dask threads); OpenBLAS threads
+    # contending with them made GEMMs up to 7x slower on a 2-core machine.  (Distributed workers
+    # already run with OPENBLAS_NUM_THREADS=1.)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if group < n_blocks and local_cores() > 1:
+            # large results on local threads: fold them as they come, no core idle between groups
+            return fold_in_order(func, arr, block_rows, combine, window=group, threads=local_cores())
+        acc = None
+        first = True
+        for g0 in range(0, n_blocks, group):
+            start = g0 * block_rows
+            stop = min(n, (g0 + group) * block_rows)
+            if start == 0 and stop == n:
+                part, f = arr, func
             else:
-                acc = combine(acc, r)
+                part, f = arr[start:stop], _Offset(func, start)
+            results = map_blocks_reduce(f, part, block_rows)
+            for r in results:
+                if first:
+                    acc, first = r, False
+                else:
+                    acc = combine(acc, r)
     return acc
 
 

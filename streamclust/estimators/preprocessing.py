@@ -102,12 +102,15 @@ _merge_moments = merge_moments
 
 
 class _ScatterStats:
-    """Per-block ``(n, mean, M2)`` with ``M2 = sum (x - mean)(x - mean)^T`` (d x d, float64).
+    """Per-block ``[[n], [mean], G]``: the block's rows and column mean (float64, (d,)) and
+    ``G = sum (x - mean)(x - mean)^T`` ((d, d), in the block's dtype: a float32 GEMM for float32
+    input, 2-4x faster than float64).
 
-    Each block is centred on its own (rounded) column mean and its Gram matrix
-    is computed in the block's dtype (float32 GEMM for float32 input, which is
-    2-4x faster than float64) and accumulated in float64; the rounding of the
-    mean is corrected exactly with the residual column sums.
+    Merging only adds the ``G`` (:func:`_merge_scatter`) and keeps the block means; the
+    between-block scatter ``sum_b n_b (mean_b - mean)(mean_b - mean)^T`` is one GEMM at the end
+    (:func:`_scatter_moments`) instead of a ``d x d`` outer product per block (Chan's merge).
+    The rounding of the mean in the block's dtype is corrected exactly with the residual
+    column sums.
     """
 
     def __init__(self, l2: bool) -> None:
@@ -122,11 +125,31 @@ class _ScatterStats:
         s = xc.sum(axis=0, dtype=np.float64)
         gram = np.asarray(xc.T @ xc, dtype=np.float64)
         gram -= np.outer(s, s / n)
-        return [n, shift.astype(np.float64) + s / n, gram]
+        return [[n], [shift.astype(np.float64) + s / n], gram]
 
 
 def _merge_scatter(a: list, b: list) -> list:
-    """Chan's merge of ``(n, mean, M2)`` with a ``d x d`` M2 (in place on ``a``)."""
+    """Two runs of blocks' :class:`_ScatterStats` (in place on ``a``)."""
+    a[0].extend(b[0])
+    a[1].extend(b[1])
+    a[2] += b[2]
+    return a
+
+
+def _scatter_moments(stats: list) -> list:
+    """``(n, mean, M2)`` (float64) of all the blocks folded into ``stats``."""
+    counts = np.asarray(stats[0], dtype=np.float64)
+    means = np.asarray(stats[1])
+    n = float(counts.sum())
+    mean = counts @ means / n
+    between = means - mean
+    m2 = stats[2]
+    m2 += (between.T * counts) @ between
+    return [int(n), mean, m2]
+
+
+def _merge_moments_d(a: list, b: list) -> list:
+    """Chan's merge of two ``(n, mean, M2)`` with a ``d x d`` M2 (in place on ``a``)."""
     na, ma, ga = a
     nb, mb, gb = b
     n = na + nb
@@ -557,10 +580,11 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             result_nbytes=8 * d * d + 16 * d,
             memory=self.memory,
         )
+        stats = _scatter_moments(stats)
         check_finite(stats[1])
         check_finite(np.diagonal(stats[2]))
         if not first:
-            stats = _merge_scatter([self._stats[0], self._stats[1], self._stats[2].copy()], stats)
+            stats = _merge_moments_d([self._stats[0], self._stats[1], self._stats[2].copy()], stats)
         self._components_from_stats(stats)
         self._stats = stats
         return self

@@ -100,7 +100,7 @@ from streamclust.core.blocks import parse_memory
 from streamclust.core.files import write_atomic, write_csv
 from streamclust.core.logs import forward_log
 from streamclust.core.progress import progress_step, show_progress, step_times
-from streamclust.core.scheduler import runs_on_scheduler
+from streamclust.core.scheduler import local_cores, run_concurrently, runs_on_scheduler
 from streamclust.errors import InputError
 from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
@@ -122,8 +122,9 @@ from streamclust.study.rules import (
     block_budget,
     parse_k_range,
     parse_mix,
+    sets_at_once,
 )
-from streamclust.study.steps import Reduced, mix_sets, reduce_set, store_umap, study_set, umap_params
+from streamclust.study.steps import Reduced, SetOutcome, mix_sets, reduce_set, store_umap, study_set, umap_params
 from streamclust.study.truth import read_outlier_truth
 
 logger = logging.getLogger(__name__)
@@ -221,34 +222,51 @@ class _EverySet:
 
 def _study_every_set(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path, projector: SampledUMAP | None,
                      *, n_components: int | float, **set_options: Any) -> _EverySet:
-    """Steps 1-9 of the module docstring for every set, then every mixture, in order;
-    ``set_options`` are :func:`~streamclust.study.steps.study_set`'s keyword arguments."""
+    """Steps 1-9 of the module docstring for every set, then every mixture; ``set_options`` are
+    :func:`~streamclust.study.steps.study_set`'s keyword arguments.
+
+    Step 1 (and a mixture's building) runs one set at a time with the whole budget; steps 2-9, on
+    the reduced rows, run for :func:`~streamclust.study.rules.sets_at_once` sets at a time, each
+    within that share of the budget.  The outcomes are gathered in plan order whatever order they
+    finish in."""
     sets = _EverySet()
     prepared: dict[str, Reduced] = {}
     mix_by_name = {m.name: m for m in plan.mixes}
-    for name in plan.names + list(mix_by_name):
-        prepared[name] = (mix_sets(run, mix_by_name[name], prepared, budget=plan.budget)
-                          if name in mix_by_name else
-                          reduce_set(plan.store, run, name, n_components=n_components, budget=plan.budget))
-        outcome = study_set(plan.store, run, name, plan.ks, prepared[name], out=stage, budget=plan.budget,
+    at_once = sets_at_once(plan.store.n_rows, max(len(plan.names), len(plan.mixes)), plan.budget, local_cores())
+    budget = plan.budget // at_once
+    result.sets_at_once = at_once
+
+    def steps_2_to_9(name: str) -> tuple[SetOutcome, dict[str, Any]]:
+        outcome = study_set(plan.store, run, name, plan.ks, prepared[name], out=stage, budget=budget,
                             **set_options)
-        result.sets[name] = outcome.result
         if projector is not None:
             outcome.result.umap = store_umap(projector, outcome.reduced, run, name)
-        result.profiles[name] = outcome.profile
-        sets.reduced[name] = outcome.reduced
-        sets.labels[name], sets.scores[name], sets.flags[name] = outcome.labels, outcome.scores, outcome.flags
-        sets.top_outliers.append(outcome.top_outliers)
-        sets.metrics.append(outcome.result.metrics)
-        sets.columns = list(outcome.result.metrics.columns)
+        extra: dict[str, Any] = {}
         if len(plan.algorithms) > 1:
             first = outcome.result.metrics.iloc[0]
             base = {c: first[c] for c in ("set", "n_rows", "n_features", "n_components")}
-            extra, sets.extra_labels[name] = study_algorithms(
-                run, name, outcome.reduced, plan.ks, plan.algorithms, base=base, budget=plan.budget,
+            extra["metrics"], extra["labels"] = study_algorithms(
+                run, name, outcome.reduced, plan.ks, plan.algorithms, base=base, budget=budget,
                 sample=outcome.silhouette_rows, random_state=set_options["random_state"])
-            sets.metrics.append(extra)
-            sets.agreement.append(agreement(name, {"kmeans": outcome.labels, **sets.extra_labels[name]}))
+        return outcome, extra
+
+    for group in (plan.names, list(mix_by_name)):  # mixtures are built from their members' reduced rows
+        for name in group:
+            prepared[name] = (mix_sets(run, mix_by_name[name], prepared, budget=plan.budget)
+                              if name in mix_by_name else
+                              reduce_set(plan.store, run, name, n_components=n_components, budget=plan.budget))
+        for name, (outcome, extra) in zip(group, run_concurrently(steps_2_to_9, group, at_once)):
+            result.sets[name] = outcome.result
+            result.profiles[name] = outcome.profile
+            sets.reduced[name] = outcome.reduced
+            sets.labels[name], sets.scores[name], sets.flags[name] = outcome.labels, outcome.scores, outcome.flags
+            sets.top_outliers.append(outcome.top_outliers)
+            sets.metrics.append(outcome.result.metrics)
+            sets.columns = list(outcome.result.metrics.columns)
+            if extra:
+                sets.extra_labels[name] = extra["labels"]
+                sets.metrics.append(extra["metrics"])
+                sets.agreement.append(agreement(name, {"kmeans": outcome.labels, **extra["labels"]}))
     return sets
 
 
@@ -317,7 +335,7 @@ def _write_summary(plan: _Plan, run: RunGroup, result: StudyResult, stage: Path,
                "agreement": result.agreement.to_dict(orient="records"),
                "algorithm_rule": ALGORITHM_RULE,
                "algorithm_comparison": {n: c.summary() for n, c in result.algorithm_comparison.items()},
-               "timings": result.timings}
+               "timings": result.timings, "sets_at_once": result.sets_at_once}
     if "umap" in params:
         summary["umap"] = {"params": params["umap"],
                            "sets": {n: {k: v for k, v in r.umap.items() if k != "params"}

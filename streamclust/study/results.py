@@ -67,8 +67,12 @@ class StudyResult:
     #: (:func:`~streamclust.study.algorithm_comparison.compare_algorithms`).
     algorithm_comparison: dict[str, AlgorithmComparison] = field(default_factory=dict)
     #: Seconds per step of the study (``"osnet: PCA"``, ``"report"``, ...): ``{"wall_s", "cpu_s", "calls"}``
-    #: (:func:`~streamclust.core.progress.step_times`); summary.json's ``timings``.
+    #: (:func:`~streamclust.core.progress.step_times`); summary.json's ``timings``.  With two sets at a
+    #: time their steps overlap: ``cpu_s`` (the whole process's) then counts both.
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Sets taken through the steps after the PCA at the same time
+    #: (:func:`~streamclust.study.rules.sets_at_once`); summary.json's ``sets_at_once``.
+    sets_at_once: int = 1
 
     @property
     def results_csv(self) -> Path:

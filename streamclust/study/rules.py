@@ -16,7 +16,7 @@ from streamclust.errors import InputError, MemoryBudgetError
 
 __all__ = ["OUTLIER_SCORES", "OUTLIER_NEIGHBORS", "outlier_index_neighbors", "BEST_RULE", "K_TIE_MARGIN",
            "MIX_RULE", "K_RULE", "LIBRARY_BASELINE", "parse_k_range", "MixSpec", "parse_mix", "choose_k",
-           "best_clustering", "block_budget", "k_edge_note"]
+           "best_clustering", "block_budget", "SMALL_STUDY_ROWS", "MIN_SHARED_BUDGET", "sets_at_once", "k_edge_note"]
 
 
 #: Outlier scores the study can write (module docstring, step 6); the first is the default.
@@ -205,6 +205,39 @@ def block_budget(memory: str | int | None, n_features: dict[str, int]) -> int:
             f"memory='{math.ceil(need / 2**20)}MiB' (--memory), or leave {name!r} out (--descriptors)."
         )
     return total - LIBRARY_BASELINE
+
+
+#: Up to this many rows the steps after the PCA are mostly fixed costs (eigen-free but per-k
+#: bookkeeping, sample-sized passes, small GEMMs) that keep one core busy while the other waits,
+#: so :func:`sets_at_once` studies two sets at a time (benchmarks/README.md, "speed").
+SMALL_STUDY_ROWS = 100_000
+
+#: The least share of the budget a set studied beside another one may get.
+MIN_SHARED_BUDGET = 128 << 20
+
+
+def sets_at_once(n_rows: int, n_sets: int, budget: int, cores: int) -> int:
+    """How many sets (or mixtures) a study takes through the steps after the PCA at the same time:
+    2 when they are small (``n_rows <= SMALL_STUDY_ROWS``), there are 2 or more of them, 2 cores
+    and half the budget is at least :data:`MIN_SHARED_BUDGET`; otherwise 1.  Each then works
+    within ``budget // sets_at_once(...)``, so the process stays within the budget.
+
+    Parameters
+    ----------
+    n_rows : int
+    n_sets : int
+        Sets studied side by side: the descriptor sets, or (after them) the mixtures, whichever are more.
+    budget : int
+        :func:`block_budget`'s bytes.
+    cores : int
+        :func:`~streamclust.core.scheduler.local_cores`.
+
+    Returns
+    -------
+    int, 1 or 2
+    """
+    small = n_rows <= SMALL_STUDY_ROWS and n_sets >= 2 and cores >= 2
+    return 2 if small and budget // 2 >= MIN_SHARED_BUDGET else 1
 
 
 def k_edge_note(k: int, ks: Sequence[int]) -> str | None:
