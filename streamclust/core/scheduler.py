@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from asyncio import CancelledError
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # distributed is an optional extra, imported on first use
     from distributed import Client
 
 __all__ = ["SCHEDULER_HELP", "parse_scheduler", "use_scheduler", "runs_on_scheduler", "active_client",
-           "shared", "map_ordered", "local_cores", "run_concurrently"]
+           "shared", "map_ordered", "local_cores", "run_concurrently", "one_blas_thread"]
 
 #: Seconds to wait for a scheduler given by address before giving up.
 CONNECT_TIMEOUT = 20
@@ -296,6 +297,23 @@ def map_ordered(func: Callable[[Any], T], items: Iterable[tuple[Any, Any]], *,
         yield done, future.result()
 
 
+_blas: dict[str, Any] = {}
+
+
+def one_blas_thread() -> Any:
+    """A context manager keeping BLAS (OpenBLAS, MKL) to one thread in the block, for work that is
+    parallel across threads already: OpenBLAS threads contending with Dask's made GEMMs up to 7x
+    slower on a 2-core machine.  ``threadpoolctl.threadpool_limits(limits=1, user_api="blas")``,
+    with its scan of the loaded libraries (~5 ms once scikit-learn, scipy and numba are loaded,
+    150 times in a 4-set study) done again only after new modules were imported."""
+    from threadpoolctl import ThreadpoolController
+
+    loaded = len(sys.modules)
+    if _blas.get("modules") != loaded:
+        _blas["controller"], _blas["modules"] = ThreadpoolController(), loaded
+    return _blas["controller"].limit(limits=1, user_api="blas")
+
+
 def local_cores() -> int:
     """Cores this process may run on (its CPU affinity), or 1 when a ``distributed.Client`` is
     active: then the passes run on the cluster's workers and studying pieces at once here gains
@@ -335,10 +353,7 @@ def run_concurrently(func: Callable[[Any], T], items: Sequence[Any], n_threads: 
     import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"), \
-            ThreadPoolExecutor(min(n_threads, len(items)), thread_name_prefix="streamclust") as pool:
+    with one_blas_thread(), ThreadPoolExecutor(min(n_threads, len(items)), thread_name_prefix="streamclust") as pool:
         futures = [pool.submit(contextvars.copy_context().run, func, item) for item in items]
         try:
             return [future.result() for future in futures]

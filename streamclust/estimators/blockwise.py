@@ -22,7 +22,6 @@ import scipy.sparse as sp
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_array, validate_data
-from threadpoolctl import threadpool_limits
 
 from streamclust.core.blocks import (
     as_dask,
@@ -33,7 +32,7 @@ from streamclust.core.blocks import (
     parse_memory,
     rows_not_in,
 )
-from streamclust.core.scheduler import local_cores
+from streamclust.core.scheduler import local_cores, one_blas_thread
 from streamclust.errors import InputError
 
 __all__: list[str] = []
@@ -212,7 +211,7 @@ def fold_blocks(
     # One BLAS thread per task: the parallelism is across blocks (Dask threads); OpenBLAS threads
     # contending with them made GEMMs up to 7x slower on a 2-core machine.  (Distributed workers
     # already run with OPENBLAS_NUM_THREADS=1.)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         if group < n_blocks and local_cores() > 1:
             # large results on local threads: fold them as they come, no core idle between groups
             return fold_in_order(func, arr, block_rows, combine, window=group, threads=local_cores())

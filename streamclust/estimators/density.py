@@ -58,9 +58,9 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
 from streamclust.core.blocks import iter_blocks, map_blocks_reduce, parse_memory
+from streamclust.core.scheduler import one_blas_thread
 from streamclust.estimators.blockwise import (
     check_finite,
     check_X,
@@ -115,7 +115,7 @@ def _exact_knn(ref: np.ndarray, queries: np.ndarray, k: int, memory: Any = None)
     ind = np.empty((q, k), dtype=np.int64)
     dist = np.empty((q, k))
     step = _chunk_rows(m, memory)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         for s in range(0, q, step):
             x64 = np.asarray(queries[s : s + step], dtype=np.float64)
             x32 = (x64 - center).astype(np.float32)
@@ -178,7 +178,7 @@ def _prim_mst(S: np.ndarray, core: np.ndarray) -> np.ndarray:
     v = 0
     n_out = m - 1
     # one BLAS thread: two OpenBLAS threads made this GEMV 10x slower on 2 cores
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         for step in range(m - 1):
             Pv = P[:n_out]
             dv = Pv @ S[v]

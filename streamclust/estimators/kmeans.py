@@ -30,9 +30,9 @@ from sklearn.cluster._kmeans import _kmeans_single_lloyd  # private, stable sinc
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
 from streamclust.core.blocks import iter_blocks, parse_memory
+from streamclust.core.scheduler import one_blas_thread
 from streamclust.estimators.blockwise import (
     check_finite,
     check_X,
@@ -318,7 +318,7 @@ def _refine_starts(models: list[StreamingKMeans], plans: list, sample: np.ndarra
     seed_tasks = [(key, seed, c) for (key, seed), (_, count) in largest.items() for c in range(count)]
     tasks = [(mi, int(seed)) for mi, (_, seeds) in enumerate(plans) for seed in seeds]
     # small GEMMs: one BLAS thread each (OpenBLAS threads spin and contend on 2 busy cores)
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(_REFINE_THREADS) as pool:
+    with one_blas_thread(), ThreadPoolExecutor(_REFINE_THREADS) as pool:
         seedings = dict(zip(seed_tasks, pool.map(seeding, seed_tasks)))
         starts = list(pool.map(refine, tasks))
     return [_Run(mi, centers) for (mi, _), centers in zip(tasks, starts)]

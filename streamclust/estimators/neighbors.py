@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from streamclust.core.scheduler import one_blas_thread
+
 __all__ = ["EXACT_SEARCH_ROWS", "ExactIndex", "QUERY_LOCK", "SEARCHES", "build_index", "build_nndescent_index",
            "cache_kernels", "cache_build_kernels", "index_nbytes", "warm_up"]
 
@@ -101,7 +103,6 @@ class ExactIndex:
             Euclidean distances, ascending.
         """
         import numba
-        from threadpoolctl import threadpool_limits
 
         queries = np.asarray(queries, dtype=np.float32)
         (m, d), n = self.reference.shape, queries.shape[0]
@@ -121,7 +122,7 @@ class ExactIndex:
 
         # the parallelism is across query blocks: OpenBLAS threads contending with them, or
         # with other processes, made the small GEMMs up to 10x slower on a 2-core machine
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             if threads == 1:
                 for s in range(0, n, step):
                     run(s)

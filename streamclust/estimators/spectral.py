@@ -67,9 +67,9 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
 from streamclust.core.blocks import parse_memory
+from streamclust.core.scheduler import one_blas_thread
 from streamclust.errors import InputError, MemoryBudgetError
 from streamclust.estimators.blockwise import (
     check_finite,
@@ -364,7 +364,7 @@ class NystromSpectralClustering(ClusterMixin, BaseEstimator):
         br = resolve_block_rows(X.shape[1], self.memory, self.block_rows, X)
         if lazy:
             return map_rows(_Labels(self._embedding, self.kmeans_), X, True, br, dtype=np.int32)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             return map_rows(_Labels(self._embedding, self.kmeans_), X, False, br, dtype=np.int32)
 
     def predict(self, X: Any) -> Any:
@@ -377,7 +377,7 @@ class NystromSpectralClustering(ClusterMixin, BaseEstimator):
         Returns
         -------
         ndarray of int32 (in-memory input) or lazy dask.array.Array, shape (n_samples,)
-            Compute a lazy result under ``threadpool_limits(limits=1, user_api="blas")`` when Dask
+            Compute a lazy result under ``one_blas_thread()`` when Dask
             runs its tasks in threads: two OpenBLAS threads per task made it 4-5x slower on 2 cores
             (the limit only works when set by the thread that starts the computation).
         """
@@ -467,7 +467,7 @@ def _fit_models(models: list[NystromSpectralClustering], X: Any) -> None:
     sample = _sample_rows(head, X, n, d, width, resolve_block_rows(d, head.memory, head.block_rows, X), rng)
     # the (l, l) eigenproblems and the sample's embedding: one BLAS thread, as in the passes (two
     # OpenBLAS threads made a 300 x 300 eigh take 140-530 ms instead of 33-39 ms on a loaded 2-core machine)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         embedding, shared = _fit_embedding(head, X, sample, width, rng)
         raw = embedding.raw(sample)
     seed = int(rng.randint(np.iinfo(np.int32).max))

@@ -20,9 +20,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from streamclust.core.progress import progress_step
+from streamclust.core.scheduler import one_blas_thread
 from streamclust.errors import InputError
 from streamclust.estimators import (
     SampledHDBSCAN,
@@ -131,7 +131,7 @@ def store_algorithm_labels(labels: Any, reduced: Any, run: RunGroup, name: str, 
     if isinstance(labels, np.ndarray):
         target[:] = labels.astype(np.int32, copy=False)
         return target
-    with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
+    with one_blas_thread():  # tasks run in threads, one BLAS thread each
         da.store(labels.astype(np.int32).rechunk((target.chunks[0],)), target, lock=False)
     return target
 
@@ -156,7 +156,7 @@ def score_labels(reduced: Any, labelings: Sequence[Any], sample: tuple[np.ndarra
     scores: list[dict[str, Any]] = []
     on_sample = []
     for g0 in range(0, len(labelings), group):
-        with threadpool_limits(limits=1, user_api="blas"):  # tasks run in threads, one BLAS thread each
+        with one_blas_thread():  # tasks run in threads, one BLAS thread each
             computed = [np.asarray(lab.compute() if isinstance(lab, da.Array) else lab)
                         for lab in labelings[g0:g0 + group]]
         for labels, m in zip(computed, labels_metrics(reduced, computed, memory=budget)):

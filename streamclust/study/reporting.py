@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from streamclust.core.blocks import parse_memory
+from streamclust.core.scheduler import run_concurrently
 from streamclust.estimators import pca_projection
 from streamclust.report import (
     AlgorithmReport,
@@ -246,7 +248,11 @@ def build_study_report(result: StudyResult, store: CaseStore, *, images: str | o
     folder = Path(out_dir) if out_dir is not None else result.out_dir
     files = folder / "report_files"
     source = ImageSource.open(images) if images else None
-    sets = [_set_report(result, name, store, run, files, source, memory) for name in result.sets]
+    # the sets' sections two at a time when the study took its sets so (figures are separate Agg
+    # canvases; matplotlib keys its font cache by thread; zip reads are locked)
+    share = parse_memory(memory) // result.sets_at_once
+    sets = run_concurrently(lambda name: _set_report(result, name, store, run, files, source, share),
+                            list(result.sets), result.sets_at_once)
     comparisons = []
     comp = result.comparison
     if comp is not None:
