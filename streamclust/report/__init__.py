@@ -3,6 +3,7 @@
 - :mod:`~streamclust.report.figures`: density overviews, small multiples, one panel per algorithm, metric curves,
   the 3-D view.
 - :mod:`~streamclust.report.images`: images read safely from a zip or folder (path checks, size limits).
+- :mod:`~streamclust.report.zipdir`: a zip's central directory in compact arrays, bounded member reads.
 - :mod:`~streamclust.report.montages`: which rows to show per cluster, the top outliers, image montages.
 - :mod:`~streamclust.report.html`: the report's data classes and :func:`write_report`.
 
