@@ -694,6 +694,7 @@ def study_streamclust_timed(store: str, out: str, k: str = "2:15", memory: str =
                     algorithms=algorithms.split(","))
     case = CaseStore(store)
     return {"k": {name: r.k for name, r in res.sets.items()}, "timings": res.timings, "n_rows": case.n_rows,
+            "sets_at_once": res.sets_at_once,
             "dims": {name: int(case.descriptor(name).shape[1]) for name in res.sets}}
 
 

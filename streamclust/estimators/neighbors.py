@@ -9,8 +9,10 @@ spares the process the ~20-50 s numba compilation of ``nn_descent``, which pynnd
 out of numba's disk cache (it takes the distance function as an argument and reads the thread count
 through a pointer, so every process compiles it anew).
 
-Queries are serialised by :data:`QUERY_LOCK`: pynndescent's query kernels are numba-parallel and
-not safe to call from several Dask threads at once.
+Queries and index builds are serialised by :data:`QUERY_LOCK`: pynndescent's kernels are
+numba-parallel and not safe to call from several threads at once under numba's ``workqueue``
+threading layer (the one left when neither TBB nor OpenMP is installed), e.g. from Dask's threads
+or from two sets studied at the same time.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ __all__ = ["EXACT_SEARCH_ROWS", "ExactIndex", "QUERY_LOCK", "SEARCHES", "build_i
            "cache_kernels", "cache_build_kernels", "index_nbytes", "warm_up"]
 
 
-#: Serialises index queries across the threads of the process (see module doc).
-QUERY_LOCK = threading.Lock()
+#: Serialises the numba-parallel kernels (index builds and queries, UMAP fits) across the threads
+#: of the process (see module doc).
+QUERY_LOCK = threading.RLock()
 
 #: References up to this many rows get an :class:`ExactIndex` instead of an NN-descent index.
 EXACT_SEARCH_ROWS = 20_000
@@ -356,7 +359,7 @@ def build_nndescent_index(reference: np.ndarray, *, n_neighbors: int, seed: int)
     import pynndescent
 
     cache_build_kernels()
-    with warnings.catch_warnings():
+    with QUERY_LOCK, warnings.catch_warnings():
         # tiny references: "Failed to correctly find n_neighbors for some samples"
         warnings.filterwarnings("ignore", message="Failed to correctly find n_neighbors")
         index = pynndescent.NNDescent(

@@ -368,7 +368,7 @@ class SampledUMAP(TransformerMixin, BaseEstimator):
             import umap
 
             _cache_umap_kernels()
-            with warnings.catch_warnings():
+            with QUERY_LOCK, warnings.catch_warnings():  # numba-parallel kernels: one caller at a time
                 warnings.simplefilter("ignore")
                 model = umap.UMAP(
                     n_components=int(self.n_components), n_neighbors=max(2, n_nb),

@@ -94,6 +94,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 from streamclust.analysis import compare_sets
 from streamclust.core.blocks import parse_memory
@@ -235,6 +236,8 @@ def _study_every_set(plan: _Plan, run: RunGroup, result: StudyResult, stage: Pat
     at_once = sets_at_once(plan.store.n_rows, max(len(plan.names), len(plan.mixes)), plan.budget, local_cores())
     budget = plan.budget // at_once
     result.sets_at_once = at_once
+    if projector is not None and at_once > 1:
+        projector = clone(projector).set_params(memory=budget)
 
     def steps_2_to_9(name: str) -> tuple[SetOutcome, dict[str, Any]]:
         outcome = study_set(plan.store, run, name, plan.ks, prepared[name], out=stage, budget=budget,
