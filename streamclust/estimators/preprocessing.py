@@ -102,15 +102,15 @@ _merge_moments = merge_moments
 
 
 class _ScatterStats:
-    """Per-block ``[[n], [mean], G]``: the block's rows and column mean (float64, (d,)) and
-    ``G = sum (x - mean)(x - mean)^T`` ((d, d), in the block's dtype: a float32 GEMM for float32
-    input, 2-4x faster than float64).
+    """Per-block ``[[n], [mean], [s], G]``: the block's rows, its column mean ``m`` (float64, (d,)),
+    ``G = sum (x - r)(x - r)^T`` about ``r``, ``m`` rounded to the block's dtype ((d, d), in that
+    dtype: a float32 GEMM for float32 input, 2-4x faster than float64, and half the bytes to hold
+    while blocks wait to be folded) and ``s = sum (x - r)`` (float64, (d,)).
 
-    Merging only adds the ``G`` (:func:`_merge_scatter`) and keeps the block means; the
-    between-block scatter ``sum_b n_b (mean_b - mean)(mean_b - mean)^T`` is one GEMM at the end
-    (:func:`_scatter_moments`) instead of a ``d x d`` outer product per block (Chan's merge).
-    The rounding of the mean in the block's dtype is corrected exactly with the residual
-    column sums.
+    Merging only adds the ``G`` (:func:`_merge_scatter`, into float64) and keeps the small vectors;
+    the block's own scatter is ``G - s s^T / n`` and the between-block scatter
+    ``sum_b n_b (m_b - m)(m_b - m)^T``: both are one GEMM each at the end
+    (:func:`_scatter_moments`), instead of ``d x d`` outer products per block (Chan's merge).
     """
 
     def __init__(self, l2: bool) -> None:
@@ -123,28 +123,29 @@ class _ScatterStats:
         shift = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
         xc = x - shift
         s = xc.sum(axis=0, dtype=np.float64)
-        gram = np.asarray(xc.T @ xc, dtype=np.float64)
-        gram -= np.outer(s, s / n)
-        return [[n], [shift.astype(np.float64) + s / n], gram]
+        return [[n], [shift.astype(np.float64) + s / n], [s], xc.T @ xc]
 
 
 def _merge_scatter(a: list, b: list) -> list:
-    """Two runs of blocks' :class:`_ScatterStats` (in place on ``a``)."""
-    a[0].extend(b[0])
-    a[1].extend(b[1])
-    a[2] += b[2]
-    return a
+    """Two runs of blocks' :class:`_ScatterStats` (in place on ``a`` once its ``G`` is float64)."""
+    for i in range(3):
+        a[i].extend(b[i])
+    gram = a[3] if a[3].dtype == np.float64 else a[3].astype(np.float64)
+    gram += b[3]
+    return [a[0], a[1], a[2], gram]
 
 
 def _scatter_moments(stats: list) -> list:
     """``(n, mean, M2)`` (float64) of all the blocks folded into ``stats``."""
     counts = np.asarray(stats[0], dtype=np.float64)
     means = np.asarray(stats[1])
+    residual = np.asarray(stats[2]) / np.sqrt(counts)[:, None]
     n = float(counts.sum())
     mean = counts @ means / n
     between = means - mean
-    m2 = stats[2]
+    m2 = np.asarray(stats[3], dtype=np.float64)  # ours to change (a float32 G is copied)
     m2 += (between.T * counts) @ between
+    m2 -= residual.T @ residual
     return [int(n), mean, m2]
 
 
@@ -577,7 +578,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             X,
             br,
             _merge_scatter,
-            result_nbytes=8 * d * d + 16 * d,
+            result_nbytes=float_dtype(X.dtype).itemsize * d * d + 24 * d,
             memory=self.memory,
         )
         stats = _scatter_moments(stats)
