@@ -97,8 +97,10 @@ def _sub_slices(r: int, d: int) -> list[slice]:
 class _Pass1:
     """Per block and source: ``(counts, means, m2)`` of every cluster.
 
-    Rows are converted to float64 one cache-sized sub-chunk at a time; the
-    block's cluster means come first, then the squared deviations from them.
+    Rows are converted to float64 one cache-sized sub-chunk at a time.  ``m2`` (the squared
+    deviations from the block's cluster means) is ``sum |x|^2 - count |mean|^2`` per cluster: the
+    rows' squared norms are computed once and shared by every labelling, instead of a
+    ``rows x d`` difference per labelling.
     """
 
     def __init__(self, sources: list[_Source]) -> None:
@@ -107,24 +109,21 @@ class _Pass1:
     def __call__(self, block: np.ndarray, rows: slice) -> list:
         r, d = block.shape
         labels = _block_labels(self.sources, block, rows)
-        subs = _sub_slices(r, d)
         sums = [np.zeros((s.n_clusters, d)) for s in self.sources]
-        for sl in subs:
+        squares = [np.zeros(s.n_clusters) for s in self.sources]
+        for sl in _sub_slices(r, d):
             x64 = np.asarray(block[sl], dtype=np.float64)
-            for lab, tot in zip(labels, sums):
+            sq = np.einsum("ij,ij->i", x64, x64)
+            for lab, tot, sqs in zip(labels, sums, squares):
                 _add_sums(tot, x64, lab[sl])
+                sqs += np.bincount(lab[sl], weights=sq, minlength=sqs.shape[0])
         out = []
-        for src, lab, tot in zip(self.sources, labels, sums):
+        for src, lab, tot, sqs in zip(self.sources, labels, sums, squares):
             cnt = np.bincount(lab, minlength=src.n_clusters).astype(np.int64)
             nz = cnt > 0
             tot[nz] /= cnt[nz, None]
-            out.append((cnt, tot, np.zeros(src.n_clusters)))
-        for sl in subs:
-            x64 = np.asarray(block[sl], dtype=np.float64)
-            for lab, (_, means, m2) in zip(labels, out):
-                ls = lab[sl]
-                diff = x64 - means[ls]
-                m2 += np.bincount(ls, weights=np.einsum("ij,ij->i", diff, diff), minlength=m2.shape[0])
+            m2 = np.maximum(sqs - cnt * np.einsum("ij,ij->i", tot, tot), 0.0)
+            out.append((cnt, tot, m2))
         return out
 
 
@@ -142,7 +141,12 @@ def _merge1(a: list, b: list) -> list:
 
 
 class _Pass2:
-    """Per block and source: sum of distances of members to their cluster mean."""
+    """Per block and source: sum of distances of members to their cluster mean.
+
+    ``|x - m|^2 = |x|^2 - 2 x.m + |m|^2`` with ``x.m`` for the means of every labelling from one
+    GEMM per sub-chunk (what scikit-learn's ``euclidean_distances`` computes too), instead of a
+    ``rows x d`` difference per labelling.
+    """
 
     def __init__(self, sources: list[_Source], means: list[np.ndarray]) -> None:
         self.sources = sources
@@ -152,12 +156,19 @@ class _Pass2:
         r, d = block.shape
         labels = _block_labels(self.sources, block, rows)
         out = [np.zeros(s.n_clusters) for s in self.sources]
+        every = np.concatenate(self.means)  # (sum of k, d)
+        norms = np.einsum("ij,ij->i", every, every)
+        offsets = np.cumsum([0] + [m.shape[0] for m in self.means[:-1]])
         for sl in _sub_slices(r, d):
             x64 = np.asarray(block[sl], dtype=np.float64)
-            for lab, means, acc in zip(labels, self.means, out):
+            sq = np.einsum("ij,ij->i", x64, x64)
+            dots = x64 @ every.T
+            at = np.arange(x64.shape[0])
+            for lab, off, acc in zip(labels, offsets, out):
                 ls = lab[sl]
-                diff = x64 - means[ls]
-                dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+                col = off + ls
+                d2 = sq - 2.0 * dots[at, col] + norms[col]
+                dist = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
                 acc += np.bincount(ls, weights=dist, minlength=acc.shape[0])
         return out
 
