@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from streamclust.estimators import (
     StreamingKMeans,
@@ -61,7 +62,16 @@ def test_pca_and_scaler_fit_read_each_row_once():
     assert counted.rows_read == X.shape[0]
 
 
-def test_kmeans_fit_pass_budget():
+@pytest.fixture
+def kmeans_reads_the_store(monkeypatch):
+    """Rows that fit a quarter of the budget are read into memory once (test below); these tests
+    count the passes over the store, so the data must not fit."""
+    from streamclust.estimators import kmeans
+
+    monkeypatch.setattr(kmeans, "IN_MEMORY_SHARE", 10**12)
+
+
+def test_kmeans_fit_pass_budget(kmeans_reads_the_store):
     X = _data()
     counted = CountingArray(X, 500)
     m = StreamingKMeans(5, n_init=3, max_iter=10, random_state=0).fit(counted)
@@ -71,7 +81,7 @@ def test_kmeans_fit_pass_budget():
     assert counted.passes <= 1 + m.max_iter + 1
 
 
-def test_kmeans_sweep_passes_do_not_scale_with_k():
+def test_kmeans_sweep_passes_do_not_scale_with_k(kmeans_reads_the_store):
     X = _data()
     few = CountingArray(X, 500)
     kmeans_sweep(few, [3], n_init=2, max_iter=6, random_state=0)
@@ -84,6 +94,25 @@ def test_kmeans_sweep_passes_do_not_scale_with_k():
     assert many.passes <= 1 + 6 + 1
     assert many.passes >= 1 + max(m.n_iter_ for m in models.values())
     assert few.passes <= many.passes
+
+
+def test_kmeans_sweep_reads_rows_that_fit_once_with_the_same_result(monkeypatch):
+    """Rows taking at most a quarter of the budget are read once, not once per Lloyd pass, and the
+    models equal those of the pass-by-pass fit bit for bit (same blocks, same fold order)."""
+    from streamclust.estimators import kmeans
+
+    X = _data()
+    once = CountingArray(X, 500)
+    held = kmeans_sweep(once, range(2, 8), n_init=2, max_iter=20, random_state=0, memory="64MB")
+    assert once.passes == 1
+    assert not hasattr(held[3], "labels_")  # as for any lazy input: labels are not kept
+    monkeypatch.setattr(kmeans, "IN_MEMORY_SHARE", 10**12)
+    passes = CountingArray(X, 500)
+    read = kmeans_sweep(passes, range(2, 8), n_init=2, max_iter=20, random_state=0, memory="64MB")
+    assert passes.passes > 3
+    for k in held:
+        np.testing.assert_array_equal(held[k].cluster_centers_, read[k].cluster_centers_)
+        assert held[k].inertia_ == read[k].inertia_
 
 
 def test_metrics_read_each_row_twice():

@@ -31,8 +31,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from streamclust.core.blocks import iter_blocks, parse_memory
-from streamclust.core.scheduler import one_blas_thread
+from streamclust.core.blocks import iter_blocks, parse_memory, read_rows
+from streamclust.core.scheduler import active_client, one_blas_thread
 from streamclust.estimators.blockwise import (
     check_finite,
     check_X,
@@ -56,6 +56,9 @@ _SEEDING_TRIALS = 4
 
 #: Threads refining the starts on the init sample (each single-threaded: results do not depend on it).
 _REFINE_THREADS = 2
+
+#: A fit reads lazy rows into memory once when they take at most 1/IN_MEMORY_SHARE of its budget.
+IN_MEMORY_SHARE = 4
 
 #: Inertias within this relative margin of the lowest count as equal and the earlier start
 #: (or seeding) wins: two starts that reach the same optimum with their centres in another
@@ -340,6 +343,13 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
             raise ValueError(f"n_samples={n} should be >= n_clusters={m.n_clusters}.")
     br = resolve_block_rows(d, head.memory, head.block_rows, X)
     budget = parse_memory(head.memory)
+    held = int(n) * d * np.dtype(X.dtype).itemsize
+    if lazy and held <= budget // IN_MEMORY_SHARE and active_client() is None:
+        # the rows fit a quarter of the budget: read them once, and every pass (often 20 at 416,314
+        # rows, most of them for a few runs still converging) slices memory instead of reading and
+        # decompressing the store again.  Same blocks, same results; labels still not kept.
+        X = read_rows(X, slice(0, n))
+        budget -= held
 
     # seeds and init samples, drawn per model from its own generator
     plans = []
@@ -373,7 +383,7 @@ def _fit_lloyd(models: list[StreamingKMeans], X: Any) -> None:
             break
         f = _LloydPass(mean, [r.centers for r in live], [r.status for r in live], not lazy)
         nbytes = sum(r.k * d * 16 + 64 for r in live)
-        res = fold_blocks(f, X, br, _merge_lloyd, result_nbytes=nbytes, memory=head.memory)
+        res = fold_blocks(f, X, br, _merge_lloyd, result_nbytes=nbytes, memory=budget)
         for r, s in zip(live, res):
             labels = np.concatenate(s["labels"]) if s["labels"] is not None else None
             if r.status == _EVAL:
