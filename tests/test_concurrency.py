@@ -78,16 +78,18 @@ def test_sets_at_once(n_rows, n_sets, budget, cores, expected):
 def test_sets_studied_two_at_a_time_equal_one_at_a_time(demo_case, tmp_path, monkeypatch):
     """The same study with the sets taken two at a time and one at a time writes the same labels,
     outlier scores, flags and metrics, and every set's lines reach the log callback either way."""
+    import shutil
+
     import pandas as pd
 
     from streamclust.study import driver, run_study
 
-    root = demo_case(3000)
+    store = shutil.copytree(demo_case(3000) / "case.zarr", tmp_path / "case.zarr")  # keep the shared one runless
     results, logs = [], []
     for cores in (2, 1):
         monkeypatch.setattr(driver, "local_cores", lambda cores=cores: cores)
         lines: list[str] = []
-        out = run_study(root / "case.zarr", tmp_path / f"cores{cores}", descriptors=["vdc_color", "osnet", "vdc_type"],
+        out = run_study(store, tmp_path / f"cores{cores}", descriptors=["vdc_color", "osnet", "vdc_type"],
                         k="3:6", n_components=16, random_state=0, report=False, log=lines.append,
                         algorithms="kmeans,ward")
         assert out.sets_at_once == cores
