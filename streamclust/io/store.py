@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -457,9 +458,14 @@ class RunGroup:
         resumed; deleting frees the space a full disk needs).  It stays out of
         :meth:`CaseStore.runs`.  If even the status cannot be written (the disk is full),
         the run keeps ``status="running"``, which is not listed either."""
-        try:  # deleting first frees space for the status
-            for name in [n for n, _ in self.group.members()]:
-                del self.group[name]
+        for attempt in range(3):  # deleting first frees space for the status
+            try:
+                for name in [n for n, _ in self.group.members()]:
+                    del self.group[name]
+                break
+            except OSError:  # a task of the failed pass may still be writing: Dask does not wait for them
+                time.sleep(0.2 * (attempt + 1))
+        try:
             self.group.attrs.update({"status": "failed", "finished": now_iso(), "error": reason})
         except OSError:
             pass
