@@ -103,8 +103,7 @@ from streamclust.core.logs import forward_log
 from streamclust.core.progress import progress_step, show_progress, step_times
 from streamclust.core.scheduler import local_cores, run_concurrently, runs_on_scheduler
 from streamclust.errors import InputError
-from streamclust.estimators import SampledUMAP, warm_up
-from streamclust.estimators.neighbors import EXACT_SEARCH_ROWS
+from streamclust.estimators import SampledUMAP
 from streamclust.io.store import CaseStore, RunGroup, disk_full_error
 from streamclust.study.algorithm_comparison import ALGORITHM_RULE, clusters_table, compare_algorithms
 from streamclust.study.algorithms import agreement, parse_algorithms, study_algorithms
@@ -254,11 +253,6 @@ def _study_every_set(plan: _Plan, run: RunGroup, result: StudyResult, stage: Pat
                 sample=outcome.silhouette_rows, random_state=set_options["random_state"])
         return outcome, extra
 
-    if plan.store.n_rows > EXACT_SEARCH_ROWS:
-        # the kNN index's numba kernels, compiled once per process: their compiler's memory (~160 MB
-        # at its peak) is taken and given back now rather than on top of the first set's index
-        with progress_step("kNN kernels"):
-            warm_up()
     for group in (plan.names, list(mix_by_name)):  # mixtures are built from their members' reduced rows
         for name in group:
             prepared[name] = (mix_sets(run, mix_by_name[name], prepared, budget=plan.budget)
