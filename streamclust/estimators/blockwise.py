@@ -212,9 +212,9 @@ def fold_blocks(
     # contending with them made GEMMs up to 7x slower on a 2-core machine.  (Distributed workers
     # already run with OPENBLAS_NUM_THREADS=1.)
     with one_blas_thread():
-        if group < n_blocks and local_cores() > 1:
+        if group < n_blocks and (cores := local_cores()) > 1:
             # large results on local threads: fold them as they come, no core idle between groups
-            return fold_in_order(func, arr, block_rows, combine, window=group, threads=local_cores())
+            return fold_in_order(func, arr, block_rows, combine, window=group, threads=cores)
         acc = None
         first = True
         for g0 in range(0, n_blocks, group):

@@ -150,24 +150,23 @@ class _Pass2:
 
     def __init__(self, sources: list[_Source], means: list[np.ndarray]) -> None:
         self.sources = sources
-        self.means = means
+        self.every = np.concatenate(means)  # every labelling's means, (sum of k, d)
+        self.norms = np.einsum("ij,ij->i", self.every, self.every)
+        self.offsets = np.cumsum([0] + [m.shape[0] for m in means[:-1]])  # each labelling's first row
 
     def __call__(self, block: np.ndarray, rows: slice) -> list:
         r, d = block.shape
         labels = _block_labels(self.sources, block, rows)
         out = [np.zeros(s.n_clusters) for s in self.sources]
-        every = np.concatenate(self.means)  # (sum of k, d)
-        norms = np.einsum("ij,ij->i", every, every)
-        offsets = np.cumsum([0] + [m.shape[0] for m in self.means[:-1]])
         for sl in _sub_slices(r, d):
             x64 = np.asarray(block[sl], dtype=np.float64)
             sq = np.einsum("ij,ij->i", x64, x64)
-            dots = x64 @ every.T
+            dots = x64 @ self.every.T
             at = np.arange(x64.shape[0])
-            for lab, off, acc in zip(labels, offsets, out):
+            for lab, off, acc in zip(labels, self.offsets, out):
                 ls = lab[sl]
                 col = off + ls
-                d2 = sq - 2.0 * dots[at, col] + norms[col]
+                d2 = sq - 2.0 * dots[at, col] + self.norms[col]
                 dist = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
                 acc += np.bincount(ls, weights=dist, minlength=acc.shape[0])
         return out

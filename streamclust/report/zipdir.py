@@ -3,7 +3,7 @@
 Python's :mod:`zipfile` keeps one ``ZipInfo`` object per member: 241 MB for the 416,314 images
 of the demo case (2.4 GB at 10x), on top of a study's working memory, every time the report
 opened ``images.zip``.  :class:`ZipDirectory` parses the same records (zip64 included) into
-numpy arrays and one dict of names: ~50 MB for 416,314 members.  A member is read by seeking to
+numpy arrays and one dict of names: 86 MB for 416,314 members (0.9 s, zipfile: 2.5 s).  A member is read by seeking to
 its local header: stored and deflated members are supported (what image archives hold), inflated
 at most to a cap, their CRC-32 checked; anything else is refused with a reason.
 """
