@@ -115,3 +115,16 @@ def test_not_a_zip_is_refused(tmp_path):
     cut.write_bytes(data[eocd - 20:])  # the directory is gone, its end record remains
     with pytest.raises(BadZip, match="damaged central directory"):
         ZipDirectory(cut)
+
+
+def test_name_flagged_utf8_that_is_not_is_refused_naming_the_member(tmp_path):
+    path = tmp_path / "u.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.jpg", b"first")
+        zf.writestr("b\u00e9.jpg", b"secnd")  # non-ASCII: written with the UTF-8 flag
+    raw = path.read_bytes()
+    cd = raw.rfind("b\u00e9.jpg".encode())  # the central directory's copy of the name
+    raw = raw[:cd + 1] + b"\xff\xfe" + raw[cd + 3:]  # same length, not UTF-8
+    path.write_bytes(raw)
+    with pytest.raises(BadZip, match=r"member 1's name b'b\\xff\\xfe.jpg' is flagged UTF-8 but is not UTF-8"):
+        ZipDirectory(path)

@@ -54,7 +54,8 @@ class ZipDirectory:
     Raises
     ------
     BadZip
-        No end-of-directory record, or a record that runs past the file.
+        No end-of-directory record, a record that runs past the file, or a member name
+        flagged UTF-8 that is not.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -112,7 +113,11 @@ class ZipDirectory:
                 usize, csize, offset = _zip64_sizes(extra, usize, csize, offset)
             if i >= cols.shape[1]:
                 cols = np.concatenate([cols, np.zeros((6, max(16, i)), np.int64)], axis=1)
-            names.append(raw_name.decode("utf-8" if flags & 0x800 else "cp437"))
+            try:
+                names.append(raw_name.decode("utf-8" if flags & 0x800 else "cp437"))
+            except UnicodeDecodeError:
+                raise BadZip(f"{self.path}: damaged central directory (member {i}'s name {raw_name[:60]!r} "
+                             "is flagged UTF-8 but is not UTF-8)") from None
             cols[:, i] = (usize, csize, offset + concat, method, flags, crc)
             pos = start + n_name + n_extra + n_comment
             i += 1
