@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from streamclust.analysis.rows import as_plain
-from streamclust.core.blocks import parse_memory, read_rows
+from streamclust.core.blocks import parse_memory, read_rows, release_memory
 from streamclust.errors import InputError
 from streamclust.io.lines import LineScan, read_span, scan_lines
 from streamclust.io.sources import check_parquet_footer
@@ -357,7 +357,13 @@ def read_metadata(path: str | os.PathLike[str], ids: Any, *, min_match: float = 
         no path column, or fewer than ``min_match`` of the ids match (the message
         shows three example keys from each side).
     """
-    p = Path(path)
+    df = _read_aligned(Path(path), ids, min_match, memory)
+    release_memory()  # the parse's text and frames (much of it in pyarrow's pool) go back to the system
+    return df
+
+
+def _read_aligned(p: Path, ids: Any, min_match: float, memory: str | int | None) -> pd.DataFrame:
+    """:func:`read_metadata`'s work, its temporaries freed when it returns."""
     if not p.is_file():
         raise InputError(f"{p}: no such metadata file.")
     ids = as_plain(ids)

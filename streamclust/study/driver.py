@@ -97,7 +97,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from streamclust.analysis import compare_sets
-from streamclust.core.blocks import parse_memory
+from streamclust.core.blocks import parse_memory, release_memory
 from streamclust.core.files import write_atomic, write_csv
 from streamclust.core.logs import forward_log
 from streamclust.core.progress import progress_step, show_progress, step_times
@@ -201,6 +201,7 @@ def _study_inputs(store: CaseStore, metadata: CaseFileArg, images: CaseFileArg, 
     metadata_file, attributes = choose_metadata(store, metadata, memory=memory)
     images_file = choose_images(store, images, report=report)
     known = read_outlier_truth(outlier_truth, store.ids[:]) if outlier_truth else None
+    release_memory()  # the tables' text (pandas keeps strings in pyarrow's pool) before any block is read
     return _Inputs(metadata_file, attributes, images_file, known)
 
 
