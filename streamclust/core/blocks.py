@@ -87,8 +87,8 @@ def bound_heaps(max_arenas: int = 2, mmap_threshold: int = 32 << 20) -> None:
       pass must not have: each block's buffers (Zarr's decompressed chunks, Dask's
       concatenation, the float64 copies) then get fresh mappings that the kernel faults in
       and zeroes, page by page.  The 416,314-row 4-set study with UMAP (2 cores, run
-      back to back): 461 s at a 4 MiB threshold, 401 s at 32 MiB (PCA 97 -> 56 s, k-means
-      67 -> 52 s), peak 923 -> 937 MiB.
+      back to back): 461 s at a 4 MiB threshold, 401 s at 32 MiB (PCA 94 -> 53 s, k-means
+      70 -> 52 s), peak 923 -> 937 MiB.
 
     Process-wide and permanent (it only changes where memory comes from); a no-op
     off glibc.
