@@ -177,3 +177,44 @@ def test_labels_metrics_equal_one_cluster_metrics_call_per_labelling():
         np.testing.assert_array_equal(got["sizes"], alone["sizes"])
         np.testing.assert_array_equal(got["labels"], alone["labels"])
     assert shared[2] is None  # one cluster: cluster_metrics raises
+
+
+def test_sweep_labels_each_row_once_and_gives_the_same_metrics(offset_data, monkeypatch):
+    """The CH pass keeps the nearest-centre labels for the DB pass (they fit the budget): every row is
+    labelled once per model instead of twice, with metrics equal bit for bit to labelling it twice."""
+    from streamclust.estimators import metrics
+
+    X, _ = offset_data
+    centers = {k: StreamingKMeans(k, n_init=1, random_state=0).fit(X).cluster_centers_ for k in (2, 3, 5)}
+    labelled = []
+    real = metrics.assign_many
+
+    def counting(xs, xx, models, sums):
+        labelled.append(len(xs) * len(models))
+        return real(xs, xx, models, sums)
+
+    monkeypatch.setattr(metrics, "assign_many", counting)
+    kept = sweep_metrics(da.from_array(X, chunks=(1000, -1)), centers, block_rows=1000)
+    assert sum(labelled) == len(X) * len(centers)
+    labelled.clear()
+    monkeypatch.setattr(metrics, "KEPT_LABELS_SHARE", 10**12)  # no room: labelled in both passes
+    twice = sweep_metrics(da.from_array(X, chunks=(1000, -1)), centers, block_rows=1000)
+    assert sum(labelled) == 2 * len(X) * len(centers)
+    for k in centers:
+        for key in ("inertia", "calinski_harabasz", "davies_bouldin"):
+            assert kept[k][key] == twice[k][key], (k, key)
+        np.testing.assert_array_equal(kept[k]["sizes"], twice[k]["sizes"])
+
+
+def test_sweep_on_dask_processes_labels_twice_and_equals_the_threaded_sweep(offset_data):
+    """Tasks in other processes cannot fill the kept labels: the DB pass then labels again."""
+    import dask
+
+    X, _ = offset_data
+    centers = {k: StreamingKMeans(k, n_init=1, random_state=0).fit(X).cluster_centers_ for k in (2, 5)}
+    threaded = sweep_metrics(da.from_array(X, chunks=(1000, -1)), centers, block_rows=1000)
+    with dask.config.set(scheduler="processes", num_workers=2):
+        elsewhere = sweep_metrics(da.from_array(X, chunks=(1000, -1)), centers, block_rows=1000)
+    for k in centers:
+        assert elsewhere[k]["davies_bouldin"] == threaded[k]["davies_bouldin"]
+        assert elsewhere[k]["calinski_harabasz"] == threaded[k]["calinski_harabasz"]

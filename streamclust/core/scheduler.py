@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # distributed is an optional extra, imported on first use
     from distributed import Client
 
 __all__ = ["SCHEDULER_HELP", "parse_scheduler", "use_scheduler", "runs_on_scheduler", "active_client",
+           "computes_in_this_process",
            "shared", "map_ordered", "local_cores", "run_concurrently", "one_blas_thread"]
 
 #: Seconds to wait for a scheduler given by address before giving up.
@@ -226,6 +227,16 @@ def active_client() -> Client | None:
         return cast(Client, default_client())  # default_client is unannotated
     except ValueError:
         return None
+
+
+def computes_in_this_process() -> bool:
+    """Whether Dask computes now run in this process (its threaded or synchronous scheduler, no
+    client), so that tasks may fill an array the caller holds."""
+    import dask.base
+    import dask.local
+    import dask.threaded
+
+    return active_client() is None and dask.base.get_scheduler() in (None, dask.threaded.get, dask.local.get_sync)
 
 
 def _identity(value: T) -> T:
