@@ -80,9 +80,8 @@ def bound_heaps(max_arenas: int = 2, mmap_threshold: int = 32 << 20) -> None:
       one-set study of the 416,314-row demo case: 747 MiB resident after the study with
       the default, 524 MiB with ``max_arenas=2`` (peak 868 -> 722 MiB).
     * Buffers up to ``mmap_threshold`` (32 MiB, the most glibc accepts on 64-bit) come from
-      the heaps and are reused there; the free
-      top of a heap is returned beyond twice that, and :func:`release_memory` hands back the
-      rest after every pass.  (glibc's default threshold moves with the largest buffer freed;
+      the heaps and are reused there; the free top of a heap is returned beyond twice that,
+      and :func:`release_memory` hands back the rest after every pass.  (glibc's default threshold moves with the largest buffer freed;
       fixing it also fixes the trim threshold.)  A threshold below the block size is what a
       pass must not have: each block's buffers (Zarr's decompressed chunks, Dask's
       concatenation, the float64 copies) then get fresh mappings that the kernel faults in
