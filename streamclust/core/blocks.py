@@ -81,13 +81,13 @@ def bound_heaps(max_arenas: int = 2, mmap_threshold: int = 32 << 20) -> None:
       the default, 524 MiB with ``max_arenas=2`` (peak 868 -> 722 MiB).
     * Buffers up to ``mmap_threshold`` (32 MiB, the most glibc accepts on 64-bit) come from
       the heaps and are reused there; the free top of a heap is returned beyond twice that,
-      and :func:`release_memory` hands back the rest after every pass.  (glibc's default threshold moves with the largest buffer freed;
-      fixing it also fixes the trim threshold.)  A threshold below the block size is what a
-      pass must not have: each block's buffers (Zarr's decompressed chunks, Dask's
-      concatenation, the float64 copies) then get fresh mappings that the kernel faults in
-      and zeroes, page by page.  The 416,314-row 4-set study with UMAP (2 cores, run
-      back to back): 461 s at a 4 MiB threshold, 401 s at 32 MiB (PCA 94 -> 53 s, k-means
-      70 -> 52 s), peak 923 -> 937 MiB.
+      and :func:`release_memory` hands back the rest after every pass.  (glibc's default
+      threshold moves with the largest buffer freed; fixing it also fixes the trim
+      threshold.)  A threshold below the block size is what a pass must not have: each
+      block's buffers (Zarr's decompressed chunks, Dask's concatenation, the float64 copies)
+      then get fresh mappings that the kernel faults in and zeroes, page by page.  The
+      416,314-row 4-set study with UMAP (2 cores, run back to back): 461 s at a 4 MiB
+      threshold, 401 s at 32 MiB (PCA 94 -> 53 s, k-means 70 -> 52 s), peak 923 -> 937 MiB.
 
     Process-wide and permanent (it only changes where memory comes from); a no-op
     off glibc.

@@ -222,8 +222,9 @@ def _finish(src: _Source, stats: tuple, intra_sum: np.ndarray, n: int) -> dict:
 
 
 def _kept_labels(sources: list[_Source], n: int, memory: Any) -> np.ndarray | None:
-    """Room for every row's nearest-centre labels of every centre source, ``(n_sources, n)``, when
-    they take at most ``1 / KEPT_LABELS_SHARE`` of the budget and the passes run in this process."""
+    """Room for every row's label under every source, ``(n_sources, n)`` (only the rows of centre
+    sources are filled), when there is a centre source, the labels take at most
+    ``1 / KEPT_LABELS_SHARE`` of the budget and the passes run in this process."""
     if all(s.codes is not None for s in sources):
         return None
     dtype = np.min_scalar_type(max(s.n_clusters for s in sources))
